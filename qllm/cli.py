@@ -1,0 +1,219 @@
+"""The ``qllm`` command line: one entry point, one sub-command per job, ``--help`` on every one.
+
+Commands stay thin: they parse arguments, call library functions, and turn the library's own
+exceptions (unknown task, bad recording) into a one-line error and exit code 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from qllm import __version__
+from qllm.envs import StateSchema, TaskNameError, TaskSpec, families, resolve_task
+from qllm.envs.describe import SCHEMA_COLUMNS, describe_task, schema_rows, state_statistics_table
+from qllm.envs.recording import POLICIES, Recording, record, save_recording
+
+app = typer.Typer(
+    name="qllm",
+    help="LLM-written, training-free credit assignment for cooperative multi-agent RL.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+tasks_app = typer.Typer(help="List the available tasks and inspect one.", no_args_is_help=True)
+app.add_typer(tasks_app, name="tasks")
+
+console = Console()
+DEFAULT_TASK = "lbf-8x8-2p-2f"
+
+TaskOption = Annotated[
+    str, typer.Option("--task", "-t", help="Task name (see `qllm tasks list`) or a raw env id.")
+]
+SeedOption = Annotated[int, typer.Option(help="Seed; episode e is reset with seed + e.")]
+EpisodesOption = Annotated[int, typer.Option(min=1, help="Number of episodes to roll out.")]
+
+
+def _task(name: str, param_hint: str = "--task") -> TaskSpec:
+    try:
+        return resolve_task(name)
+    except TaskNameError as exc:
+        raise typer.BadParameter(str(exc), param_hint=param_hint) from None
+
+
+def _schema_table(schema: StateSchema) -> Table:
+    table = Table(title="global state", show_lines=True)
+    for column in SCHEMA_COLUMNS:
+        table.add_column(column, overflow="fold", ratio=3 if column == "meaning" else None)
+    for row in schema_rows(schema):
+        table.add_row(*row)
+    return table
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"qllm {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """LLM-written, training-free credit assignment for cooperative multi-agent RL."""
+
+
+# --- tasks ----------------------------------------------------------------------------------------
+
+
+@tasks_app.command("list")
+def tasks_list(
+    family: Annotated[str | None, typer.Option(help="Only this family: matrix, mpe, lbf or rware.")] = None,
+    all_names: Annotated[
+        bool, typer.Option("--all", help="Print every concrete task name, one per line.")
+    ] = False,
+) -> None:
+    """List task families, the name patterns they accept, and example names."""
+    chosen = [f for f in families() if family in (None, f.key)]
+    if not chosen:
+        keys = ", ".join(f.key for f in families())
+        raise typer.BadParameter(f"unknown family {family!r}; choose from {keys}", param_hint="--family")
+    if all_names:
+        for fam in chosen:
+            for name in fam.names():
+                typer.echo(name)
+        return
+    table = Table(title="qllm tasks")
+    for column in ("family", "name patterns", "names", "examples"):
+        table.add_column(column)
+    for fam in chosen:
+        names = fam.names()
+        table.add_row(
+            f"{fam.key}\n[dim]{fam.title}[/dim]",
+            "\n".join(fam.patterns),
+            str(len(names)),
+            "\n".join(fam.examples),
+        )
+    console.print(table)
+    console.print(
+        "`qllm tasks show <task>` describes one task and its global state; `--all` lists every name."
+    )
+
+
+@tasks_app.command("show")
+def tasks_show(
+    task: Annotated[str, typer.Argument(help="Task name or raw env id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Describe a task: team, reward, actions, episode limit and the global-state schema."""
+    spec = _task(task, param_hint="TASK")
+    env = spec.make()
+    info = env.info
+    env.close()
+    if as_json:
+        fields = ("name", "family", "summary", "description", "team", "reward", "opponent")
+        typer.echo(json.dumps({**{k: getattr(spec, k) for k in fields}, "info": info.to_dict()}, indent=2))
+    else:
+        console.print(Markdown(describe_task(spec, info, with_schema=False)))
+        console.print(_schema_table(info.schema))
+
+
+# --- recording ------------------------------------------------------------------------------------
+
+
+def _record_with_progress(spec: TaskSpec, episodes: int, seed: int, policy: str) -> Recording:
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("return {task.fields[ret]:.3g}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        bar = progress.add_task(f"recording {spec.name}", total=episodes, ret=0.0)
+        return record(
+            spec.name,
+            episodes,
+            seed=seed,
+            policy=policy,
+            on_episode=lambda _, ret: progress.update(bar, advance=1, ret=ret),
+        )
+
+
+def _print_summary(rec: Recording, path: Path) -> None:
+    returns = rec.returns
+    console.print(
+        f"[green]Saved[/green] {rec.n_episodes} episodes ({int(rec.episode_lengths.sum())} steps) of "
+        f"{rec.info.task} to {path}\n"
+        f"return: mean {returns.mean():.3f}, min {returns.min():.3f}, max {returns.max():.3f}"
+    )
+
+
+@app.command("record")
+def record_command(
+    task: TaskOption,
+    out: Annotated[Path, typer.Option(help="Output file (.npz), created with its folders.")],
+    episodes: EpisodesOption = 100,
+    seed: SeedOption = 0,
+    policy: Annotated[str, typer.Option(help=f"Behaviour policy: {', '.join(POLICIES)}.")] = "random",
+) -> None:
+    """Roll out a policy and save states, observations, actions, rewards and the schema to one file."""
+    spec = _task(task)
+    if policy not in POLICIES:
+        raise typer.BadParameter(f"choose from {', '.join(POLICIES)}", param_hint="--policy")
+    if out.exists() and out.is_dir():
+        raise typer.BadParameter(f"{out} is a directory", param_hint="--out")
+    rec = _record_with_progress(spec, episodes, seed, policy)
+    _print_summary(rec, save_recording(rec, out))
+
+
+# --- the main job ---------------------------------------------------------------------------------
+
+
+@app.command("run")
+def run_command(
+    task: Annotated[
+        str, typer.Option("--task", "-t", help="Task name (see `qllm tasks list`).")
+    ] = DEFAULT_TASK,
+    episodes: EpisodesOption = 50,
+    seed: SeedOption = 0,
+    runs_dir: Annotated[Path, typer.Option(help="Where run folders are created.")] = Path("runs"),
+) -> None:
+    """The main job, end to end on one task.
+
+    Today's pipeline: describe the task, record real states with a random policy, and summarise how
+    the recorded states cover the schema. Generating a credit function with the LLM graph and
+    training with it arrive in later releases.
+    """
+    spec = _task(task)
+    run_dir = runs_dir / f"{spec.name}__run__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir.mkdir(parents=True, exist_ok=False)
+    rec = _record_with_progress(spec, episodes, seed, "random")
+    description = describe_task(spec, rec.info)
+    statistics = state_statistics_table(rec.info.schema, rec.visited_states())
+    (run_dir / "task.md").write_text(description)
+    (run_dir / "schema.json").write_text(rec.info.schema.to_json())
+    (run_dir / "state_statistics.md").write_text(statistics + "\n")
+    console.print(Markdown(describe_task(spec, rec.info, with_schema=False)))
+    console.print(_schema_table(rec.info.schema))
+    console.print(Markdown("## Recorded states\n\n" + statistics))
+    _print_summary(rec, save_recording(rec, run_dir / "states.npz"))
+    console.print(f"Run folder: {run_dir}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

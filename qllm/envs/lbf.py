@@ -1,0 +1,211 @@
+"""Level-based foraging (``lbforaging``): agents with levels load food whose level they can jointly meet.
+
+Any registered vector-observation id works (``Foraging[-Ns]-AxA-Pp-Ff[-coop]-v3``), typed either raw or
+as ``lbf-[Ns-]AxA-Pp-Ff[-coop]``. LBF has no global state of its own; this adapter builds one from the
+simulator's players and food field. Foods never move, so each food keeps the slot it was given at
+reset (row-major order of the field); an eaten food, and a slot left empty because the simulator could
+not place every food, reads ``row = col = -1`` and ``level = 0`` (the convention LBF's own observations
+use for unseen food).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import partial
+from typing import Any
+
+import gymnasium as gym
+import lbforaging  # noqa: F401  (registers the Foraging-* ids with gymnasium)
+import numpy as np
+from lbforaging.foraging.environment import Action, ForagingEnv
+
+from qllm.envs.contract import EnvInfo, MultiAgentEnv
+from qllm.envs.schema import StateField, StateSchema
+from qllm.envs.tasks import TaskFamily, TaskSpec
+
+ACTION_NAMES = tuple(a.name for a in Action)  # NONE NORTH SOUTH WEST EAST LOAD
+ID_PATTERN = re.compile(r"Foraging(-\d+s)?-\d+x\d+-\d+p-\d+f(-coop)?-v3")
+EMPTY_FOOD = -1.0
+
+
+class LBFEnv(MultiAgentEnv):
+    """Adapter from a gymnasium ``ForagingEnv`` to the contract."""
+
+    def __init__(self, task: str, env_id: str):
+        self.env: ForagingEnv = gym.make(env_id, disable_env_checker=True).unwrapped
+        env = self.env
+        rows, cols = env.field_size
+        n, n_food = len(env.players), env.max_num_food
+        max_player_level = int(env.max_player_level.max())
+        self.max_food_level = self._max_food_level()
+        schema = StateSchema(
+            (
+                StateField(
+                    "agent_position",
+                    "agent",
+                    n,
+                    ("row", "col"),
+                    f"each agent's grid cell; row 0 is the top (NORTH decreases row), rows 0..{rows - 1}, "
+                    f"cols 0..{cols - 1}",
+                    low=0,
+                    high=max(rows, cols) - 1,
+                ),
+                StateField(
+                    "agent_level",
+                    "agent",
+                    n,
+                    ("level",),
+                    "each agent's level; agents loading the same food together add their levels",
+                    low=1,
+                    high=max_player_level,
+                ),
+                StateField(
+                    "food_position",
+                    "food",
+                    n_food,
+                    ("row", "col"),
+                    "each food's grid cell (foods never move); -1, -1 once the food has been eaten",
+                    low=EMPTY_FOOD,
+                    high=max(rows, cols) - 1,
+                ),
+                StateField(
+                    "food_level",
+                    "food",
+                    n_food,
+                    ("level",),
+                    "each food's level: it is collected when adjacent agents choosing LOAD at the same step "
+                    "have levels summing to at least this; 0 once the food has been eaten",
+                    low=0,
+                    high=self.max_food_level,
+                ),
+                StateField(
+                    "last_action",
+                    "agent",
+                    n,
+                    ACTION_NAMES,
+                    "one-hot of the action each agent took at the previous step; all zeros at the first step",
+                    low=0,
+                    high=1,
+                ),
+            )
+        )
+        super().__init__(
+            EnvInfo(
+                task=task,
+                n_agents=n,
+                n_actions=len(ACTION_NAMES),
+                obs_dim=env.observation_space[0].shape[0],
+                episode_limit=env._max_episode_steps,
+                agent_names=tuple(f"agent_{i}" for i in range(n)),
+                action_names=ACTION_NAMES,
+                schema=schema,
+            )
+        )
+        self._obs: tuple[np.ndarray, ...] = ()
+        self._food_cells = np.full((n_food, 2), -1, dtype=np.int64)
+        self._food_present = np.zeros(n_food, dtype=bool)
+
+    def _max_food_level(self) -> int:
+        env = self.env
+        if env.max_food_level is not None:
+            return int(env.max_food_level.max())
+        # lbforaging then sets food levels to the sum of the (up to) three lowest player levels.
+        return int(env.max_player_level.max()) * min(3, len(env.players))
+
+    def _reset(self, seed: int | None) -> None:
+        # lbforaging places new players around the *previous* episode's player positions, so the same
+        # seed would give a different episode after another one. Forget them first.
+        for player in self.env.players:
+            player.position = None
+        self._obs, _ = self.env.reset(seed=seed)
+        cells = np.argwhere(self.env.field > 0)  # row-major, fixed for the episode
+        self._food_cells[:] = -1
+        self._food_cells[: len(cells)] = cells
+
+    def _step(self, actions: np.ndarray) -> tuple[float, bool, dict[str, Any]]:
+        self._obs, rewards, _, _, _ = self.env.step([int(a) for a in actions])
+        all_eaten = not self.env.field.any()
+        return float(sum(rewards)), all_eaten, {"agent_rewards": [float(r) for r in rewards]}
+
+    def _observe(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        env = self.env
+        placed = self._food_cells[:, 0] >= 0
+        levels = np.zeros(len(self._food_cells), dtype=np.float32)
+        levels[placed] = env.field[self._food_cells[placed, 0], self._food_cells[placed, 1]]
+        eaten = levels == 0
+        food_position = np.where(eaten[:, None], EMPTY_FOOD, self._food_cells).astype(np.float32)
+        state = self.info.schema.pack(
+            {
+                "agent_position": [p.position for p in env.players],
+                "agent_level": [[p.level] for p in env.players],
+                "food_position": food_position,
+                "food_level": levels[:, None],
+                "last_action": self._last_action,
+            }
+        )
+        obs = np.stack(self._obs).astype(np.float32)
+        avail = np.zeros((self.info.n_agents, self.info.n_actions), dtype=bool)
+        for i, player in enumerate(env.players):
+            avail[i, [a.value for a in env._valid_actions[player]]] = True
+        return obs, state, avail
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def _describe(env_id: str) -> dict[str, str]:
+    kwargs = gym.spec(env_id).kwargs
+    size = kwargs["field_size"][0]
+    players, foods = kwargs["players"], kwargs["max_num_food"]
+    sight = kwargs["sight"]
+    seeing = "the whole grid" if sight >= size else f"only cells within {sight} steps of itself"
+    coop = (
+        " In this -coop variant every food's level equals the sum of the three lowest agent levels (all "
+        "agents' levels when there are at most three), so no agent can collect food alone."
+        if kwargs["force_coop"]
+        else ""
+    )
+    return {
+        "summary": f"{size}x{size} grid, {players} agents, {foods} foods" + (" (coop)" if coop else ""),
+        "description": (
+            f"{players} agents and {foods} foods on a {size}x{size} grid. Agents and foods have levels. "
+            "Agents move one cell per step (NORTH/SOUTH/WEST/EAST) and collect a food by choosing LOAD "
+            "while standing next to it (not diagonally); the food is collected only when the levels of "
+            "all adjacent agents that chose LOAD at that step add up to at least the food's level. "
+            f"Each agent observes {seeing}. The episode ends when every food is collected or after "
+            f"{kwargs['max_episode_steps']} steps.{coop}"
+        ),
+    }
+
+
+def parse(name: str) -> TaskSpec | None:
+    env_id = f"Foraging-{name.removeprefix('lbf-')}-v3" if name.startswith("lbf-") else name
+    if not ID_PATTERN.fullmatch(env_id) or env_id not in gym.registry:
+        return None
+    canonical = "lbf-" + env_id.removeprefix("Foraging-").removesuffix("-v3")
+    return TaskSpec(
+        name=canonical,
+        family="lbf",
+        team="every agent on the grid, all controlled",
+        reward=(
+            "sum of the agents' rewards: a collected food gives each loading agent (its level x the food's "
+            "level), normalised so that collecting every food in an episode totals 1"
+        ),
+        factory=partial(LBFEnv, canonical, env_id),
+        **_describe(env_id),
+    )
+
+
+def names() -> list[str]:
+    ids = (env_id for env_id in gym.registry if ID_PATTERN.fullmatch(env_id))
+    return sorted("lbf-" + i.removeprefix("Foraging-").removesuffix("-v3") for i in ids)
+
+
+FAMILY = TaskFamily(
+    key="lbf",
+    title="Level-based foraging (lbforaging)",
+    patterns=("lbf-[<S>s-]<A>x<A>-<P>p-<F>f[-coop]", "Foraging-...-v3 (raw gymnasium id)"),
+    parse=parse,
+    names=names,
+    examples=("lbf-8x8-2p-2f", "lbf-2s-10x10-3p-3f", "lbf-8x8-2p-2f-coop", "lbf-15x15-4p-3f"),
+)

@@ -1,0 +1,352 @@
+"""Multi-agent particle environments (PettingZoo MPE, now the ``mpe2`` package), discrete actions.
+
+Three scenarios, each with the team the learner controls and, where the scenario has one, a scripted
+opponent (EPyMARL uses pretrained opponent weights that cannot be downloaded here, and a scripted
+opponent is deterministic and documented):
+
+- ``mpe-spread-<N>``: N agents must cover N landmarks without colliding. No opponent.
+- ``mpe-adversary``: two good agents (the team) know which of two landmarks is the goal; one adversary
+  does not. Scripted adversary: it always moves towards the good agent nearest to it, on the bet that
+  the good agents lead it to the goal.
+- ``mpe-tag``: three slower predators (the team) chase one faster prey among two obstacles. Scripted
+  prey: it flees the nearest predator and turns back towards the centre near the arena edge.
+
+Scripted opponents pick the discrete move best aligned with the direction they want to go.
+Positions and velocities are read from the simulator's world, not from the agents' observations.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+from mpe2 import simple_adversary_v3, simple_spread_v3, simple_tag_v3
+
+from qllm.envs.contract import EnvInfo, MultiAgentEnv
+from qllm.envs.schema import StateField, StateSchema
+from qllm.envs.tasks import TaskFamily, TaskNameError, TaskSpec
+
+EPISODE_LIMIT = 25
+ACTION_NAMES = ("no_op", "move_left", "move_right", "move_down", "move_up")
+MAX_SPREAD_AGENTS = 30
+# Past this distance from the centre, the scripted prey's flight also pulls it back inwards (the
+# scenario penalises prey for leaving the screen at |x| > 0.9).
+PREY_EDGE = 0.8
+
+
+def move_towards(direction: np.ndarray) -> int:
+    """The discrete MPE move (1 left, 2 right, 3 down, 4 up) best aligned with ``direction``."""
+    dx, dy = float(direction[0]), float(direction[1])
+    if dx == 0.0 and dy == 0.0:
+        return 0
+    if abs(dx) >= abs(dy):
+        return 2 if dx > 0 else 1
+    return 4 if dy > 0 else 3
+
+
+def chase_nearest_team_agent(world: Any, opponent: Any, team: Sequence[Any]) -> int:
+    """Scripted MPE adversary: head for the nearest team agent."""
+    deltas = [a.state.p_pos - opponent.state.p_pos for a in team]
+    return move_towards(min(deltas, key=lambda d: float(np.hypot(*d))))
+
+
+def flee_nearest_team_agent(world: Any, opponent: Any, team: Sequence[Any]) -> int:
+    """Scripted MPE prey: run from the nearest predator, turning inwards near the arena edge."""
+    away = min((opponent.state.p_pos - a.state.p_pos for a in team), key=lambda d: float(np.hypot(*d)))
+    away = away / max(float(np.hypot(*away)), 1e-6)
+    pos = opponent.state.p_pos
+    inwards = -pos * (np.abs(pos) > PREY_EDGE)
+    return move_towards(away + 2.0 * inwards)
+
+
+Opponent = Callable[[Any, Any, Sequence[Any]], int]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """How one MPE scenario maps onto the contract."""
+
+    make: Callable[[], Any]
+    """Builds the PettingZoo parallel env."""
+    team_prefix: str
+    """Name prefix of the controlled agents (``agent`` or ``adversary`` in MPE's own naming)."""
+    shared_reward: bool
+    """True when every team agent already receives the same reward (then the team reward is that value);
+    False when rewards differ per agent (then the team reward is their sum, as EPyMARL does)."""
+    opponent: Opponent | None
+    fields: Callable[[Any, Sequence[Any], Sequence[Any]], dict[str, np.ndarray]]
+    """Values of every state field, from (world, team agents, other agents)."""
+
+
+class MPEEnv(MultiAgentEnv):
+    """Adapter from an ``mpe2`` parallel environment to the contract."""
+
+    def __init__(self, task: str, scenario: Scenario, schema: StateSchema):
+        self.scenario = scenario
+        self.env = scenario.make()
+        self.world = self.env.unwrapped.world
+        self.env.reset(seed=0)  # agents and spaces exist only after a reset
+        names = self.env.possible_agents
+        self.team_names = tuple(n for n in names if n.startswith(scenario.team_prefix))
+        self.other_names = tuple(n for n in names if n not in self.team_names)
+        by_name = {a.name: a for a in self.world.agents}
+        self.team = [by_name[n] for n in self.team_names]
+        self.others = [by_name[n] for n in self.other_names]
+        obs_dims = {self.env.observation_space(n).shape[0] for n in self.team_names}
+        if len(obs_dims) != 1:
+            raise ValueError(f"{task}: team agents have different observation sizes {obs_dims}")
+        super().__init__(
+            EnvInfo(
+                task=task,
+                n_agents=len(self.team_names),
+                n_actions=len(ACTION_NAMES),
+                obs_dim=obs_dims.pop(),
+                episode_limit=EPISODE_LIMIT,
+                agent_names=self.team_names,
+                action_names=ACTION_NAMES,
+                schema=schema,
+            )
+        )
+        self._obs: dict[str, np.ndarray] = {}
+
+    def _reset(self, seed: int | None) -> None:
+        self._obs, _ = self.env.reset(seed=seed)
+
+    def _step(self, actions: np.ndarray) -> tuple[float, bool, dict[str, Any]]:
+        joint = {name: int(a) for name, a in zip(self.team_names, actions, strict=True)}
+        for name, opponent in zip(self.other_names, self.others, strict=True):
+            joint[name] = self.scenario.opponent(self.world, opponent, self.team)
+        self._obs, rewards, terminations, _, _ = self.env.step(joint)
+        team_rewards = [float(rewards[n]) for n in self.team_names]
+        reward = team_rewards[0] if self.scenario.shared_reward else sum(team_rewards)
+        terminated = any(terminations[n] for n in self.team_names)
+        return reward, terminated, {"agent_rewards": team_rewards}
+
+    def _observe(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        obs = np.stack([self._obs[n] for n in self.team_names]).astype(np.float32)
+        state = self.info.schema.pack(self.scenario.fields(self.world, self.team, self.others))
+        avail = np.ones((self.info.n_agents, self.info.n_actions), dtype=bool)
+        return obs, state, avail
+
+    def close(self) -> None:
+        self.env.close()
+
+
+# --- state fields ---------------------------------------------------------------------------------
+
+XY = ("x", "y")
+VXY = ("vx", "vy")
+POSITION_NOTE = "world coordinates; entities start in [-1, 1] and the visible arena is about [-1.5, 1.5]"
+
+
+def _positions(entities: Sequence[Any]) -> np.ndarray:
+    return np.stack([e.state.p_pos for e in entities])
+
+
+def _velocities(entities: Sequence[Any]) -> np.ndarray:
+    return np.stack([e.state.p_vel for e in entities])
+
+
+def _position_field(name: str, entity: str, count: int, what: str) -> StateField:
+    return StateField(name, entity, count, XY, f"{what} position ({POSITION_NOTE})")
+
+
+def _velocity_field(name: str, entity: str, count: int, what: str) -> StateField:
+    return StateField(name, entity, count, VXY, f"{what} velocity (world units per second)")
+
+
+def _spread_fields(world: Any, team: Sequence[Any], others: Sequence[Any]) -> dict[str, np.ndarray]:
+    return {
+        "agent_position": _positions(team),
+        "agent_velocity": _velocities(team),
+        "landmark_position": _positions(world.landmarks),
+    }
+
+
+def _adversary_fields(world: Any, team: Sequence[Any], others: Sequence[Any]) -> dict[str, np.ndarray]:
+    goal = team[0].goal_a
+    return {
+        "agent_position": _positions(team),
+        "agent_velocity": _velocities(team),
+        "adversary_position": _positions(others),
+        "adversary_velocity": _velocities(others),
+        "landmark_position": _positions(world.landmarks),
+        "landmark_is_goal": np.array([[float(lm is goal)] for lm in world.landmarks]),
+    }
+
+
+def _tag_fields(world: Any, team: Sequence[Any], others: Sequence[Any]) -> dict[str, np.ndarray]:
+    return {
+        "agent_position": _positions(team),
+        "agent_velocity": _velocities(team),
+        "prey_position": _positions(others),
+        "prey_velocity": _velocities(others),
+        "obstacle_position": _positions(world.landmarks),
+    }
+
+
+# --- tasks ----------------------------------------------------------------------------------------
+
+
+def _spread_spec(n: int) -> TaskSpec:
+    name = f"mpe-spread-{n}"
+    schema = StateSchema(
+        (
+            _position_field("agent_position", "agent", n, "each agent's"),
+            _velocity_field("agent_velocity", "agent", n, "each agent's"),
+            _position_field("landmark_position", "landmark", n, "each landmark's (fixed during an episode)"),
+        )
+    )
+    scenario = Scenario(
+        make=partial(simple_spread_v3.parallel_env, N=n, max_cycles=EPISODE_LIMIT),
+        team_prefix="agent",
+        shared_reward=False,
+        opponent=None,
+        fields=_spread_fields,
+    )
+    return TaskSpec(
+        name=name,
+        family="mpe",
+        summary=f"cooperative navigation: {n} agents cover {n} landmarks",
+        description=(
+            f"{n} agents and {n} landmarks in a 2-D arena with simple physics (agents accelerate with 4 "
+            "move actions and are damped). The team should spread out so that every landmark is "
+            "occupied by some agent, while agents avoid bumping into each other. "
+            f"Episodes last {EPISODE_LIMIT} steps."
+        ),
+        team=f"agent_0 .. agent_{n - 1}, all controlled",
+        reward=(
+            "sum over agents of mpe2's per-agent reward (local_ratio 0.5): each agent gets half of the "
+            "global term -sum over landmarks of the distance from that landmark to its nearest agent, "
+            "plus half of -1 per other agent it collides with"
+        ),
+        factory=partial(MPEEnv, name, scenario, schema),
+    )
+
+
+def _adversary_spec() -> TaskSpec:
+    name = "mpe-adversary"
+    schema = StateSchema(
+        (
+            _position_field("agent_position", "agent", 2, "each good (team) agent's"),
+            _velocity_field("agent_velocity", "agent", 2, "each good (team) agent's"),
+            _position_field("adversary_position", "adversary", 1, "the adversary's"),
+            _velocity_field("adversary_velocity", "adversary", 1, "the adversary's"),
+            _position_field("landmark_position", "landmark", 2, "each landmark's (fixed during an episode)"),
+            StateField(
+                "landmark_is_goal",
+                "landmark",
+                2,
+                ("is_goal",),
+                "1 for the goal landmark, 0 for the decoy (the team knows this; the adversary does not)",
+                low=0.0,
+                high=1.0,
+            ),
+        )
+    )
+    scenario = Scenario(
+        make=partial(simple_adversary_v3.parallel_env, N=2, max_cycles=EPISODE_LIMIT),
+        team_prefix="agent",
+        shared_reward=True,
+        opponent=chase_nearest_team_agent,
+        fields=_adversary_fields,
+    )
+    return TaskSpec(
+        name=name,
+        family="mpe",
+        summary="physical deception: 2 agents guard a goal landmark from 1 adversary",
+        description=(
+            "Two good agents and one adversary move among two landmarks, one of which is the goal. The "
+            "good agents know which landmark is the goal; the adversary does not and tries to reach it "
+            "anyway. The team wants one of its agents close to the goal while keeping the adversary far "
+            "from it, which usually means splitting up to cover both landmarks as a decoy. "
+            f"Episodes last {EPISODE_LIMIT} steps."
+        ),
+        team="agent_0 and agent_1 (the good agents), controlled",
+        reward=(
+            "the good agents' shared reward: -(distance from the goal to the nearest good agent) "
+            "+ (distance from the adversary to the goal)"
+        ),
+        opponent="scripted adversary: always moves towards the good agent nearest to it",
+        factory=partial(MPEEnv, name, scenario, schema),
+    )
+
+
+def _tag_spec() -> TaskSpec:
+    name = "mpe-tag"
+    schema = StateSchema(
+        (
+            _position_field("agent_position", "predator", 3, "each predator's (the team)"),
+            _velocity_field("agent_velocity", "predator", 3, "each predator's (the team)"),
+            _position_field("prey_position", "prey", 1, "the prey's"),
+            _velocity_field("prey_velocity", "prey", 1, "the prey's"),
+            _position_field("obstacle_position", "obstacle", 2, "each obstacle's (fixed, radius 0.2)"),
+        )
+    )
+    scenario = Scenario(
+        make=partial(simple_tag_v3.parallel_env, max_cycles=EPISODE_LIMIT),
+        team_prefix="adversary",
+        shared_reward=True,
+        opponent=flee_nearest_team_agent,
+        fields=_tag_fields,
+    )
+    return TaskSpec(
+        name=name,
+        family="mpe",
+        summary="predator-prey: 3 predators chase 1 faster prey among 2 obstacles",
+        description=(
+            "Three predators (the team, slower: max speed 1.0) chase one prey (faster: max speed 1.3) in "
+            "an arena with two large obstacles. The team is rewarded each time a predator touches the "
+            "prey, so it must corner the prey together rather than chase it one by one. "
+            f"Episodes last {EPISODE_LIMIT} steps."
+        ),
+        team="adversary_0 .. adversary_2 in MPE's naming (the predators), controlled",
+        reward="the predators' shared reward: +10 for every predator touching the prey at that step",
+        opponent=(
+            "scripted prey: flees the nearest predator, pulled back towards the centre when beyond "
+            f"|x| or |y| > {PREY_EDGE}"
+        ),
+        factory=partial(MPEEnv, name, scenario, schema),
+    )
+
+
+RAW_IDS = {
+    "simple_spread_v3": "mpe-spread-3",
+    "simple_adversary_v3": "mpe-adversary",
+    "simple_tag_v3": "mpe-tag",
+}
+
+
+def parse(name: str) -> TaskSpec | None:
+    name = RAW_IDS.get(name, name)
+    if name == "mpe-adversary":
+        return _adversary_spec()
+    if name == "mpe-tag":
+        return _tag_spec()
+    if name == "mpe-spread":
+        return _spread_spec(3)
+    match = re.fullmatch(r"mpe-spread-(\d+)", name)
+    if match:
+        n = int(match.group(1))
+        if not 1 <= n <= MAX_SPREAD_AGENTS:
+            raise TaskNameError(f"mpe-spread needs 1..{MAX_SPREAD_AGENTS} agents, got {n}")
+        return _spread_spec(n)
+    return None
+
+
+def names() -> list[str]:
+    return [*(f"mpe-spread-{n}" for n in (3, 6, 10, 15)), "mpe-adversary", "mpe-tag"]
+
+
+FAMILY = TaskFamily(
+    key="mpe",
+    title="Multi-agent particle environments (mpe2)",
+    patterns=("mpe-spread-<N> (N agents and landmarks)", "mpe-adversary", "mpe-tag", *RAW_IDS),
+    parse=parse,
+    names=names,
+    examples=("mpe-spread-3", "mpe-spread-10", "mpe-adversary", "mpe-tag"),
+)

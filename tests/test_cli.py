@@ -1,0 +1,134 @@
+"""The `qllm` command line: help everywhere, task listing and description, recording, the main job."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer.main
+from typer.testing import CliRunner
+
+from qllm.cli import app
+from qllm.envs.recording import load_recording
+
+runner = CliRunner()
+WIDE = {"COLUMNS": "250"}  # rich wraps to the terminal width; keep expected phrases on one line
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False, env=WIDE)
+
+
+def _command_paths(command: object, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command and sub-command of the CLI, as argument prefixes."""
+    paths = [prefix]
+    for name, sub in getattr(command, "commands", {}).items():
+        paths += _command_paths(sub, (*prefix, name))
+    return paths
+
+
+@pytest.mark.parametrize("path", _command_paths(typer.main.get_command(app)), ids=" ".join)
+def test_every_command_has_help(path: tuple[str, ...]) -> None:
+    result = invoke(*path, "--help")
+    assert result.exit_code == 0
+    assert "Usage:" in result.output and len(result.output) > 200
+
+
+def test_the_console_script_is_installed() -> None:
+    qllm = Path(sys.executable).parent / "qllm"
+    result = subprocess.run([qllm, "--version"], capture_output=True, text=True, check=True)
+    assert result.stdout.startswith("qllm ")
+
+
+def test_tasks_list_shows_every_family() -> None:
+    result = invoke("tasks", "list")
+    assert result.exit_code == 0
+    for text in ("matrix", "mpe-spread-<N>", "lbf-8x8-2p-2f", "rware-tiny-2ag"):
+        assert text in result.output
+
+
+def test_tasks_list_all_prints_names_one_per_line() -> None:
+    lines = invoke("tasks", "list", "--family", "mpe", "--all").output.split()
+    assert lines == [
+        "mpe-spread-3",
+        "mpe-spread-6",
+        "mpe-spread-10",
+        "mpe-spread-15",
+        "mpe-adversary",
+        "mpe-tag",
+    ]
+
+
+def test_tasks_list_unknown_family_is_a_usage_error() -> None:
+    result = invoke("tasks", "list", "--family", "smac")
+    assert result.exit_code == 2 and "unknown family 'smac'" in result.output
+
+
+def test_tasks_show_describes_the_state() -> None:
+    result = invoke("tasks", "show", "lbf-2s-10x10-3p-3f")
+    assert result.exit_code == 0
+    for text in ("food_level", "agent_position", "9:15", "LOAD", "50 steps"):
+        assert text in result.output
+
+
+def test_tasks_show_json_is_machine_readable() -> None:
+    data = json.loads(invoke("tasks", "show", "mpe-tag", "--json").output)
+    assert data["name"] == "mpe-tag" and "scripted" in data["opponent"]
+    fields = {f["name"]: f for f in data["info"]["schema"]["fields"]}
+    assert fields["prey_position"]["shape"] == [1, 2]
+    assert data["info"]["state_dim"] == sum(f["count"] * len(f["features"]) for f in fields.values())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("tasks", "show", "mpe-sprad-3"), "Did you mean: mpe-spread-3"),
+        (("record", "--task", "nope", "--out", "x.npz"), "unknown task 'nope'"),
+        (
+            ("record", "--task", "matrix-climbing", "--out", "x.npz", "--episodes", "0"),
+            "greater than or equal to 1",
+        ),
+        (("record", "--task", "matrix-climbing", "--out", "x.npz", "--policy", "greedy"), "random"),
+        (("record", "--task", "matrix-climbing"), "--out"),
+        (("run", "--task", "matrix-penalty-500"), "0..100"),
+    ],
+)
+def test_bad_input_is_a_one_line_usage_error(args: tuple[str, ...], message: str, tmp_path: Path) -> None:
+    result = runner.invoke(app, list(args), env=WIDE)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_record_writes_a_loadable_file(tmp_path: Path) -> None:
+    out = tmp_path / "deep" / "climb.npz"
+    result = invoke(
+        "record", "--task", "matrix-climbing", "--episodes", "4", "--out", str(out), "--seed", "3"
+    )
+    assert result.exit_code == 0, result.output
+    rec = load_recording(out)
+    assert rec.n_episodes == 4 and rec.info.task == "matrix-climbing"
+    assert rec.metadata["seed"] == 3 and rec.metadata["policy"] == "random"
+
+
+def test_record_refuses_a_directory_as_output(tmp_path: Path) -> None:
+    result = invoke("record", "--task", "matrix-climbing", "--out", str(tmp_path))
+    assert result.exit_code == 2 and "is a directory" in result.output
+
+
+def test_run_leaves_a_run_folder_a_person_can_open(tmp_path: Path) -> None:
+    result = invoke("run", "--task", "lbf-5x5-2p-1f", "--episodes", "3", "--runs-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    (run_dir,) = tmp_path.iterdir()
+    assert run_dir.name.startswith("lbf-5x5-2p-1f__run__0__")
+    assert {p.name for p in run_dir.iterdir()} == {
+        "task.md",
+        "schema.json",
+        "state_statistics.md",
+        "states.npz",
+    }
+    assert "food_position" in (run_dir / "task.md").read_text()
+    assert load_recording(run_dir / "states.npz").n_episodes == 3
