@@ -1,0 +1,1 @@
+"""Prompt-quality evals, kept apart from the unit tests (planned: issue "Prompt-quality evals")."""

@@ -1,0 +1,1 @@
+"""Isolated execution and validation of LLM-written credit functions (planned: issue "Sandbox")."""
