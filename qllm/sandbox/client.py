@@ -1,0 +1,207 @@
+"""The host side of the sandbox: start workers, send them candidates, read back typed verdicts.
+
+``Sandbox`` is what the rest of qllm uses::
+
+    with Sandbox() as sandbox:                       # picks bwrap / docker / unshare
+        inputs = ValidationInputs.from_recording(load_recording("states.npz"))
+        result = sandbox.validate(source, inputs)    # -> ValidationResult
+        print(result.ok, result.error_kind, result.weights)
+
+By default one worker stays warm between candidates (torch is imported once); each candidate still runs
+in a fresh forked child inside it. ``warm=False`` starts a new worker per candidate.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from qllm.envs.recording import Recording
+from qllm.sandbox.backends import Backend, detect_backend
+from qllm.sandbox.checks import CheckOptions
+from qllm.sandbox.protocol import ProtocolError, SandboxLimits, encode_array, receive_frame, write_frame
+from qllm.sandbox.result import ErrorKind, ValidationResult
+
+START_TIMEOUT_S = 120.0
+ANSWER_MARGIN_S = 15.0
+"""How much longer than a job's own wall-clock budget the host waits before declaring the worker hung."""
+
+
+@dataclass(frozen=True)
+class ValidationInputs:
+    """The batch a candidate is validated on: real states and Q-values in a realistic range."""
+
+    agents_q: torch.Tensor
+    """``[B, n_agents]`` float32."""
+    states: torch.Tensor
+    """``[B, state_dim]`` float32, rows of a recording."""
+
+    @classmethod
+    def from_recording(
+        cls, recording: Recording, max_states: int = 256, seed: int = 0, q_scale: float | None = None
+    ) -> ValidationInputs:
+        """Up to ``max_states`` distinct visited states, and Q-values uniform in ``[-q_scale, q_scale]``.
+
+        ``q_scale`` defaults to the largest absolute episode return in the recording (at least 1), the
+        order of magnitude Q-values take in that task.
+        """
+        visited = torch.unique(recording.visited_states(), dim=0)
+        if visited.shape[0] < 2:
+            raise ValueError("the recording has fewer than 2 distinct states: record more episodes")
+        generator = torch.Generator().manual_seed(seed)
+        order = torch.randperm(visited.shape[0], generator=generator)[:max_states]
+        states = visited[order]
+        if q_scale is None:
+            q_scale = max(1.0, float(recording.returns.abs().max()))
+        n_agents = recording.info.n_agents
+        agents_q = (torch.rand(states.shape[0], n_agents, generator=generator) * 2 - 1) * q_scale
+        return cls(agents_q=agents_q.float(), states=states.float())
+
+
+class SandboxWorker:
+    """One worker process started through a backend, answering one job at a time."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            self.backend.command(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=self.backend.environment(),
+            start_new_session=True,
+        )
+        ready = self._read(time.monotonic() + START_TIMEOUT_S)
+        if not ready.get("ready"):
+            self.close()
+            raise ProtocolError(f"worker sent {ready!r} instead of its ready message")
+
+    def submit(self, job: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        if not self.alive:
+            self.start()
+        assert self.process is not None and self.process.stdin is not None
+        write_frame(self.process.stdin, job)
+        return self._read(time.monotonic() + timeout_s)
+
+    def close(self) -> None:
+        if self.process is None:
+            return
+        if self.process.stdin:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        if self.process.stdout:
+            self.process.stdout.close()
+        self.process = None
+
+    def _read(self, deadline: float) -> dict[str, Any]:
+        """One frame from the worker, or ProtocolError if none arrives before ``deadline``."""
+        return receive_frame(lambda n: self._read_exactly(n, deadline))
+
+    def _read_exactly(self, n: int, deadline: float) -> bytes:
+        assert self.process is not None and self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        data = b""
+        while len(data) < n:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                raise ProtocolError("the sandbox worker did not answer in time")
+            chunk = os.read(fd, n - len(data))
+            if not chunk:
+                raise ProtocolError("the sandbox worker exited")
+            data += chunk
+        return data
+
+
+class Sandbox:
+    """Validates untrusted credit functions in isolated worker processes."""
+
+    def __init__(
+        self,
+        backend: str | Backend = "auto",
+        limits: SandboxLimits | None = None,
+        warm: bool = True,
+    ) -> None:
+        self.backend = detect_backend(backend) if isinstance(backend, str) else backend
+        self.limits = limits or SandboxLimits()
+        self.warm = warm
+        self._worker = SandboxWorker(self.backend)
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._worker.close()
+
+    def validate(
+        self, source: str, inputs: ValidationInputs, options: CheckOptions | None = None
+    ) -> ValidationResult:
+        """Run every check on ``source`` (a Python file's text) and return the verdict."""
+        if inputs.states.shape[0] < 2 or inputs.agents_q.shape[0] != inputs.states.shape[0]:
+            raise ValueError("validation needs at least 2 states and one row of Q-values per state")
+        job = {
+            "kind": "validate",
+            "source": source,
+            "agents_q": encode_array(inputs.agents_q.numpy()),
+            "states": encode_array(inputs.states.numpy()),
+            "options": vars(options or CheckOptions()),
+            "limits": self.limits.to_dict(),
+        }
+        return self._run(job)
+
+    def probe(self, python_source: str) -> ValidationResult:
+        """Run *plain* Python in the isolated, limited child, with no language-level restriction.
+
+        For testing what the process layer alone contains. Never pass generated code here.
+        """
+        return self._run({"kind": "probe", "source": python_source, "limits": self.limits.to_dict()})
+
+    def _run(self, job: dict[str, Any]) -> ValidationResult:
+        start = time.monotonic()
+        with self._lock:
+            try:
+                answer = self._worker.submit(job, timeout_s=self.limits.wall_s + ANSWER_MARGIN_S)
+                result = ValidationResult.model_validate(answer)
+            except (ProtocolError, OSError, ValueError) as exc:
+                self._worker.close()  # a worker that misbehaved is never reused
+                result = ValidationResult.failure(ErrorKind.SANDBOX, f"sandbox worker failed: {exc}")
+            finally:
+                if not self.warm:
+                    self._worker.close()
+        result.backend = self.backend.name
+        result.timings.total = time.monotonic() - start
+        return result
+
+
+def validate_file_source(
+    source: str,
+    recording: Recording,
+    options: CheckOptions | None = None,
+    backend: str = "auto",
+    max_states: int = 256,
+) -> ValidationResult:
+    """One-shot convenience: validate ``source`` against ``recording`` in a fresh sandbox."""
+    with Sandbox(backend=backend, warm=False) as sandbox:
+        return sandbox.validate(source, ValidationInputs.from_recording(recording, max_states), options)
