@@ -132,3 +132,68 @@ def test_run_leaves_a_run_folder_a_person_can_open(tmp_path: Path) -> None:
     }
     assert "food_position" in (run_dir / "task.md").read_text()
     assert load_recording(run_dir / "states.npz").n_episodes == 3
+
+
+# --- qllm sandbox check --------------------------------------------------------------------------
+
+GOOD = "def credit_assignment(agents_q, state):\n    return agents_q.sum(dim=1, keepdim=True)\n"
+BAD = "def credit_assignment(agents_q, state):\n    return agents_q\n"
+
+
+@pytest.fixture
+def climbing_states(tmp_path: Path) -> Path:
+    out = tmp_path / "climbing.npz"
+    assert invoke("record", "--task", "matrix-climbing", "--episodes", "3", "--out", str(out)).exit_code == 0
+    return out
+
+
+def test_sandbox_check_passes_a_good_function(tmp_path: Path, climbing_states: Path) -> None:
+    path = tmp_path / "vdn.py"
+    path.write_text(GOOD)
+    result = invoke(
+        "sandbox", "check", str(path), "--task", "matrix-climbing", "--states", str(climbing_states)
+    )
+    assert result.exit_code == 0, result.output
+    assert "PASS" in result.output and "implied weights" in result.output
+
+
+def test_sandbox_check_fails_a_bad_function_with_exit_1(tmp_path: Path, climbing_states: Path) -> None:
+    path = tmp_path / "bad.py"
+    path.write_text(BAD)
+    result = invoke("sandbox", "check", str(path), "-t", "matrix-climbing", "--states", str(climbing_states))
+    assert result.exit_code == 1
+    assert "FAIL" in result.output and "shape" in result.output
+
+
+def test_sandbox_check_json_records_states_when_none_given(tmp_path: Path) -> None:
+    path = tmp_path / "vdn.py"
+    path.write_text(GOOD)
+    result = runner.invoke(app, ["sandbox", "check", str(path), "-t", "mpe-spread-3", "--json"], env=WIDE)
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)  # notes about recording go to stderr, not into the JSON
+    assert data["ok"] and data["backend"] == "bwrap" and len(data["weights"]["agents"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        ("missing", ("-t", "matrix-climbing"), "no file at"),
+        ("binary", ("-t", "matrix-climbing"), "not a UTF-8 text file"),
+        ("good", ("-t", "matrix-climbng"), "Did you mean: matrix-climbing"),
+        ("good", ("-t", "matrix-qtran", "--states", "{states}"), "records task 'matrix-climbing'"),
+        ("good", ("-t", "matrix-climbing", "--states", "{missing}"), "no recording at"),
+        ("good", ("-t", "matrix-climbing", "--backend", "vm"), "unknown sandbox backend"),
+    ],
+)
+def test_sandbox_check_bad_input_is_a_usage_error(
+    setup: str, args: tuple[str, ...], message: str, tmp_path: Path, climbing_states: Path
+) -> None:
+    path = tmp_path / "candidate.py"
+    if setup == "good":
+        path.write_text(GOOD)
+    elif setup == "binary":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    filled = [a.format(states=climbing_states, missing=tmp_path / "none.npz") for a in args]
+    result = runner.invoke(app, ["sandbox", "check", str(path), *filled], env=WIDE)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output

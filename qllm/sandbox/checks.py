@@ -7,13 +7,13 @@ one (a function with the wrong shape is not also told it is non-deterministic):
 1. the call returns at all (exceptions, memory), within the per-call time budget;
 2. a tensor of shape ``[B, 1]`` and dtype float32, finite;
 3. the inputs are unchanged;
-4. gradients reach ``agents_q`` and are finite;
-5. the same inputs give the same output (determinism);
-6. row ``b`` of the output depends only on row ``b`` of the inputs (batch permutation and splitting);
+4. the same inputs give the same output (determinism);
+5. row ``b`` of the output depends only on row ``b`` of the inputs (batch permutation and splitting);
+6. gradients reach ``agents_q`` and are finite;
 7. optionally, every implied weight is non-negative (monotonicity, the IGM condition).
 
 The implied weights ``w_i(s) = dQ_tot/dQ_i`` and bias ``b(s) = Q_tot - sum_i w_i Q_i`` come from
-autograd; because rows are independent (check 6) one backward pass yields every row's weights.
+autograd; because rows are independent (check 5) one backward pass yields every row's weights.
 """
 
 from __future__ import annotations
@@ -25,10 +25,12 @@ from typing import Any
 
 import torch
 
-from qllm.sandbox.restricted import ForbiddenError
+from qllm.sandbox.restricted import ForbiddenError, OutputLimitExceeded
 from qllm.sandbox.result import AgentWeightStats, ErrorKind, Timings, ValidationResult, WeightReport
 
 ZERO = 1e-6
+PAIRS = 4
+"""Two-row batches in the row-independence check."""
 EXAMPLE_STATES = 5
 
 
@@ -80,10 +82,10 @@ class Subject:
             raise CheckError(ErrorKind.MEMORY, "ran out of memory", self.trace(exc)) from None
         except RecursionError as exc:
             raise CheckError(ErrorKind.RUNTIME, "maximum recursion depth exceeded", self.trace(exc)) from None
-        except Exception as exc:
-            text = str(exc).lower()
-            kind = ErrorKind.MEMORY if "alloc" in text and "memory" in text else ErrorKind.RUNTIME
-            raise CheckError(kind, f"{type(exc).__name__}: {exc}", self.trace(exc)) from None
+        except OutputLimitExceeded:
+            raise
+        except BaseException as exc:  # SystemExit and KeyboardInterrupt raised by the candidate included
+            raise CheckError(_classify(exc), f"{type(exc).__name__}: {exc}", self.trace(exc)) from None
 
     def output(self, agents_q: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         """Call the candidate; insist on a finite float32 tensor of shape ``[B, 1]``, whatever the batch."""
@@ -106,6 +108,15 @@ class Subject:
         return out.detach(), torch.zeros_like(q) if grad is None else grad
 
 
+def _classify(exc: BaseException) -> ErrorKind:
+    text = str(exc).lower()
+    if "alloc" in text and "memory" in text:
+        return ErrorKind.MEMORY
+    if "in-place operation" in text:  # autograd refuses in-place changes to agents_q
+        return ErrorKind.INPUT_MUTATION
+    return ErrorKind.RUNTIME
+
+
 def run_checks(
     fn: CreditFunction,
     agents_q: torch.Tensor,
@@ -119,9 +130,9 @@ def run_checks(
     weights: WeightReport | None = None
     try:
         out, timings.call = _first_call(subject, options)
-        q_grad = _check_gradient(subject)
         _check_deterministic(subject, out, options)
         _check_rows_independent(subject, out, options)
+        q_grad = _check_gradient(subject)
         weights = _weight_report(subject, out, q_grad)
         if options.require_monotonic:
             _check_monotonic(q_grad, options)
@@ -193,16 +204,21 @@ def _check_deterministic(subject: Subject, out: torch.Tensor, options: CheckOpti
 
 
 def _check_rows_independent(subject: Subject, out: torch.Tensor, options: CheckOptions) -> None:
-    order = torch.arange(subject.batch - 1, -1, -1)  # the batch reversed
-    permuted = subject.output(subject.agents_q[order].clone(), subject.states[order].clone()).detach()
-    half = subject.batch // 2
-    head = subject.output(subject.agents_q[:half].clone(), subject.states[:half].clone()).detach()
-    if not _close(permuted[order], out, options) or not _close(head, out[:half], options):
-        raise CheckError(
-            ErrorKind.ROW_COUPLING,
-            "a row's Q_tot changed when other rows of the batch changed: compute each row from its own "
-            "agents_q and state only (no mean/softmax/normalisation over dim 0)",
-        )
+    """The same rows must give the same results in any batch: reversed, halved, and in small pairs
+    (which change batch statistics such as a max over the batch that a full reversal keeps)."""
+    batch = subject.batch
+    reversed_rows = torch.arange(batch - 1, -1, -1)
+    sub_batches = [reversed_rows, torch.arange(batch // 2)]
+    step = max(1, batch // PAIRS)
+    sub_batches += [torch.tensor([i, (i + batch // 2 + 1) % batch]) for i in range(0, batch, step)]
+    for rows in sub_batches:
+        result = subject.output(subject.agents_q[rows].clone(), subject.states[rows].clone()).detach()
+        if not _close(result, out[rows], options):
+            raise CheckError(
+                ErrorKind.ROW_COUPLING,
+                "a row's Q_tot changed when other rows of the batch changed: compute each row from its own "
+                "agents_q and state only (no mean/softmax/normalisation over dim 0)",
+            )
 
 
 def _check_monotonic(q_grad: torch.Tensor, options: CheckOptions) -> None:

@@ -25,11 +25,14 @@ import torch
 
 from qllm.envs.recording import Recording
 from qllm.sandbox.backends import Backend, detect_backend
+from qllm.sandbox.cgroup import PidsCgroup
 from qllm.sandbox.checks import CheckOptions
 from qllm.sandbox.protocol import ProtocolError, SandboxLimits, encode_array, receive_frame, write_frame
 from qllm.sandbox.result import ErrorKind, ValidationResult
 
 START_TIMEOUT_S = 120.0
+MAX_PIDS = 64
+"""Processes and threads one worker and everything it starts may have at once (where cgroups allow)."""
 ANSWER_MARGIN_S = 15.0
 """How much longer than a job's own wall-clock budget the host waits before declaring the worker hung."""
 
@@ -71,12 +74,14 @@ class SandboxWorker:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.process: subprocess.Popen[bytes] | None = None
+        self.cgroup: PidsCgroup | None = None
 
     @property
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
     def start(self) -> None:
+        self.cgroup = PidsCgroup.create(MAX_PIDS)
         self.process = subprocess.Popen(
             self.backend.command(),
             stdin=subprocess.PIPE,
@@ -84,6 +89,7 @@ class SandboxWorker:
             stderr=subprocess.DEVNULL,
             env=self.backend.environment(),
             start_new_session=True,
+            preexec_fn=self.cgroup.enter if self.cgroup else None,  # noqa: PLW1509  (one write, no locks)
         )
         ready = self._read(time.monotonic() + START_TIMEOUT_S)
         if not ready.get("ready"):
@@ -110,6 +116,9 @@ class SandboxWorker:
         if self.process.stdout:
             self.process.stdout.close()
         self.process = None
+        if self.cgroup is not None:
+            self.cgroup.remove()
+            self.cgroup = None
 
     def _read(self, deadline: float) -> dict[str, Any]:
         """One frame from the worker, or ProtocolError if none arrives before ``deadline``."""

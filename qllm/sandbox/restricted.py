@@ -177,7 +177,10 @@ def _guarded_getattr(obj: Any, name: str, default: Any = None) -> Any:
         raise ForbiddenAttributeError(f"tensor.{name} is not available in credit functions")
     if isinstance(obj, ModuleProxy):
         return getattr(obj, name)
-    return safer_getattr(obj, name, default)
+    try:
+        return safer_getattr(obj, name, default)
+    except NotImplementedError as exc:  # str.format and string.Formatter: known escape routes
+        raise ForbiddenAttributeError(str(exc)) from None
 
 
 def _guarded_write(obj: Any) -> Any:

@@ -32,6 +32,7 @@ from qllm.sandbox.result import ErrorKind, ValidationResult
 
 RESULT_BYTES = 4 * 1024 * 1024
 MAX_OPEN_FILES = 64
+MAX_PROCESSES = 64
 TAIL_BYTES = 2048
 
 
@@ -113,6 +114,8 @@ def _apply_limits(limits: SandboxLimits, baseline: int) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NOFILE, (MAX_OPEN_FILES, MAX_OPEN_FILES))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # Processes and threads of the sandbox user; a backstop against fork bombs (not enforced for root).
+    resource.setrlimit(resource.RLIMIT_NPROC, (MAX_PROCESSES, MAX_PROCESSES))
 
 
 def _execute(job: dict[str, Any], limits: SandboxLimits) -> dict[str, Any]:

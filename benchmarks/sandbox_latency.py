@@ -1,0 +1,196 @@
+"""Validation latency per candidate credit function: each sandbox backend against no isolation at all.
+
+For every available backend among bwrap, unshare, process and docker (unavailable ones are skipped, and
+said so), two ways of validating a candidate are timed on the host, around the whole ``validate`` call:
+
+- cold: a new ``Sandbox(backend, warm=False)`` per candidate, so each time includes starting the worker
+  (and the isolation around it) and its ``import torch``;
+- warm: one ``Sandbox(backend, warm=True)``; the first call (which starts the worker) is a warm-up and is
+  excluded; each timed call still runs its candidate in a freshly forked, rlimited child.
+
+The reference is the same work in this process with no isolation: ``load_credit_function`` followed by
+``run_checks``, timed the same way as warm (one warm-up call, then the repeats). Three realistic candidates
+(VDN, a state-dependent softmax mixer, an LBF level-weighted mixer) are cycled through, and every one must
+pass. Each row gives median and p90 ms per candidate and ``ratio`` = its median / the in-process median.
+Peak RSS of this process is printed last (the workers' memory is not included).
+
+Run:  .venv/bin/python benchmarks/sandbox_latency.py [--backends bwrap,process] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qllm.envs.recording import record
+from qllm.sandbox import CheckOptions, Sandbox, SandboxUnavailableError, ValidationInputs, ValidationResult
+from qllm.sandbox.backends import detect_backend
+from qllm.sandbox.checks import run_checks
+from qllm.sandbox.restricted import candidate_traceback, load_credit_function
+
+VDN = """\
+def credit_assignment(agents_q, state):
+    return agents_q.sum(dim=1, keepdim=True)
+"""
+SOFTMAX = """\
+import torch
+
+
+def credit_assignment(agents_q, state):
+    n = agents_q.shape[1]
+    positions = state[:, : 2 * n].reshape(-1, n, 2)
+    feature = positions.norm(dim=-1) / 10.0
+    weights = torch.softmax(feature, dim=1) * n
+    return (weights * agents_q).sum(dim=1, keepdim=True)
+"""
+LBF = """\
+import torch
+
+
+def credit_assignment(agents_q, state):
+    n = agents_q.shape[1]
+    levels = state[:, 2 * n : 3 * n]  # agent levels: columns 6:9 with 3 agents
+    last_action = state[:, -6 * n :].reshape(-1, n, 6)
+    loading = last_action[:, :, 5]  # LOAD at the previous step
+    weights = levels * (1.0 + 0.5 * loading)
+    weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-6) * n
+    return (weights * agents_q).sum(dim=1, keepdim=True)
+"""
+BACKEND_ORDER = "bwrap,unshare,process,docker"
+
+
+def candidates_for(task: str) -> list[str]:
+    """The candidate sources cycled through; the LBF mixer only makes sense on LBF tasks."""
+    return [VDN, SOFTMAX, LBF] if task.startswith("lbf") else [VDN, SOFTMAX]
+
+
+def check(result: ValidationResult, source: str, where: str) -> None:
+    assert result.ok, f"{where}: candidate failed: {result.message}\n{result.traceback}\n{source}"
+
+
+def in_process(source: str, inputs: ValidationInputs) -> ValidationResult:
+    """The same checks with no isolation at all: restricted load and ``run_checks`` in this process."""
+    cand = load_credit_function(source)
+    return run_checks(
+        cand.function,
+        inputs.agents_q,
+        inputs.states,
+        CheckOptions(),
+        trace=lambda e: candidate_traceback(e, source),
+    )
+
+
+def timed(
+    call: Callable[[str], ValidationResult], sources: list[str], repeats: int, where: str
+) -> list[float]:
+    """Seconds per call of ``call`` on ``repeats`` candidates cycled from ``sources``; each must pass."""
+    samples = []
+    for i in range(repeats):
+        source = sources[i % len(sources)]
+        start = time.perf_counter()
+        result = call(source)
+        samples.append(time.perf_counter() - start)
+        check(result, source, where)
+    return samples
+
+
+def bench_cold(backend: str, sources: list[str], inputs: ValidationInputs, repeats: int) -> list[float]:
+    def call(source: str) -> ValidationResult:
+        with Sandbox(backend=backend, warm=False) as sandbox:
+            return sandbox.validate(source, inputs)
+
+    return timed(call, sources, repeats, f"{backend} cold")
+
+
+def bench_warm(backend: str, sources: list[str], inputs: ValidationInputs, repeats: int) -> list[float]:
+    with Sandbox(backend=backend, warm=True) as sandbox:
+        check(sandbox.validate(sources[-1], inputs), sources[-1], f"{backend} warm-up")
+        return timed(lambda s: sandbox.validate(s, inputs), sources, repeats, f"{backend} warm")
+
+
+def bench_reference(sources: list[str], inputs: ValidationInputs, repeats: int) -> list[float]:
+    check(in_process(sources[-1], inputs), sources[-1], "in-process warm-up")
+    return timed(lambda s: in_process(s, inputs), sources, repeats, "in-process")
+
+
+def row(backend: str, mode: str, samples: list[float]) -> dict[str, Any]:
+    ms = np.array(samples) * 1e3
+    return {"backend": backend, "mode": mode, "n": len(samples), "median_ms": float(np.median(ms)),
+            "p90_ms": float(np.percentile(ms, 90))}  # fmt: skip
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    header = ("backend", "mode", "n", "median ms", "p90 ms", "ratio")
+    lines = [(r["backend"], r["mode"], str(r["n"]), f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}",
+              f"{r['ratio']:.1f}x") for r in rows]  # fmt: skip
+    widths = [max(len(line[c]) for line in [header, *lines]) for c in range(len(header))]
+    for k, line in enumerate([header, *lines]):
+        cells = [
+            c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        ]
+        print("  ".join(cells))
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add(
+        "--task",
+        default="lbf-2s-10x10-3p-3f",
+        help="task whose recorded states are used (default: %(default)s)",
+    )
+    add("--states", type=int, default=256, help="validation batch size B (default: %(default)s)")
+    add("--cold-repeats", type=int, default=5, help="cold candidates per backend (default: %(default)s)")
+    add("--warm-repeats", type=int, default=30, help="timed warm candidates (default: %(default)s)")
+    add("--backends", default=BACKEND_ORDER, help="comma-separated backends (default: %(default)s)")
+    add("--json", type=Path, help="also write the results to this JSON file")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    sources = candidates_for(args.task)
+    inputs = ValidationInputs.from_recording(record(args.task, episodes=20), max_states=args.states)
+    print(f"{args.task}: {inputs.states.shape[0]} states, {len(sources)} candidates cycled", flush=True)
+    reference = row("in-process", "warm", bench_reference(sources, inputs, args.warm_repeats))
+    rows, skipped = [reference], []
+    for name in (b.strip() for b in args.backends.split(",") if b.strip()):
+        try:
+            detect_backend(name)
+        except SandboxUnavailableError as exc:
+            print(f"skipping {name}: {exc}", flush=True)
+            skipped.append(name)
+            continue
+        rows.append(row(name, "cold", bench_cold(name, sources, inputs, args.cold_repeats)))
+        rows.append(row(name, "warm", bench_warm(name, sources, inputs, args.warm_repeats)))
+        print(f"{name}: cold {rows[-2]['median_ms']:.0f} ms, warm {rows[-1]['median_ms']:.1f} ms", flush=True)
+    for r in rows:
+        r["ratio"] = r["median_ms"] / reference["median_ms"]
+    print()
+    print_table(rows)
+    rss = peak_rss_mib()
+    print(f"\npeak RSS: {rss:.1f} MiB (this process only)")
+    if args.json is not None:
+        meta = {"task": args.task, "states": int(inputs.states.shape[0]), "candidates": len(sources)}
+        payload = {**meta, "skipped": skipped, "peak_rss_mib": rss, "results": rows}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

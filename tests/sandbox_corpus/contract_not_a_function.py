@@ -1,0 +1,2 @@
+# expect: contract
+credit_assignment = 5

@@ -1,0 +1,3 @@
+# expect: contract
+def credit_assignment(agents_q):
+    return agents_q.sum(1, keepdim=True)

@@ -1,0 +1,6 @@
+# expect: import
+from . import secrets
+
+
+def credit_assignment(agents_q, state):
+    return agents_q.sum(1, keepdim=True)

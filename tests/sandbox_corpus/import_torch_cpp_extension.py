@@ -1,0 +1,6 @@
+# expect: import
+import torch.utils.cpp_extension
+
+
+def credit_assignment(agents_q, state):
+    return agents_q.sum(1, keepdim=True)

@@ -1,0 +1,6 @@
+# expect: forbidden
+from torch import _C
+
+
+def credit_assignment(agents_q, state):
+    return agents_q.sum(1, keepdim=True)

@@ -1,0 +1,4 @@
+# expect: timeout
+def credit_assignment(agents_q, state):
+    while True:
+        pass

@@ -1,0 +1,7 @@
+# expect: forbidden
+import torch
+
+
+def credit_assignment(agents_q, state):
+    torch.os.system('touch {CANARY}')
+    return agents_q.sum(1, keepdim=True)

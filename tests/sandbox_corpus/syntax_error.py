@@ -1,0 +1,3 @@
+# expect: syntax
+def credit_assignment(agents_q, state)
+    return agents_q.sum(1, keepdim=True)

@@ -1,0 +1,109 @@
+"""The process layer alone contains plain Python: what holds even if the language layer were bypassed.
+
+These tests run *unrestricted* probe code in the sandbox (``Sandbox.probe``), so they show what the
+isolation backend and the worker's rlimits guarantee by themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from qllm.envs.recording import record
+from qllm.sandbox import ErrorKind, Sandbox, SandboxLimits, ValidationInputs, detect_backend
+from qllm.sandbox.backends import BACKENDS, DockerBackend, SandboxUnavailableError
+
+ROOT = Path(__file__).resolve().parents[1]
+VDN = "def credit_assignment(agents_q, state):\n    return agents_q.sum(dim=1, keepdim=True)\n"
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Sandbox]:
+    with Sandbox(limits=SandboxLimits(wall_s=5.0, cpu_s=5, memory_mb=256)) as box:
+        yield box
+
+
+def test_the_strongest_backend_is_chosen_and_reported(sandbox: Sandbox) -> None:
+    # scripts/setup.sh installs bubblewrap, so CI runs the strongest backend available without Docker.
+    assert sandbox.backend.name == "bwrap"
+    result = sandbox.probe("pass")
+    assert result.ok and result.backend == "bwrap"
+
+
+def test_no_network_even_to_the_host_loopback(sandbox: Sandbox) -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.5)
+    port = server.getsockname()[1]
+    result = sandbox.probe(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)")
+    assert not result.ok
+    assert "Connection refused" in result.message or "unreachable" in result.message
+    with pytest.raises(TimeoutError):
+        server.accept()
+    server.close()
+    result = sandbox.probe("import socket\nsocket.getaddrinfo('pypi.org', 443)")
+    assert not result.ok
+
+
+def test_files_are_read_only_and_the_rest_is_invisible(sandbox: Sandbox, tmp_path: Path) -> None:
+    canary = tmp_path / "canary"
+    host_tmp = Path("/tmp") / f"qllm-escape-{os.getpid()}"
+    for target in (canary, ROOT / "escaped.txt", host_tmp):
+        result = sandbox.probe(f"with open({str(target)!r}, 'w') as f:\n    f.write('escaped')")
+        assert not result.ok, target  # read-only mounts, and RLIMIT_FSIZE=0 on the private /tmp
+    assert not canary.exists() and not (ROOT / "escaped.txt").exists() and not host_tmp.exists()
+    # Only the interpreter, the venv and the qllm package are mounted: the repository itself is not.
+    assert not sandbox.probe(f"open({str(ROOT / 'pyproject.toml')!r}).read()").ok
+    assert sandbox.probe(f"print(open({str(ROOT / 'qllm' / '__init__.py')!r}).read()[:3])").ok
+
+
+def test_runs_as_nobody_in_its_own_process_namespace(sandbox: Sandbox) -> None:
+    result = sandbox.probe(f"import os\nassert os.getuid() == 65534\nos.kill({os.getpid()}, 9)")
+    assert not result.ok and "ProcessLookupError" in result.message  # the host's pids do not exist there
+
+
+def test_memory_cpu_output_and_process_limits(sandbox: Sandbox) -> None:
+    assert "MemoryError" in sandbox.probe("hog = bytearray(2 * 1024**3)").message
+    assert sandbox.probe("while True:\n    pass").error_kind == ErrorKind.TIMEOUT
+    flood = sandbox.probe("import os\nfor _ in range(10**5):\n    os.write(1, b'x' * 1024)")
+    assert flood.error_kind == ErrorKind.OUTPUT_LIMIT
+    forks = sandbox.probe(
+        "import os, time\n"
+        "for _ in range(200):\n"
+        "    if os.fork() == 0:\n"
+        "        time.sleep(3)\n"
+        "        os._exit(0)\n"
+    )
+    assert not forks.ok and "Resource temporarily unavailable" in forks.message
+
+
+def test_a_killed_worker_is_replaced_and_the_host_is_unharmed(sandbox: Sandbox) -> None:
+    inputs = ValidationInputs.from_recording(record("matrix-climbing", episodes=2), max_states=8)
+    result = sandbox.probe("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)")
+    assert not result.ok and result.error_kind in {ErrorKind.SANDBOX, ErrorKind.CRASHED}
+    assert sandbox.validate(VDN, inputs).ok
+
+
+def test_each_job_gets_a_fresh_process(sandbox: Sandbox) -> None:
+    sandbox.probe("import torch\ntorch.sum = None")
+    assert sandbox.probe("import torch\nassert torch.sum is not None").ok
+
+
+def test_unknown_and_unavailable_backends_are_clear_errors() -> None:
+    with pytest.raises(SandboxUnavailableError, match="unknown sandbox backend 'vm'"):
+        detect_backend("vm")
+    if not BACKENDS["docker"]().available():
+        with pytest.raises(SandboxUnavailableError, match="docker sandbox backend is not available"):
+            detect_backend("docker")
+
+
+def test_docker_command_isolates_the_container() -> None:
+    argv = DockerBackend(image="example/python:3.11").command()
+    text = " ".join(argv)
+    for flag in ("--network none", "--read-only", "--cap-drop ALL", "--pids-limit", "--user 65534:65534"):
+        assert flag in text
+    assert all(v.endswith(":ro") for i, v in enumerate(argv) if argv[i - 1] == "--volume")
+    assert argv[argv.index("example/python:3.11") + 1 :][-2:] == ["-m", "qllm.sandbox.worker"]
