@@ -6,12 +6,21 @@ the last ones go through the real sandbox end to end.
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import torch
 
 from qllm.envs import make_env
 from qllm.envs.recording import record
-from qllm.sandbox import CheckOptions, ErrorKind, Sandbox, ValidationInputs, load_credit_function
+from qllm.sandbox import (
+    CandidateRejectedError,
+    CheckOptions,
+    ErrorKind,
+    Sandbox,
+    ValidationInputs,
+    load_credit_function,
+)
 from qllm.sandbox.checks import run_checks
 from qllm.sandbox.restricted import candidate_traceback
 
@@ -156,3 +165,29 @@ def test_inputs_come_from_distinct_recorded_states() -> None:
     assert inputs.states.shape[0] == torch.unique(rec.visited_states(), dim=0).shape[0] <= 10
     assert inputs.agents_q.shape == (inputs.states.shape[0], 2)
     assert inputs.agents_q.abs().max() <= max(1.0, float(rec.returns.abs().max()))
+
+
+def test_load_validates_first_then_returns_a_usable_function(lbf_inputs: ValidationInputs) -> None:
+    with Sandbox() as sandbox:
+        candidate = sandbox.load(SOFTMAX, lbf_inputs)
+        q = lbf_inputs.agents_q.clone().requires_grad_(True)
+        candidate.function(q, lbf_inputs.states).sum().backward()
+        assert q.grad is not None
+        with pytest.raises(CandidateRejectedError, match="not_monotonic") as rejected:
+            sandbox.load(NEGATIVE, lbf_inputs, CheckOptions(require_monotonic=True))
+        assert rejected.value.result.error_kind == ErrorKind.NOT_MONOTONIC
+
+
+@pytest.mark.parametrize("backend", ["unshare", "process"])
+def test_weaker_backends_run_the_same_checks(backend: str, lbf_inputs: ValidationInputs) -> None:
+    with Sandbox(backend=backend) as sandbox:
+        assert sandbox.validate(LBF_LEVELS, lbf_inputs).ok
+        assert sandbox.validate(NEGATIVE, lbf_inputs, CheckOptions(require_monotonic=True)).error_kind == (
+            ErrorKind.NOT_MONOTONIC
+        )
+        # Only `process` shares the host's network: it reaches a listener on the host's loopback.
+        server = socket.create_server(("127.0.0.1", 0))
+        port = server.getsockname()[1]
+        reached = sandbox.probe(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)")
+        server.close()
+        assert reached.ok is (backend == "process")

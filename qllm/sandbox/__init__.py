@@ -8,13 +8,14 @@ side is :class:`Sandbox`; results are :class:`ValidationResult`.
 
 from qllm.sandbox.backends import SandboxUnavailableError, detect_backend
 from qllm.sandbox.checks import CheckOptions
-from qllm.sandbox.client import Sandbox, ValidationInputs, validate_file_source
+from qllm.sandbox.client import CandidateRejectedError, Sandbox, ValidationInputs, validate_file_source
 from qllm.sandbox.protocol import SandboxLimits
 from qllm.sandbox.restricted import CandidateError, LoadedCandidate, load_credit_function
 from qllm.sandbox.result import ErrorKind, ValidationResult, WeightReport
 
 __all__ = [
     "CandidateError",
+    "CandidateRejectedError",
     "CheckOptions",
     "ErrorKind",
     "LoadedCandidate",

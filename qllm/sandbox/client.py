@@ -28,6 +28,7 @@ from qllm.sandbox.backends import Backend, detect_backend
 from qllm.sandbox.cgroup import PidsCgroup
 from qllm.sandbox.checks import CheckOptions
 from qllm.sandbox.protocol import ProtocolError, SandboxLimits, encode_array, receive_frame, write_frame
+from qllm.sandbox.restricted import LoadedCandidate, load_credit_function
 from qllm.sandbox.result import ErrorKind, ValidationResult
 
 START_TIMEOUT_S = 120.0
@@ -66,6 +67,14 @@ class ValidationInputs:
         n_agents = recording.info.n_agents
         agents_q = (torch.rand(states.shape[0], n_agents, generator=generator) * 2 - 1) * q_scale
         return cls(agents_q=agents_q.float(), states=states.float())
+
+
+class CandidateRejectedError(ValueError):
+    """A credit function failed validation; ``result`` says why."""
+
+    def __init__(self, result: ValidationResult) -> None:
+        super().__init__(result.feedback())
+        self.result = result
 
 
 class SandboxWorker:
@@ -179,6 +188,19 @@ class Sandbox:
             "limits": self.limits.to_dict(),
         }
         return self._run(job)
+
+    def load(
+        self, source: str, inputs: ValidationInputs, options: CheckOptions | None = None
+    ) -> LoadedCandidate:
+        """Validate ``source`` here, then load it into *this* process under the restricted globals.
+
+        The only sanctioned way to get a callable credit function (the trainer needs one for autograd).
+        Raises :class:`CandidateRejectedError`, carrying the verdict, when validation fails.
+        """
+        result = self.validate(source, inputs, options)
+        if not result.ok:
+            raise CandidateRejectedError(result)
+        return load_credit_function(source)
 
     def probe(self, python_source: str) -> ValidationResult:
         """Run *plain* Python in the isolated, limited child, with no language-level restriction.

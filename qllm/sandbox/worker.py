@@ -99,6 +99,9 @@ def _child(job: dict[str, Any], limits: SandboxLimits, result_w: int, output_w: 
         os.closerange(4, 1 << 16)  # the worker's protocol pipes among them
         _apply_limits(limits, baseline)
         payload = json.dumps(_execute(job, limits)).encode()
+        for stream in (sys.stdout, sys.stderr):  # os._exit below skips Python's own flushing
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
         with os.fdopen(3, "wb") as out:
             out.write(payload[:RESULT_BYTES])
     except BaseException:
