@@ -65,6 +65,8 @@ def credit_assignment(agents_q, state):
     return (weights * agents_q).sum(dim=1, keepdim=True)
 """
 BACKEND_ORDER = "bwrap,unshare,process,docker"
+Runner = Callable[[str], ValidationResult]
+"""Validates one candidate source."""
 
 
 def candidates_for(task: str) -> list[str]:
@@ -78,19 +80,13 @@ def check(result: ValidationResult, source: str, where: str) -> None:
 
 def in_process(source: str, inputs: ValidationInputs) -> ValidationResult:
     """The same checks with no isolation at all: restricted load and ``run_checks`` in this process."""
-    cand = load_credit_function(source)
+    fn = load_credit_function(source).function
     return run_checks(
-        cand.function,
-        inputs.agents_q,
-        inputs.states,
-        CheckOptions(),
-        trace=lambda e: candidate_traceback(e, source),
+        fn, inputs.agents_q, inputs.states, CheckOptions(), lambda e: candidate_traceback(e, source)
     )
 
 
-def timed(
-    call: Callable[[str], ValidationResult], sources: list[str], repeats: int, where: str
-) -> list[float]:
+def timed(call: Runner, sources: list[str], repeats: int, where: str) -> list[float]:
     """Seconds per call of ``call`` on ``repeats`` candidates cycled from ``sources``; each must pass."""
     samples = []
     for i in range(repeats):
@@ -123,8 +119,8 @@ def bench_reference(sources: list[str], inputs: ValidationInputs, repeats: int) 
 
 def row(backend: str, mode: str, samples: list[float]) -> dict[str, Any]:
     ms = np.array(samples) * 1e3
-    return {"backend": backend, "mode": mode, "n": len(samples), "median_ms": float(np.median(ms)),
-            "p90_ms": float(np.percentile(ms, 90))}  # fmt: skip
+    median, p90 = float(np.median(ms)), float(np.percentile(ms, 90))
+    return {"backend": backend, "mode": mode, "n": len(samples), "median_ms": median, "p90_ms": p90}
 
 
 def peak_rss_mib() -> float:
@@ -134,15 +130,15 @@ def peak_rss_mib() -> float:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    header = ("backend", "mode", "n", "median ms", "p90 ms", "ratio")
-    lines = [(r["backend"], r["mode"], str(r["n"]), f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}",
-              f"{r['ratio']:.1f}x") for r in rows]  # fmt: skip
+    cells = ("backend", "mode", "n", "median_ms", "p90_ms", "ratio")
+    header = tuple(c.replace("_", " ") for c in cells)
+    lines = [tuple(f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cells) for r in rows]
     widths = [max(len(line[c]) for line in [header, *lines]) for c in range(len(header))]
     for k, line in enumerate([header, *lines]):
-        cells = [
+        padded = [
             c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))
         ]
-        print("  ".join(cells))
+        print("  ".join(padded))
         if k == 0:
             print("  ".join("-" * w for w in widths))
 
@@ -150,11 +146,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add = parser.add_argument
-    add(
-        "--task",
-        default="lbf-2s-10x10-3p-3f",
-        help="task whose recorded states are used (default: %(default)s)",
-    )
+    add("--task", default="lbf-2s-10x10-3p-3f", help="task to record states in (default: %(default)s)")
     add("--states", type=int, default=256, help="validation batch size B (default: %(default)s)")
     add("--cold-repeats", type=int, default=5, help="cold candidates per backend (default: %(default)s)")
     add("--warm-repeats", type=int, default=30, help="timed warm candidates (default: %(default)s)")
