@@ -1,1 +1,11 @@
-"""The QMIX-family trainer, its mixer registry and the TFCAF mixer (planned: issue "Trainer")."""
+"""A compact QMIX-family trainer (IQL, VDN, QMIX, Qatten, RIIT, and the TFCAF mixer of QLLM).
+
+``train(preset("qmix", task="lbf-8x8-2p-2f", steps=100_000))`` runs the loop in ``train.py``; mixers
+share one signature (``mixers.py``); ``config.py`` holds the typed settings and the named presets.
+"""
+
+from qllm.rl.config import PRESETS, TrainConfig, preset
+from qllm.rl.mixers import MIXERS
+from qllm.rl.train import RunError, TrainResult, evaluate_run, train
+
+__all__ = ["MIXERS", "PRESETS", "RunError", "TrainConfig", "TrainResult", "evaluate_run", "preset", "train"]

@@ -1,0 +1,49 @@
+"""The agent network shared by every agent: observation, last action and agent id in, Q-values out.
+
+A GRU gives each agent a memory of its own history (EPyMARL's ``RNNAgent``). The same weights serve
+two callers: the runner steps it one time step at a time for a batch of environments, and the learner
+runs it over whole padded episodes with one fused ``nn.GRU`` call (the inputs of every step are known
+in advance, so nothing forces a Python loop over time).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def agent_inputs(obs: torch.Tensor, last_actions: torch.Tensor, n_actions: int) -> torch.Tensor:
+    """``obs [..., n, O]`` and ``last_actions [..., n]`` (-1 for none) -> ``[..., n, O + A + n]``."""
+    n_agents = obs.shape[-2]
+    previous = F.one_hot(last_actions.clamp(min=0), n_actions).to(obs.dtype) * (last_actions >= 0).unsqueeze(-1)
+    ids = torch.eye(n_agents, dtype=obs.dtype, device=obs.device).expand(*obs.shape[:-1], n_agents)
+    return torch.cat([obs, previous, ids], dim=-1)
+
+
+class RNNAgent(nn.Module):
+    """fc -> ReLU -> GRU -> fc, shared across agents."""
+
+    def __init__(self, input_dim: int, n_actions: int, hidden_dim: int = 64) -> None:
+        super().__init__()
+        self.hidden_dim = hidden_dim
+        self.fc1 = nn.Linear(input_dim, hidden_dim)
+        self.rnn = nn.GRU(hidden_dim, hidden_dim, batch_first=True)
+        self.fc2 = nn.Linear(hidden_dim, n_actions)
+
+    def initial_hidden(self, batch: int, device: torch.device) -> torch.Tensor:
+        return torch.zeros(1, batch, self.hidden_dim, device=device)
+
+    def step(self, inputs: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One time step: ``inputs [E, n, D]``, ``hidden [1, E*n, H]`` -> ``q [E, n, A]``, new hidden."""
+        e, n, d = inputs.shape
+        x = F.relu(self.fc1(inputs.reshape(e * n, 1, d)))
+        out, hidden = self.rnn(x, hidden)
+        return self.fc2(out).view(e, n, -1), hidden
+
+    def unroll(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Whole episodes from a zero hidden state: ``inputs [B, T, n, D]`` -> ``q [B, T, n, A]``."""
+        b, t, n, d = inputs.shape
+        x = F.relu(self.fc1(inputs.permute(0, 2, 1, 3).reshape(b * n, t, d)))
+        out, _ = self.rnn(x)
+        return self.fc2(out).view(b, n, t, -1).permute(0, 2, 1, 3)

@@ -1,0 +1,99 @@
+"""Episode replay buffer: whole episodes padded to the episode limit, with a ``filled`` mask.
+
+Layout as in :mod:`qllm.envs.recording` (``T`` = episode limit): per-state arrays have ``T + 1``
+entries, per-step arrays ``T``. Storage is preallocated once; sampling returns only the time steps that
+some sampled episode actually used, so short episodes cost less to learn from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from qllm.envs import EnvInfo
+
+
+@dataclass
+class EpisodeBatch:
+    """A batch of padded episodes (``B`` episodes)."""
+
+    obs: torch.Tensor
+    """``[B, T+1, n, O]`` float."""
+    state: torch.Tensor
+    """``[B, T+1, S]`` float."""
+    avail_actions: torch.Tensor
+    """``[B, T+1, n, A]`` bool."""
+    actions: torch.Tensor
+    """``[B, T, n]`` long."""
+    reward: torch.Tensor
+    """``[B, T]`` float."""
+    terminated: torch.Tensor
+    """``[B, T]`` float (1.0 where the step ended the episode in a terminal state)."""
+    filled: torch.Tensor
+    """``[B, T]`` float (1.0 where the step happened)."""
+
+    @classmethod
+    def zeros(cls, episodes: int, info: EnvInfo) -> EpisodeBatch:
+        """An all-padding batch shaped for ``info``'s task."""
+        limit, n = info.episode_limit, info.n_agents
+        return cls(
+            obs=torch.zeros(episodes, limit + 1, n, info.obs_dim),
+            state=torch.zeros(episodes, limit + 1, info.state_dim),
+            avail_actions=torch.zeros(episodes, limit + 1, n, info.n_actions, dtype=torch.bool),
+            actions=torch.zeros(episodes, limit, n, dtype=torch.long),
+            reward=torch.zeros(episodes, limit),
+            terminated=torch.zeros(episodes, limit),
+            filled=torch.zeros(episodes, limit),
+        )
+
+    def to(self, device: torch.device) -> EpisodeBatch:
+        return EpisodeBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def __getitem__(self, index: torch.Tensor | slice) -> EpisodeBatch:
+        return EpisodeBatch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    def truncate(self, steps: int) -> EpisodeBatch:
+        """Keep the first ``steps`` steps (and ``steps + 1`` states)."""
+        per_state = {"obs", "state", "avail_actions"}
+        return EpisodeBatch(
+            **{
+                f.name: getattr(self, f.name)[:, : steps + 1 if f.name in per_state else steps]
+                for f in fields(self)
+            }
+        )
+
+
+class ReplayBuffer:
+    """A ring buffer of ``capacity`` episodes."""
+
+    def __init__(self, capacity: int, info: EnvInfo) -> None:
+        self.capacity = capacity
+        self.storage = EpisodeBatch.zeros(capacity, info)
+        self.size = 0
+        self.position = 0
+
+    def insert(self, batch: EpisodeBatch) -> None:
+        for i in range(batch.filled.shape[0]):  # episode by episode: the ring may wrap inside a batch
+            for f in fields(batch):
+                getattr(self.storage, f.name)[self.position] = getattr(batch, f.name)[i]
+            self.position = (self.position + 1) % self.capacity
+            self.size = min(self.size + 1, self.capacity)
+
+    def can_sample(self, batch_size: int) -> bool:
+        return self.size >= batch_size
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> EpisodeBatch:
+        index = torch.randperm(self.size, generator=generator)[:batch_size]
+        batch = self.storage[index]
+        used = int(batch.filled.sum(0).nonzero().max()) + 1
+        return batch.truncate(used)
+
+    def state_dict(self) -> dict[str, object]:
+        stored = self.storage[slice(0, self.size)]
+        return {"size": self.size, "position": self.position, **{f.name: getattr(stored, f.name) for f in fields(stored)}}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.size, self.position = int(state["size"]), int(state["position"])
+        for f in fields(self.storage):
+            getattr(self.storage, f.name)[: self.size] = state[f.name]

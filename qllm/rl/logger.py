@@ -1,0 +1,104 @@
+"""What a training run writes for people: metrics as CSV and TensorBoard, and a learning-curve PNG.
+
+Metric names are grouped as in CleanRL (``charts/...``, ``losses/...``, ``eval/...``). The CSV has one
+row per logged step and is the source of truth; TensorBoard is written alongside when it is installed.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+
+METRICS_FILE = "metrics.csv"
+PLOT_FILE = "learning_curve.png"
+
+
+class MetricsLogger:
+    """Appends ``(step, name, value)`` rows; on resume, drops rows logged after the checkpoint."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
+        self.path = run_dir / METRICS_FILE
+        if resume_step is not None and self.path.exists():
+            kept = [row for row in read_metrics(self.path) if int(row["step"]) <= resume_step]
+            self._write_rows(kept)
+        elif not self.path.exists():
+            self._write_rows([])
+        self.tensorboard = _tensorboard_writer(run_dir / "tensorboard")
+
+    def _write_rows(self, rows: list[dict[str, Any]]) -> None:
+        with self.path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["step", "name", "value"])
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        with self.path.open("a", newline="") as f:
+            writer = csv.writer(f)
+            for name, value in metrics.items():
+                writer.writerow([step, name, value])
+        if self.tensorboard is not None:
+            for name, value in metrics.items():
+                self.tensorboard.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def _tensorboard_writer(path: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
+    except ImportError:  # tensorboard is optional: the CSV holds everything
+        return None
+    return SummaryWriter(str(path))
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def series(rows: list[dict[str, Any]], name: str) -> tuple[list[int], list[float]]:
+    points = [(int(r["step"]), float(r["value"])) for r in rows if r["name"] == name]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def plot_learning_curve(run_dir: Path, title: str) -> Path:
+    """Episode return (training, epsilon-greedy) and greedy test return against environment steps."""
+    rows = read_metrics(run_dir / METRICS_FILE)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, label, style in (
+        ("charts/episode_return", "train (epsilon-greedy)", {"alpha": 0.5}),
+        ("eval/return_mean", "test (greedy)", {"marker": "o", "linewidth": 2}),
+    ):
+        steps, values = series(rows, name)
+        if steps:
+            ax.plot(steps, values, label=label, **style)
+    steps, std = series(rows, "eval/return_std")
+    if steps:
+        _, mean = series(rows, "eval/return_mean")
+        half = [1.96 * s / math.sqrt(max(1, _eval_count(rows))) for s in std]
+        ax.fill_between(steps, [m - h for m, h in zip(mean, half, strict=True)],
+                        [m + h for m, h in zip(mean, half, strict=True)], alpha=0.2, label="95% CI (test)")  # fmt: skip
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("team return")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = run_dir / PLOT_FILE
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def _eval_count(rows: list[dict[str, Any]]) -> int:
+    _, counts = series(rows, "eval/episodes")
+    return int(counts[-1]) if counts else 1

@@ -1,0 +1,101 @@
+"""Roll out the current policy in ``N`` environments stepped together in this process.
+
+Every step does one batched forward of the shared agent network for all agents of all environments
+(on the learner's device), then steps each still-running environment in a plain Python loop: on two
+cores that beats worker processes, and LBF/RWARE do not fit gymnasium's vector envs (facts.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from qllm.envs import MultiAgentEnv, make_env
+from qllm.rl.agent import RNNAgent, agent_inputs
+from qllm.rl.buffer import EpisodeBatch
+
+
+@dataclass(frozen=True)
+class RolloutStats:
+    returns: list[float]
+    lengths: list[int]
+
+    @property
+    def steps(self) -> int:
+        return sum(self.lengths)
+
+
+def select_actions(
+    q: torch.Tensor, avail: torch.Tensor, epsilon: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Epsilon-greedy over available actions only: ``q, avail [E, n, A]`` -> ``[E, n]``."""
+    greedy = q.masked_fill(~avail, -torch.inf).argmax(dim=-1)
+    if epsilon <= 0:
+        return greedy
+    scores = torch.rand(avail.shape, generator=generator).masked_fill(~avail, -1.0)
+    explore = torch.rand(greedy.shape, generator=generator) < epsilon
+    return torch.where(explore, scores.argmax(dim=-1), greedy)
+
+
+class ParallelRunner:
+    """Collects batches of whole episodes from ``n_envs`` environments of one task."""
+
+    def __init__(self, task: str, n_envs: int) -> None:
+        if n_envs < 1:
+            raise ValueError(f"need at least one environment, got {n_envs}")
+        self.envs: list[MultiAgentEnv] = [make_env(task) for _ in range(n_envs)]
+        self.info = self.envs[0].info
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+    @torch.no_grad()
+    def run(
+        self,
+        agent: RNNAgent,
+        seeds: list[int],
+        epsilon: float,
+        generator: torch.Generator,
+        device: torch.device,
+    ) -> tuple[EpisodeBatch, RolloutStats]:
+        """One episode per seed (at most ``n_envs`` seeds), acting epsilon-greedily."""
+        info, n_envs = self.info, len(seeds)
+        limit, n, n_actions = info.episode_limit, info.n_agents, info.n_actions
+        batch = EpisodeBatch.zeros(n_envs, info)
+        data = {f.name: getattr(batch, f.name).numpy() for f in fields(batch)}  # views: writes fill `batch`
+        envs = self.envs[:n_envs]
+        for e, (env, seed) in enumerate(zip(envs, seeds, strict=True)):
+            self._store_state(data, e, 0, env.reset(seed=seed))
+        active = np.ones(n_envs, dtype=bool)
+        last_actions = torch.full((n_envs, n), -1, dtype=torch.long)
+        hidden = agent.initial_hidden(n_envs * n, device)
+        for t in range(limit):
+            obs = torch.from_numpy(data["obs"][:, t])
+            inputs = agent_inputs(obs, last_actions, n_actions).to(device)
+            q, hidden = agent.step(inputs, hidden)
+            avail = torch.from_numpy(data["avail_actions"][:, t])
+            actions = select_actions(q.cpu(), avail, epsilon, generator)
+            for e in np.flatnonzero(active):
+                ts = envs[e].step(actions[e].numpy())
+                data["actions"][e, t] = actions[e].numpy()
+                data["reward"][e, t] = ts.reward
+                data["terminated"][e, t] = ts.terminated
+                data["filled"][e, t] = 1.0
+                self._store_state(data, e, t + 1, ts)
+                active[e] = not ts.done
+            if not active.any():
+                break
+            last_actions = actions
+        stats = RolloutStats(
+            returns=(data["reward"] * data["filled"]).sum(1).tolist(), lengths=data["filled"].sum(1).astype(int).tolist()
+        )
+        return batch, stats
+
+    @staticmethod
+    def _store_state(data: dict[str, np.ndarray], e: int, t: int, ts) -> None:
+        data["obs"][e, t] = ts.obs
+        data["state"][e, t] = ts.state
+        data["avail_actions"][e, t] = ts.avail_actions

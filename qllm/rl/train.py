@@ -1,0 +1,242 @@
+"""Train a value-decomposition learner on one task: the whole loop, readable top to bottom.
+
+``train(config, runs_dir)`` creates a run folder ``{task}__{mixer}__{seed}__{time}`` holding the config,
+``metrics.csv`` (and TensorBoard events), checkpoints, the final model and a learning-curve PNG.
+``train(..., resume=RUN)`` continues a run from its latest checkpoint and ends exactly where an
+uninterrupted run would have: every source of randomness is either saved (the torch generator that
+drives exploration and sampling) or derived from counters (environment reset seeds).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qllm.rl.agent import RNNAgent
+from qllm.rl.buffer import ReplayBuffer
+from qllm.rl.config import TrainConfig
+from qllm.rl.learner import QLearner
+from qllm.rl.logger import MetricsLogger, plot_learning_curve
+from qllm.rl.mixers import MIXERS
+from qllm.rl.runner import ParallelRunner
+from qllm.rl.tfcaf import load_tfcaf
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+FINAL_MODEL = "final_model.pt"
+EVAL_SEED_OFFSET = 1_000_000_000
+"""Evaluation episodes are seeded from a range training never uses."""
+
+
+class RunError(ValueError):
+    """A run folder that cannot be resumed or evaluated."""
+
+
+@dataclass
+class Progress:
+    """What a progress display needs after each collected batch of episodes."""
+
+    t_env: int
+    steps: int
+    episode_return: float
+    epsilon: float
+    test_return: float | None
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    t_env: int
+    final_test_return: float
+    plot: Path
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but CUDA is not available")
+    return torch.device(name)
+
+
+def epsilon_at(config: TrainConfig, t_env: int) -> float:
+    fraction = min(1.0, t_env / max(1, config.epsilon_anneal_steps))
+    return config.epsilon_start + fraction * (config.epsilon_finish - config.epsilon_start)
+
+
+def build_networks(config: TrainConfig, runner: ParallelRunner) -> tuple[RNNAgent, torch.nn.Module]:
+    info = runner.info
+    agent = RNNAgent(info.obs_dim + info.n_actions + info.n_agents, info.n_actions, config.hidden_dim)
+    if config.mixer not in MIXERS:
+        raise ValueError(f"unknown mixer {config.mixer!r}; choose from {', '.join(MIXERS)}")
+    credit_function = None
+    if config.mixer == "tfcaf" and config.tfcaf:
+        credit_function = load_tfcaf(Path(config.tfcaf), info, monotonic=config.tfcaf_monotonic).function
+    mixer = MIXERS[config.mixer](
+        info.n_agents,
+        info.state_dim,
+        embed_dim=config.mixing_embed_dim,
+        hypernet_embed=config.hypernet_embed,
+        heads=config.attention_heads,
+        credit_function=credit_function,
+    )
+    return agent, mixer
+
+
+def new_run_dir(config: TrainConfig, runs_dir: Path) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = runs_dir / f"{config.task}__{config.preset}__{config.seed}__{stamp}"
+    run_dir.mkdir(parents=True, exist_ok=False)
+    (run_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
+    return run_dir
+
+
+def load_run_config(run_dir: Path) -> TrainConfig:
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise RunError(f"{run_dir} is not a qllm run folder (no {CONFIG_FILE})")
+    return TrainConfig.from_dict(json.loads(path.read_text()))
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    checkpoints = sorted((run_dir / CHECKPOINT_DIR).glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    if not checkpoints:
+        raise RunError(f"{run_dir} has no checkpoint to resume from")
+    return checkpoints[-1]
+
+
+def train(
+    config: TrainConfig,
+    runs_dir: Path = Path("runs"),
+    resume: Path | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> TrainResult:
+    """Train with ``config`` in a new run folder, or continue the run folder ``resume``."""
+    # --- set-up ----------------------------------------------------------------------------------
+    if resume is not None:
+        saved = load_run_config(resume)
+        if saved.replace(steps=config.steps) != config.replace(steps=config.steps):
+            raise RunError(f"{resume} was trained with different settings; resume it with its own config")
+        run_dir = resume
+    else:
+        run_dir = new_run_dir(config, runs_dir)
+    device = pick_device(config.device)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)  # exploration and replay sampling
+    runner = ParallelRunner(config.task, config.envs)
+    agent, mixer = build_networks(config, runner)
+    agent.to(device)
+    mixer.to(device)
+    learner = QLearner(agent, mixer, runner.info.n_actions, config)
+    buffer = ReplayBuffer(config.buffer_size, runner.info)
+    t_env, episodes, next_eval, next_log, next_checkpoint = 0, 0, 0, 0, config.checkpoint_interval
+    if resume is not None:
+        state = torch.load(latest_checkpoint(run_dir), map_location=device, weights_only=False)
+        learner.load_state_dict(state["learner"])
+        buffer.load_state_dict(state["buffer"])
+        generator.set_state(state["generator"])
+        t_env, episodes = state["t_env"], state["episodes"]
+        next_eval, next_log, next_checkpoint = state["next_eval"], state["next_log"], state["next_checkpoint"]
+    logger = MetricsLogger(run_dir, resume_step=t_env if resume is not None else None)
+    test_return: float | None = None
+
+    # --- the loop: collect, store, learn, evaluate, log, checkpoint -------------------------------
+    while t_env < config.steps:
+        epsilon = epsilon_at(config, t_env)
+        seeds = [config.seed * 1_000_003 + episodes + e for e in range(config.envs)]
+        batch, rollout = runner.run(agent, seeds, epsilon, generator, device)
+        buffer.insert(batch)
+        t_env += rollout.steps
+        episodes += len(seeds)
+        update = None
+        if buffer.can_sample(config.batch_size):
+            update = learner.update(buffer.sample(config.batch_size, generator).to(device), len(seeds))
+        if t_env >= next_eval:
+            test_return, test_std = evaluate_agent(agent, runner, config, device)
+            logger.log(t_env, {"eval/return_mean": test_return, "eval/return_std": test_std,
+                               "eval/episodes": config.eval_episodes})  # fmt: skip
+            next_eval += config.eval_interval
+        if t_env >= next_log:
+            metrics = {"charts/episode_return": sum(rollout.returns) / len(seeds), "charts/epsilon": epsilon,
+                       "charts/episodes": episodes}  # fmt: skip
+            if update is not None:
+                metrics |= {"losses/td_loss": update.loss, "losses/grad_norm": update.grad_norm,
+                            "losses/q_taken_mean": update.q_taken_mean, "losses/target_mean": update.target_mean}  # fmt: skip
+            logger.log(t_env, metrics)
+            next_log += config.log_interval
+        if t_env >= next_checkpoint:
+            next_checkpoint += config.checkpoint_interval
+            save_checkpoint(run_dir, learner, buffer, generator, t_env, episodes, next_eval, next_log, next_checkpoint)
+        if on_progress is not None:
+            on_progress(Progress(t_env, config.steps, sum(rollout.returns) / len(seeds), epsilon, test_return))
+
+    # --- wrap-up -----------------------------------------------------------------------------------
+    final_return, final_std = evaluate_agent(agent, runner, config, device)
+    logger.log(t_env, {"eval/return_mean": final_return, "eval/return_std": final_std,
+                       "eval/episodes": config.eval_episodes})  # fmt: skip
+    logger.close()
+    runner.close()
+    torch.save({"agent": agent.state_dict(), "mixer": mixer.state_dict(), "t_env": t_env}, run_dir / FINAL_MODEL)
+    plot = plot_learning_curve(run_dir, f"{config.task}: {config.preset} (seed {config.seed})")
+    return TrainResult(run_dir=run_dir, t_env=t_env, final_test_return=final_return, plot=plot)
+
+
+def save_checkpoint(
+    run_dir: Path, learner: QLearner, buffer: ReplayBuffer, generator: torch.Generator, t_env: int, episodes: int,
+    next_eval: int, next_log: int, next_checkpoint: int,
+) -> Path:  # fmt: skip
+    """Everything needed to continue exactly; written atomically."""
+    directory = run_dir / CHECKPOINT_DIR
+    directory.mkdir(exist_ok=True)
+    state: dict[str, Any] = {
+        "learner": learner.state_dict(), "buffer": buffer.state_dict(), "generator": generator.get_state(),
+        "t_env": t_env, "episodes": episodes, "next_eval": next_eval, "next_log": next_log,
+        "next_checkpoint": next_checkpoint,
+    }  # fmt: skip
+    path = directory / f"step_{t_env}.pt"
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    return path
+
+
+@torch.no_grad()
+def evaluate_agent(
+    agent: RNNAgent, runner: ParallelRunner, config: TrainConfig, device: torch.device, episodes: int | None = None
+) -> tuple[float, float]:
+    """Mean and standard deviation of the greedy team return over fixed evaluation seeds."""
+    total = episodes or config.eval_episodes
+    returns: list[float] = []
+    generator = torch.Generator().manual_seed(0)  # unused when greedy; keeps training's generator untouched
+    while len(returns) < total:
+        count = min(len(runner.envs), total - len(returns))
+        seeds = [EVAL_SEED_OFFSET + len(returns) + e for e in range(count)]
+        _, rollout = runner.run(agent, seeds, 0.0, generator, device)
+        returns += rollout.returns
+    values = torch.tensor(returns)
+    return float(values.mean()), float(values.std()) if len(returns) > 1 else 0.0
+
+
+def evaluate_run(run_dir: Path, episodes: int = 100) -> tuple[float, float]:
+    """Greedy test return of a finished run's final model (or its latest checkpoint)."""
+    config = load_run_config(run_dir)
+    device = pick_device(config.device)
+    runner = ParallelRunner(config.task, config.envs)
+    agent, _ = build_networks(config, runner)
+    final = run_dir / FINAL_MODEL
+    if final.is_file():
+        agent.load_state_dict(torch.load(final, map_location=device)["agent"])
+    else:
+        state = torch.load(latest_checkpoint(run_dir), map_location=device, weights_only=False)
+        agent.load_state_dict(state["learner"]["agent"])
+    agent.to(device)
+    try:
+        return evaluate_agent(agent, runner, config, device, episodes)
+    finally:
+        runner.close()
