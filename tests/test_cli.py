@@ -197,3 +197,67 @@ def test_sandbox_check_bad_input_is_a_usage_error(
     result = runner.invoke(app, ["sandbox", "check", str(path), *filled], env=WIDE)
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+# --- qllm train / evaluate -----------------------------------------------------------------------
+
+TINY = ("--steps", "150", "--eval-interval", "50", "--eval-episodes", "2", "--checkpoint-interval", "100")
+
+
+def test_train_leaves_a_complete_run_folder_and_evaluate_reads_it(tmp_path: Path) -> None:
+    result = invoke("train", "-t", "matrix-climbing", "--mixer", "vdn", *TINY, "--runs-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    (run_dir,) = tmp_path.iterdir()
+    assert run_dir.name.startswith("matrix-climbing__vdn__0__")
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"config.json", "metrics.csv", "final_model.pt", "learning_curve.png", "checkpoints"} <= names
+    assert json.loads((run_dir / "config.json").read_text())["mixer"] == "vdn"
+    evaluated = invoke("evaluate", str(run_dir), "--episodes", "3")
+    assert evaluated.exit_code == 0 and "greedy test return" in evaluated.output
+
+
+def test_train_resume_continues_a_run(tmp_path: Path) -> None:
+    assert invoke("train", "-t", "matrix-qtran", *TINY, "--runs-dir", str(tmp_path)).exit_code == 0
+    (run_dir,) = tmp_path.iterdir()
+    result = invoke("train", "--resume", str(run_dir), "--steps", "250")
+    assert result.exit_code == 0, result.output
+    assert "250 steps" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--mixer", "qmixx"), "unknown mixer 'qmixx'"),
+        (("--mixer", "qllm"), "pass --tfcaf FILE"),
+        (("--mixer", "qllm", "--tfcaf", "missing.py"), "no credit-function file"),
+        (("-t", "lbf-8x8-2p-2f-copo"), "Did you mean"),
+        (("--resume", "nowhere"), "not a qllm run folder"),
+    ],
+)
+def test_train_bad_input_is_a_usage_error(args: tuple[str, ...], message: str, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", *args, "--steps", "50", "--runs-dir", str(tmp_path)], env=WIDE)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_train_refuses_a_tfcaf_written_for_another_state(tmp_path: Path) -> None:
+    path = tmp_path / "spread.py"
+    path.write_text(
+        '# qllm-tfcaf: {"task": "mpe-spread-3", "state_dim": 18}\n'
+        "def credit_assignment(agents_q, state):\n    return agents_q.sum(dim=1, keepdim=True)\n"
+    )
+    result = runner.invoke(app, ["train", "-t", "lbf-8x8-2p-2f", "--mixer", "qllm", "--tfcaf", str(path),
+                                 "--runs-dir", str(tmp_path)], env=WIDE)  # fmt: skip
+    assert result.exit_code == 2
+    assert "state of size 18" in result.output and "state size 24" in result.output
+
+
+def test_train_refuses_a_tfcaf_that_fails_validation(tmp_path: Path) -> None:
+    path = tmp_path / "negative.py"
+    path.write_text(
+        "def credit_assignment(agents_q, state):\n    return -agents_q.sum(dim=1, keepdim=True)\n"
+    )
+    result = runner.invoke(app, ["train", "-t", "matrix-climbing", "--mixer", "qllm", "--tfcaf", str(path),
+                                 "--runs-dir", str(tmp_path)], env=WIDE)  # fmt: skip
+    assert result.exit_code == 2 and "not_monotonic" in result.output
+    assert not list(tmp_path.glob("*__*")), "a refused run must not leave a run folder"

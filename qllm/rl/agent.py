@@ -16,7 +16,9 @@ from torch import nn
 def agent_inputs(obs: torch.Tensor, last_actions: torch.Tensor, n_actions: int) -> torch.Tensor:
     """``obs [..., n, O]`` and ``last_actions [..., n]`` (-1 for none) -> ``[..., n, O + A + n]``."""
     n_agents = obs.shape[-2]
-    previous = F.one_hot(last_actions.clamp(min=0), n_actions).to(obs.dtype) * (last_actions >= 0).unsqueeze(-1)
+    previous = F.one_hot(last_actions.clamp(min=0), n_actions).to(obs.dtype) * (last_actions >= 0).unsqueeze(
+        -1
+    )
     ids = torch.eye(n_agents, dtype=obs.dtype, device=obs.device).expand(*obs.shape[:-1], n_agents)
     return torch.cat([obs, previous, ids], dim=-1)
 

@@ -91,7 +91,11 @@ class ReplayBuffer:
 
     def state_dict(self) -> dict[str, object]:
         stored = self.storage[slice(0, self.size)]
-        return {"size": self.size, "position": self.position, **{f.name: getattr(stored, f.name) for f in fields(stored)}}
+        return {
+            "size": self.size,
+            "position": self.position,
+            **{f.name: getattr(stored, f.name) for f in fields(stored)},
+        }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.size, self.position = int(state["size"]), int(state["position"])

@@ -98,16 +98,28 @@ PRESETS: dict[str, dict[str, Any]] = {
     "qatten": {"mixer": "qatten"},
     # pymarl2 (Hu et al., "Rethinking the implementation tricks..."): larger batches, TD(lambda), 8 envs.
     "riit": {
-        "mixer": "qmix", "lr": 1e-3, "batch_size": 128, "td_lambda": 0.6, "envs": 8,
-        "epsilon_anneal_steps": 100_000, "target_update_interval": 200,
+        "mixer": "qmix",
+        "lr": 1e-3,
+        "batch_size": 128,
+        "td_lambda": 0.6,
+        "envs": 8,
+        "epsilon_anneal_steps": 100_000,
+        "target_update_interval": 200,
     },
     # The QLLM authors' RL settings for the training-free credit function.
     "qllm": {
-        "mixer": "tfcaf", "lr": 1e-3, "batch_size": 64, "envs": 8, "buffer_size": 5000,
-        "epsilon_anneal_steps": 200_000, "target_update": "soft", "tau": 0.01, "hidden_dim": 128,
+        "mixer": "tfcaf",
+        "lr": 1e-3,
+        "batch_size": 64,
+        "envs": 8,
+        "buffer_size": 5000,
+        "epsilon_anneal_steps": 200_000,
+        "target_update": "soft",
+        "tau": 0.01,
+        "hidden_dim": 128,
         "standardise_rewards": True,
     },
-}  # fmt: skip
+}
 PRESETS["riit-qllm"] = {**PRESETS["riit"], "mixer": "tfcaf"}
 
 

@@ -27,6 +27,7 @@ def td_lambda_targets(
     terminated: torch.Tensor,
     filled: torch.Tensor,
     values: torch.Tensor,
+    *,
     gamma: float,
     td_lambda: float,
 ) -> torch.Tensor:
@@ -97,11 +98,20 @@ class QLearner:
 
     def update(self, batch: EpisodeBatch, new_episodes: int) -> UpdateStats:
         """One gradient step; ``new_episodes`` collected since the last call drive hard target updates."""
+        if self.config.standardise_rewards:
+            self.reward_stats.update(batch.reward[batch.filled.bool()])
+        loss, stats = self.loss(batch)
+        self.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.config.grad_clip)
+        self.optimiser.step()
+        self._update_targets(new_episodes)
+        return UpdateStats(loss=float(loss.detach()), grad_norm=float(grad_norm), **stats)
+
+    def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """The masked mean squared TD error of ``Q_tot`` against TD(lambda) targets (and diagnostics)."""
         cfg = self.config
-        rewards = batch.reward
-        if cfg.standardise_rewards:
-            self.reward_stats.update(rewards[batch.filled.bool()])
-            rewards = self.reward_stats.standardise(rewards)
+        rewards = self.reward_stats.standardise(batch.reward) if cfg.standardise_rewards else batch.reward
         last_actions = torch.cat([torch.full_like(batch.actions[:, :1], -1), batch.actions], dim=1)
         inputs = agent_inputs(batch.obs, last_actions, self.n_actions)  # [B, T+1, n, D]
         q = self.agent.unroll(inputs)  # [B, T+1, n, A]
@@ -109,21 +119,19 @@ class QLearner:
         q_tot = self.mixer(q_taken, batch.state[:, :-1])  # [B, T, k]
         with torch.no_grad():
             values = self._state_values(q.detach(), inputs, batch)  # [B, T+1, k]
-            targets = td_lambda_targets(rewards, batch.terminated, batch.filled, values, cfg.gamma, cfg.td_lambda)
+            targets = td_lambda_targets(
+                rewards, batch.terminated, batch.filled, values, gamma=cfg.gamma, td_lambda=cfg.td_lambda
+            )
         mask = batch.filled.unsqueeze(-1).expand_as(q_tot)
-        td_error = (q_tot - targets) * mask
+        # Padded steps hold arbitrary values (and targets built from them): select, never multiply.
+        td_error = torch.where(mask.bool(), q_tot - targets, torch.zeros_like(q_tot))
         loss = td_error.pow(2).sum() / mask.sum()
-        self.optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, cfg.grad_clip)
-        self.optimiser.step()
-        self._update_targets(new_episodes)
-        return UpdateStats(
-            loss=float(loss.detach()),
-            grad_norm=float(grad_norm),
-            q_taken_mean=float((q_tot * mask).sum() / mask.sum()),
-            target_mean=float((targets * mask).sum() / mask.sum()),
-        )
+        with torch.no_grad():
+            stats = {
+                "q_taken_mean": float((q_tot * mask).sum() / mask.sum()),
+                "target_mean": float(torch.where(mask.bool(), targets, 0.0).sum() / mask.sum()),
+            }
+        return loss, stats
 
     def _state_values(self, q: torch.Tensor, inputs: torch.Tensor, batch: EpisodeBatch) -> torch.Tensor:
         target_q = self.target_agent.unroll(inputs).masked_fill(~batch.avail_actions, -torch.inf)

@@ -14,7 +14,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 METRICS_FILE = "metrics.csv"
 PLOT_FILE = "learning_curve.png"
@@ -85,8 +85,13 @@ def plot_learning_curve(run_dir: Path, title: str) -> Path:
     if steps:
         _, mean = series(rows, "eval/return_mean")
         half = [1.96 * s / math.sqrt(max(1, _eval_count(rows))) for s in std]
-        ax.fill_between(steps, [m - h for m, h in zip(mean, half, strict=True)],
-                        [m + h for m, h in zip(mean, half, strict=True)], alpha=0.2, label="95% CI (test)")  # fmt: skip
+        ax.fill_between(
+            steps,
+            [m - h for m, h in zip(mean, half, strict=True)],
+            [m + h for m, h in zip(mean, half, strict=True)],
+            alpha=0.2,
+            label="95% CI (test)",
+        )
     ax.set_xlabel("environment steps")
     ax.set_ylabel("team return")
     ax.set_title(title)

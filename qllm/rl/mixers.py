@@ -42,12 +42,16 @@ class QMIX(nn.Module):
     """QMIX (Rashid et al. 2018): a monotonic mixing network whose weights come from hypernetworks of
     the state; absolute values keep dQ_tot/dQ_i >= 0."""
 
-    def __init__(self, n_agents: int, state_dim: int, embed_dim: int = 32, hypernet_embed: int = 64, **_: object):
+    def __init__(
+        self, n_agents: int, state_dim: int, embed_dim: int = 32, hypernet_embed: int = 64, **_: object
+    ):
         super().__init__()
         self.n_agents, self.embed_dim = n_agents, embed_dim
 
         def hypernet(out: int) -> nn.Module:
-            return nn.Sequential(nn.Linear(state_dim, hypernet_embed), nn.ReLU(), nn.Linear(hypernet_embed, out))
+            return nn.Sequential(
+                nn.Linear(state_dim, hypernet_embed), nn.ReLU(), nn.Linear(hypernet_embed, out)
+            )
 
         self.hyper_w1 = hypernet(n_agents * embed_dim)
         self.hyper_w2 = hypernet(embed_dim)
@@ -69,15 +73,21 @@ class Qatten(nn.Module):
     """Qatten (Yang et al. 2020): Q_tot = sum_h sum_i lambda_{h,i}(s) Q_i + c(s), with per-head attention
     weights lambda from state queries against agent-feature keys; monotonic by construction."""
 
-    def __init__(self, n_agents: int, state_dim: int, embed_dim: int = 32, heads: int = 4, **_: object) -> None:
+    def __init__(
+        self, n_agents: int, state_dim: int, embed_dim: int = 32, heads: int = 4, **_: object
+    ) -> None:
         super().__init__()
         self.n_agents, self.heads, self.embed_dim = n_agents, heads, embed_dim
         # The paper's keys are per-agent unit features. State layouts differ per task here, so a key is
         # the whole state plus a learned embedding of the agent's index.
         self.agent_embedding = nn.Embedding(n_agents, embed_dim)
-        self.query = nn.Sequential(nn.Linear(state_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, heads * embed_dim))
+        self.query = nn.Sequential(
+            nn.Linear(state_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, heads * embed_dim)
+        )
         self.key = nn.Linear(state_dim + embed_dim, heads * embed_dim, bias=False)
-        self.head_weight = nn.Sequential(nn.Linear(state_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, heads))
+        self.head_weight = nn.Sequential(
+            nn.Linear(state_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, heads)
+        )
         self.constant = nn.Sequential(nn.Linear(state_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, 1))
 
     def forward(self, agent_qs: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
@@ -99,7 +109,9 @@ class TFCAF(nn.Module):
     """A training-free credit assignment function (QLLM, Eq. 3): a fixed function of (Q, state) with no
     trainable parameters. The function must come from ``Sandbox.load`` (validated, then restricted)."""
 
-    def __init__(self, n_agents: int, state_dim: int, credit_function: CreditFunction | None = None, **_: object):
+    def __init__(
+        self, n_agents: int, state_dim: int, credit_function: CreditFunction | None = None, **_: object
+    ):
         super().__init__()
         if credit_function is None:
             raise ValueError("the tfcaf mixer needs a credit function (--tfcaf FILE)")

@@ -90,7 +90,8 @@ class ParallelRunner:
                 break
             last_actions = actions
         stats = RolloutStats(
-            returns=(data["reward"] * data["filled"]).sum(1).tolist(), lengths=data["filled"].sum(1).astype(int).tolist()
+            returns=(data["reward"] * data["filled"]).sum(1).tolist(),
+            lengths=data["filled"].sum(1).astype(int).tolist(),
         )
         return batch, stats
 

@@ -38,7 +38,7 @@ def read_header(source: str) -> dict[str, Any]:
 
 
 def load_tfcaf(path: Path, info: EnvInfo, monotonic: bool = True) -> LoadedCandidate:
-    """Validate the credit function at ``path`` on ``info.task`` and load it; :class:`TFCAFError` if unusable."""
+    """Validate the credit function at ``path`` on ``info.task``, then load it; else :class:`TFCAFError`."""
     if not path.is_file():
         raise TFCAFError(f"no credit-function file at {path}")
     try:
@@ -56,4 +56,6 @@ def load_tfcaf(path: Path, info: EnvInfo, monotonic: bool = True) -> LoadedCandi
         try:
             return sandbox.load(source, inputs, CheckOptions(require_monotonic=monotonic))
         except CandidateRejectedError as rejected:
-            raise TFCAFError(f"{path} failed validation on {info.task}: {rejected.result.feedback()}") from None
+            raise TFCAFError(
+                f"{path} failed validation on {info.task}: {rejected.result.feedback()}"
+            ) from None

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from statistics import mean
 from typing import Any
 
 import torch
@@ -21,10 +22,10 @@ import torch
 from qllm.rl.agent import RNNAgent
 from qllm.rl.buffer import ReplayBuffer
 from qllm.rl.config import TrainConfig
-from qllm.rl.learner import QLearner
+from qllm.rl.learner import QLearner, UpdateStats
 from qllm.rl.logger import MetricsLogger, plot_learning_curve
 from qllm.rl.mixers import MIXERS
-from qllm.rl.runner import ParallelRunner
+from qllm.rl.runner import ParallelRunner, RolloutStats
 from qllm.rl.tfcaf import load_tfcaf
 
 CONFIG_FILE = "config.json"
@@ -47,6 +48,17 @@ class Progress:
     episode_return: float
     epsilon: float
     test_return: float | None
+
+
+@dataclass
+class Counters:
+    """Where a run is; saved in checkpoints, so that a resumed run keeps the same schedule."""
+
+    t_env: int = 0
+    episodes: int = 0
+    next_eval: int = 0
+    next_log: int = 0
+    next_checkpoint: int = 0
 
 
 @dataclass
@@ -105,7 +117,9 @@ def load_run_config(run_dir: Path) -> TrainConfig:
 
 
 def latest_checkpoint(run_dir: Path) -> Path:
-    checkpoints = sorted((run_dir / CHECKPOINT_DIR).glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    checkpoints = sorted(
+        (run_dir / CHECKPOINT_DIR).glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1])
+    )
     if not checkpoints:
         raise RunError(f"{run_dir} has no checkpoint to resume from")
     return checkpoints[-1]
@@ -118,97 +132,132 @@ def train(
     on_progress: Callable[[Progress], None] | None = None,
 ) -> TrainResult:
     """Train with ``config`` in a new run folder, or continue the run folder ``resume``."""
-    # --- set-up ----------------------------------------------------------------------------------
+    # --- set-up (everything that can refuse the config happens before a run folder exists) ----------
     if resume is not None:
         saved = load_run_config(resume)
         if saved.replace(steps=config.steps) != config.replace(steps=config.steps):
             raise RunError(f"{resume} was trained with different settings; resume it with its own config")
-        run_dir = resume
-    else:
-        run_dir = new_run_dir(config, runs_dir)
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)  # exploration and replay sampling
     runner = ParallelRunner(config.task, config.envs)
     agent, mixer = build_networks(config, runner)
+    run_dir = resume if resume is not None else new_run_dir(config, runs_dir)
     agent.to(device)
     mixer.to(device)
     learner = QLearner(agent, mixer, runner.info.n_actions, config)
     buffer = ReplayBuffer(config.buffer_size, runner.info)
-    t_env, episodes, next_eval, next_log, next_checkpoint = 0, 0, 0, 0, config.checkpoint_interval
+    at = Counters(next_checkpoint=config.checkpoint_interval)
     if resume is not None:
-        state = torch.load(latest_checkpoint(run_dir), map_location=device, weights_only=False)
-        learner.load_state_dict(state["learner"])
-        buffer.load_state_dict(state["buffer"])
-        generator.set_state(state["generator"])
-        t_env, episodes = state["t_env"], state["episodes"]
-        next_eval, next_log, next_checkpoint = state["next_eval"], state["next_log"], state["next_checkpoint"]
-    logger = MetricsLogger(run_dir, resume_step=t_env if resume is not None else None)
+        at = restore_checkpoint(latest_checkpoint(run_dir), learner, buffer, generator, device)
+    logger = MetricsLogger(run_dir, resume_step=at.t_env if resume is not None else None)
     test_return: float | None = None
 
     # --- the loop: collect, store, learn, evaluate, log, checkpoint -------------------------------
-    while t_env < config.steps:
-        epsilon = epsilon_at(config, t_env)
-        seeds = [config.seed * 1_000_003 + episodes + e for e in range(config.envs)]
+    while at.t_env < config.steps:
+        epsilon = epsilon_at(config, at.t_env)
+        seeds = [config.seed * 1_000_003 + at.episodes + e for e in range(config.envs)]
         batch, rollout = runner.run(agent, seeds, epsilon, generator, device)
         buffer.insert(batch)
-        t_env += rollout.steps
-        episodes += len(seeds)
+        at.t_env += rollout.steps
+        at.episodes += len(seeds)
         update = None
         if buffer.can_sample(config.batch_size):
             update = learner.update(buffer.sample(config.batch_size, generator).to(device), len(seeds))
-        if t_env >= next_eval:
-            test_return, test_std = evaluate_agent(agent, runner, config, device)
-            logger.log(t_env, {"eval/return_mean": test_return, "eval/return_std": test_std,
-                               "eval/episodes": config.eval_episodes})  # fmt: skip
-            next_eval += config.eval_interval
-        if t_env >= next_log:
-            metrics = {"charts/episode_return": sum(rollout.returns) / len(seeds), "charts/epsilon": epsilon,
-                       "charts/episodes": episodes}  # fmt: skip
-            if update is not None:
-                metrics |= {"losses/td_loss": update.loss, "losses/grad_norm": update.grad_norm,
-                            "losses/q_taken_mean": update.q_taken_mean, "losses/target_mean": update.target_mean}  # fmt: skip
-            logger.log(t_env, metrics)
-            next_log += config.log_interval
-        if t_env >= next_checkpoint:
-            next_checkpoint += config.checkpoint_interval
-            save_checkpoint(run_dir, learner, buffer, generator, t_env, episodes, next_eval, next_log, next_checkpoint)
+        if at.t_env >= at.next_eval:
+            test_return = log_evaluation(
+                logger, at.t_env, agent=agent, runner=runner, config=config, device=device
+            )
+            at.next_eval += config.eval_interval
+        if at.t_env >= at.next_log:
+            log_training(logger, at, rollout, epsilon, update)
+            at.next_log += config.log_interval
+        if at.t_env >= at.next_checkpoint:
+            at.next_checkpoint += config.checkpoint_interval
+            save_checkpoint(run_dir, learner, buffer, generator, at)
         if on_progress is not None:
-            on_progress(Progress(t_env, config.steps, sum(rollout.returns) / len(seeds), epsilon, test_return))
+            on_progress(Progress(at.t_env, config.steps, mean(rollout.returns), epsilon, test_return))
 
     # --- wrap-up -----------------------------------------------------------------------------------
-    final_return, final_std = evaluate_agent(agent, runner, config, device)
-    logger.log(t_env, {"eval/return_mean": final_return, "eval/return_std": final_std,
-                       "eval/episodes": config.eval_episodes})  # fmt: skip
+    final_return = log_evaluation(logger, at.t_env, agent=agent, runner=runner, config=config, device=device)
     logger.close()
     runner.close()
-    torch.save({"agent": agent.state_dict(), "mixer": mixer.state_dict(), "t_env": t_env}, run_dir / FINAL_MODEL)
+    torch.save(
+        {"agent": agent.state_dict(), "mixer": mixer.state_dict(), "t_env": at.t_env}, run_dir / FINAL_MODEL
+    )
     plot = plot_learning_curve(run_dir, f"{config.task}: {config.preset} (seed {config.seed})")
-    return TrainResult(run_dir=run_dir, t_env=t_env, final_test_return=final_return, plot=plot)
+    return TrainResult(run_dir=run_dir, t_env=at.t_env, final_test_return=final_return, plot=plot)
+
+
+def log_evaluation(
+    logger: MetricsLogger,
+    t_env: int,
+    *,
+    agent: RNNAgent,
+    runner: ParallelRunner,
+    config: TrainConfig,
+    device: torch.device,
+) -> float:
+    mean_return, std_return = evaluate_agent(agent, runner, config, device)
+    metrics = {
+        "eval/return_mean": mean_return,
+        "eval/return_std": std_return,
+        "eval/episodes": config.eval_episodes,
+    }
+    logger.log(t_env, metrics)
+    return mean_return
+
+
+def log_training(
+    logger: MetricsLogger, at: Counters, rollout: RolloutStats, epsilon: float, update: UpdateStats | None
+) -> None:
+    metrics = {
+        "charts/episode_return": mean(rollout.returns),
+        "charts/epsilon": epsilon,
+        "charts/episodes": at.episodes,
+    }
+    if update is not None:
+        metrics |= {f"losses/{name}": value for name, value in asdict(update).items()}
+    logger.log(at.t_env, metrics)
 
 
 def save_checkpoint(
-    run_dir: Path, learner: QLearner, buffer: ReplayBuffer, generator: torch.Generator, t_env: int, episodes: int,
-    next_eval: int, next_log: int, next_checkpoint: int,
-) -> Path:  # fmt: skip
+    run_dir: Path, learner: QLearner, buffer: ReplayBuffer, generator: torch.Generator, at: Counters
+) -> Path:
     """Everything needed to continue exactly; written atomically."""
     directory = run_dir / CHECKPOINT_DIR
     directory.mkdir(exist_ok=True)
     state: dict[str, Any] = {
-        "learner": learner.state_dict(), "buffer": buffer.state_dict(), "generator": generator.get_state(),
-        "t_env": t_env, "episodes": episodes, "next_eval": next_eval, "next_log": next_log,
-        "next_checkpoint": next_checkpoint,
-    }  # fmt: skip
-    path = directory / f"step_{t_env}.pt"
+        "learner": learner.state_dict(),
+        "buffer": buffer.state_dict(),
+        "generator": generator.get_state(),
+        "counters": asdict(at),
+    }
+    path = directory / f"step_{at.t_env}.pt"
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
     return path
 
 
+def restore_checkpoint(
+    path: Path, learner: QLearner, buffer: ReplayBuffer, generator: torch.Generator, device: torch.device
+) -> Counters:
+    # Our own file, written by save_checkpoint: full unpickling is needed for the optimiser state.
+    state = torch.load(path, map_location=device, weights_only=False)
+    learner.load_state_dict(state["learner"])
+    buffer.load_state_dict(state["buffer"])
+    generator.set_state(state["generator"])
+    return Counters(**state["counters"])
+
+
 @torch.no_grad()
 def evaluate_agent(
-    agent: RNNAgent, runner: ParallelRunner, config: TrainConfig, device: torch.device, episodes: int | None = None
+    agent: RNNAgent,
+    runner: ParallelRunner,
+    config: TrainConfig,
+    device: torch.device,
+    episodes: int | None = None,
 ) -> tuple[float, float]:
     """Mean and standard deviation of the greedy team return over fixed evaluation seeds."""
     total = episodes or config.eval_episodes

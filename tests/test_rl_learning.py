@@ -1,0 +1,185 @@
+"""The parts of the trainer that can be wrong quietly: targets, masks, action masking, target networks,
+the TFCAF slot, and exact resume."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from qllm.rl import preset, train
+from qllm.rl.agent import RNNAgent, agent_inputs
+from qllm.rl.buffer import EpisodeBatch, ReplayBuffer
+from qllm.rl.learner import QLearner, td_lambda_targets
+from qllm.rl.mixers import MIXERS, TFCAF
+from qllm.rl.runner import ParallelRunner, select_actions
+from qllm.rl.train import CHECKPOINT_DIR, FINAL_MODEL, build_networks
+
+# --- TD(lambda) targets, checked against hand computation ------------------------------------------
+
+REWARDS = torch.tensor([[1.0, 2.0, 3.0]])
+VALUES = torch.tensor([[10.0, 20.0, 30.0, 40.0]]).unsqueeze(-1)
+
+
+@pytest.mark.parametrize(
+    ("td_lambda", "expected"),
+    [
+        (0.0, [11.0, 17.0, 3.0]),  # r + gamma V[t+1]; the last step is terminal
+        (1.0, [2.75, 3.5, 3.0]),  # Monte Carlo returns
+        (0.5, [8.5625, 10.25, 3.0]),  # G1 = 2 + .5(.5*30 + .5*3); G0 = 1 + .5(.5*20 + .5*10.25)
+    ],
+)
+def test_td_lambda_targets_of_a_terminated_episode(td_lambda: float, expected: list[float]) -> None:
+    terminated, filled = torch.tensor([[0.0, 0.0, 1.0]]), torch.ones(1, 3)
+    targets = td_lambda_targets(REWARDS, terminated, filled, VALUES, gamma=0.5, td_lambda=td_lambda)
+    assert targets[0, :, 0].tolist() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("td_lambda", [0.0, 0.6, 1.0])
+def test_td_lambda_targets_bootstrap_a_truncated_episode(td_lambda: float) -> None:
+    # Two real steps, then padding; not terminal: the state after step 1 (V[2] = 30) is bootstrapped.
+    terminated, filled = torch.zeros(1, 3), torch.tensor([[1.0, 1.0, 0.0]])
+    targets = td_lambda_targets(REWARDS, terminated, filled, VALUES, gamma=0.5, td_lambda=td_lambda)
+    g1 = 2.0 + 0.5 * 30.0
+    g0 = 1.0 + 0.5 * ((1 - td_lambda) * 20.0 + td_lambda * g1)
+    assert targets[0, :2, 0].tolist() == pytest.approx([g0, g1])
+
+
+def test_targets_broadcast_over_per_agent_values() -> None:
+    values = torch.stack([VALUES[..., 0], VALUES[..., 0] * 2], dim=-1)  # k = 2, as for IQL
+    targets = td_lambda_targets(
+        REWARDS, torch.zeros(1, 3), torch.ones(1, 3), values, gamma=1.0, td_lambda=0.0
+    )
+    assert targets[0, 0].tolist() == [21.0, 41.0]
+
+
+# --- learner ----------------------------------------------------------------------------------------
+
+
+def _collect(task: str, episodes: int = 4, envs: int = 2) -> tuple[ParallelRunner, EpisodeBatch, RNNAgent]:
+    runner = ParallelRunner(task, envs)
+    info = runner.info
+    agent = RNNAgent(info.obs_dim + info.n_actions + info.n_agents, info.n_actions, 16)
+    buffer = ReplayBuffer(16, info)
+    for start in range(0, episodes, envs):
+        batch, _ = runner.run(
+            agent, list(range(start, start + envs)), 1.0, torch.Generator().manual_seed(0), "cpu"
+        )
+        buffer.insert(batch)
+    return runner, buffer.sample(episodes, torch.Generator().manual_seed(0)), agent
+
+
+def _learner(agent: RNNAgent, runner: ParallelRunner, mixer: str = "qmix", **overrides) -> QLearner:
+    info = runner.info
+    config = preset(mixer, task=info.task, **overrides)
+    return QLearner(agent, MIXERS[config.mixer](info.n_agents, info.state_dim), info.n_actions, config)
+
+
+def test_padded_steps_do_not_change_the_loss() -> None:
+    runner, batch, agent = _collect("lbf-5x5-2p-1f")
+    assert (batch.filled == 0).any(), "need an episode shorter than the limit"
+    learner = _learner(agent, runner, td_lambda=0.6)
+    loss, _ = learner.loss(batch)
+    pad = batch.filled == 0
+    noisy = EpisodeBatch(**vars(batch))
+    noisy.reward = torch.where(pad, torch.full_like(batch.reward, 1e6), batch.reward)
+    noisy.actions = torch.where(pad.unsqueeze(-1), torch.zeros_like(batch.actions), batch.actions)
+    state_pad = torch.cat([torch.zeros_like(pad[:, :1]), pad], dim=1)  # states after the end
+    noisy.obs = torch.where(state_pad[..., None, None], torch.full_like(batch.obs, 7.0), batch.obs)
+    noisy.state = torch.where(state_pad[..., None], torch.full_like(batch.state, -3.0), batch.state)
+    assert torch.isclose(learner.loss(noisy)[0], loss)
+
+
+def test_exploration_and_targets_respect_available_actions() -> None:
+    q = torch.tensor([[[5.0, 1.0, 0.0]]]).expand(200, 1, 3)
+    avail = torch.tensor([[[False, True, True]]]).expand(200, 1, 3)
+    generator = torch.Generator().manual_seed(0)
+    assert (select_actions(q, avail, 0.0, generator) == 1).all()  # greedy: best available
+    random = select_actions(q, avail, 1.0, generator)
+    assert set(random.flatten().tolist()) == {1, 2}  # uniform over available only
+
+    runner, batch, agent = _collect("lbf-8x8-2p-2f")
+    learner = _learner(agent, runner)
+    inputs = agent_inputs(
+        batch.obs, torch.cat([torch.full_like(batch.actions[:, :1], -1), batch.actions], 1), 6
+    )
+    q_all = agent.unroll(inputs).detach()
+    assert (~batch.avail_actions[batch.avail_actions.any(-1)]).any(), "need states with unavailable actions"
+    # Make every unavailable action look best to the online net; targets must not change.
+    with torch.no_grad():
+        values = learner._state_values(q_all, inputs, batch)
+        boosted = learner._state_values(q_all + (~batch.avail_actions) * 1e3, inputs, batch)
+    assert torch.equal(values, boosted)
+
+
+def test_hard_target_update_waits_for_the_interval() -> None:
+    runner, batch, agent = _collect("matrix-climbing")
+    learner = _learner(agent, runner, target_update_interval=4)
+    learner.update(batch, new_episodes=2)
+    fc = "fc1.weight"
+    assert not torch.equal(learner.target_agent.state_dict()[fc], agent.state_dict()[fc])
+    learner.update(batch, new_episodes=2)
+    assert torch.equal(learner.target_agent.state_dict()[fc], agent.state_dict()[fc])
+    assert all(not p.requires_grad for p in learner.target_agent.parameters())
+
+
+def test_soft_target_update_moves_by_tau() -> None:
+    runner, batch, agent = _collect("matrix-climbing")
+    learner = _learner(agent, runner, target_update="soft", tau=0.25)
+    before = learner.target_agent.fc1.weight.clone()
+    learner.update(batch, new_episodes=2)
+    expected = 0.75 * before + 0.25 * agent.fc1.weight.detach()
+    assert torch.allclose(learner.target_agent.fc1.weight, expected)
+
+
+def test_tfcaf_mixer_has_no_parameters_and_passes_gradients(tmp_path: Path) -> None:
+    path = tmp_path / "softmax.py"
+    path.write_text(
+        "import torch\n\n\ndef credit_assignment(agents_q, state):\n"
+        "    w = torch.softmax(state[:, :agents_q.shape[1]], dim=1) * agents_q.shape[1]\n"
+        "    return (w * agents_q).sum(dim=1, keepdim=True)\n"
+    )
+    config = preset("qllm", task="lbf-8x8-2p-2f", tfcaf=str(path))
+    runner = ParallelRunner(config.task, 1)
+    _, mixer = build_networks(config, runner)
+    assert isinstance(mixer, TFCAF) and len(list(mixer.parameters())) == 0
+    q = torch.randn(3, 5, 2, requires_grad=True)
+    mixer(q, torch.rand(3, 5, runner.info.state_dim)).sum().backward()
+    assert q.grad is not None and (q.grad > 0).all()
+
+
+# --- exact resume -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["qmix", "qllm"])
+def test_resume_reproduces_an_uninterrupted_run(name: str, tmp_path: Path) -> None:
+    overrides = {
+        "steps": 600, "checkpoint_interval": 300, "eval_interval": 200, "eval_episodes": 2,
+        "log_interval": 100, "batch_size": 4, "buffer_size": 64, "envs": 2, "target_update_interval": 4,
+    }  # fmt: skip
+    if name == "qllm":
+        path = tmp_path / "vdn.py"
+        path.write_text(
+            "def credit_assignment(agents_q, state):\n    return agents_q.sum(dim=1, keepdim=True)\n"
+        )
+        overrides["tfcaf"] = str(path)
+    config = preset(name, task="lbf-5x5-2p-1f", **overrides)
+    full = train(config, runs_dir=tmp_path / "a")
+    checkpoints = sorted((full.run_dir / CHECKPOINT_DIR).glob("*.pt"))
+    assert len(checkpoints) >= 2
+    # Simulate a crash right after the first checkpoint: keep only what existed then.
+    crashed = tmp_path / "crashed"
+    shutil.copytree(full.run_dir, crashed)
+    for later in sorted((crashed / CHECKPOINT_DIR).glob("*.pt"))[1:]:
+        later.unlink()
+    (crashed / FINAL_MODEL).unlink()
+    resumed = train(config, resume=crashed)
+    assert resumed.t_env == full.t_env
+    final_a = torch.load(full.run_dir / FINAL_MODEL)["agent"]
+    final_b = torch.load(crashed / FINAL_MODEL)["agent"]
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    assert resumed.final_test_return == full.final_test_return
+    metrics_a = (full.run_dir / "metrics.csv").read_text()
+    assert (crashed / "metrics.csv").read_text() == metrics_a
