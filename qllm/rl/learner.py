@@ -40,6 +40,8 @@ def td_lambda_targets(
     """
     steps = rewards.shape[1]
     r, term = rewards.unsqueeze(-1), terminated.unsqueeze(-1)
+    if td_lambda == 0.0:  # one-step targets need no recursion over time
+        return r + gamma * (1 - term) * values[:, 1:]
     next_filled = torch.cat([filled[:, 1:], torch.zeros_like(filled[:, :1])], dim=1).unsqueeze(-1)
     targets = torch.zeros_like(values[:, :steps])
     following = values[:, steps]

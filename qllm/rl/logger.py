@@ -11,11 +11,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: no display on servers
-import matplotlib.pyplot as plt
-
 METRICS_FILE = "metrics.csv"
 PLOT_FILE = "learning_curve.png"
 
@@ -72,6 +67,12 @@ def series(rows: list[dict[str, Any]], name: str) -> tuple[list[int], list[float
 
 def plot_learning_curve(run_dir: Path, title: str) -> Path:
     """Episode return (training, epsilon-greedy) and greedy test return against environment steps."""
+    # Imported here: matplotlib costs ~30 MB, needed once per run, after training has released its memory.
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")  # files only: no display on servers
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
     rows = read_metrics(run_dir / METRICS_FILE)
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, label, style in (

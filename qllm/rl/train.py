@@ -31,6 +31,8 @@ from qllm.rl.tfcaf import load_tfcaf
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 FINAL_MODEL = "final_model.pt"
+EVAL_ENVS = 8
+"""Greedy evaluation steps this many environments together, whatever the training rollouts use."""
 EVAL_SEED_OFFSET = 1_000_000_000
 """Evaluation episodes are seeded from a range training never uses."""
 
@@ -141,6 +143,7 @@ def train(
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)  # exploration and replay sampling
     runner = ParallelRunner(config.task, config.envs)
+    eval_runner = ParallelRunner(config.task, min(config.eval_episodes, EVAL_ENVS))
     agent, mixer = build_networks(config, runner)
     run_dir = resume if resume is not None else new_run_dir(config, runs_dir)
     agent.to(device)
@@ -166,7 +169,7 @@ def train(
             update = learner.update(buffer.sample(config.batch_size, generator).to(device), len(seeds))
         if at.t_env >= at.next_eval:
             test_return = log_evaluation(
-                logger, at.t_env, agent=agent, runner=runner, config=config, device=device
+                logger, at.t_env, agent=agent, runner=eval_runner, config=config, device=device
             )
             at.next_eval += config.eval_interval
         if at.t_env >= at.next_log:
@@ -179,12 +182,16 @@ def train(
             on_progress(Progress(at.t_env, config.steps, mean(rollout.returns), epsilon, test_return))
 
     # --- wrap-up -----------------------------------------------------------------------------------
-    final_return = log_evaluation(logger, at.t_env, agent=agent, runner=runner, config=config, device=device)
+    final_return = log_evaluation(
+        logger, at.t_env, agent=agent, runner=eval_runner, config=config, device=device
+    )
     logger.close()
     runner.close()
+    eval_runner.close()
     torch.save(
         {"agent": agent.state_dict(), "mixer": mixer.state_dict(), "t_env": at.t_env}, run_dir / FINAL_MODEL
     )
+    del buffer, learner  # the replay buffer is most of a run's memory: release it before plotting
     plot = plot_learning_curve(run_dir, f"{config.task}: {config.preset} (seed {config.seed})")
     return TrainResult(run_dir=run_dir, t_env=at.t_env, final_test_return=final_return, plot=plot)
 
@@ -276,7 +283,7 @@ def evaluate_run(run_dir: Path, episodes: int = 100) -> tuple[float, float]:
     """Greedy test return of a finished run's final model (or its latest checkpoint)."""
     config = load_run_config(run_dir)
     device = pick_device(config.device)
-    runner = ParallelRunner(config.task, config.envs)
+    runner = ParallelRunner(config.task, min(episodes, EVAL_ENVS))
     agent, _ = build_networks(config, runner)
     final = run_dir / FINAL_MODEL
     if final.is_file():
