@@ -96,9 +96,8 @@ def main() -> None:
     for r in rows:
         speed = f"{r['speed_ratio']:.2f}" if r["speed_ratio"] else "-"
         memory = f"{r['memory_ratio']:.2f}" if r["memory_ratio"] else "-"
-        print(
-            f"{r['task']:20s} {r['preset']:7s} {r['steps_per_s']:8.0f} {speed:>9s} {r['peak_mb']:8.0f} {memory:>9s}"
-        )
+        rate, peak = f"{r['steps_per_s']:8.0f}", f"{r['peak_mb']:8.0f}"
+        print(f"{r['task']:20s} {r['preset']:7s} {rate} {speed:>9s} {peak} {memory:>9s}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 
