@@ -120,16 +120,25 @@ def test_record_refuses_a_directory_as_output(tmp_path: Path) -> None:
 
 
 def test_run_leaves_a_run_folder_a_person_can_open(tmp_path: Path) -> None:
-    result = invoke("run", "--task", "lbf-5x5-2p-1f", "--episodes", "3", "--runs-dir", str(tmp_path))
+    args = (
+        "run",
+        "--task",
+        "lbf-5x5-2p-1f",
+        "--episodes",
+        "3",
+        "--steps",
+        "200",
+        "--runs-dir",
+        str(tmp_path),
+    )
+    result = invoke(*args)
     assert result.exit_code == 0, result.output
     (run_dir,) = tmp_path.iterdir()
     assert run_dir.name.startswith("lbf-5x5-2p-1f__run__0__")
-    assert {p.name for p in run_dir.iterdir()} == {
-        "task.md",
-        "schema.json",
-        "state_statistics.md",
-        "states.npz",
-    }
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"task.md", "schema.json", "state_statistics.md", "states.npz"} <= names
+    (baseline,) = run_dir.glob("lbf-5x5-2p-1f__qmix__0__*")
+    assert (baseline / "learning_curve.png").is_file() and "QMIX baseline" in result.output
     assert "food_position" in (run_dir / "task.md").read_text()
     assert load_recording(run_dir / "states.npz").n_episodes == 3
 
@@ -261,3 +270,9 @@ def test_train_refuses_a_tfcaf_that_fails_validation(tmp_path: Path) -> None:
                                  "--runs-dir", str(tmp_path)], env=WIDE)  # fmt: skip
     assert result.exit_code == 2 and "not_monotonic" in result.output
     assert not list(tmp_path.glob("*__*")), "a refused run must not leave a run folder"
+
+
+def test_training_writes_tensorboard_events(tmp_path: Path) -> None:
+    assert invoke("train", "-t", "matrix-climbing", *TINY, "--runs-dir", str(tmp_path)).exit_code == 0
+    (run_dir,) = tmp_path.iterdir()
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
