@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from qllm.envs.schema import StateSchema
+from qllm.envs.schema import StateField, StateSchema
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,19 @@ class TimeStep:
     @property
     def done(self) -> bool:
         return self.terminated or self.truncated
+
+
+def last_action_field(n_agents: int, action_names: tuple[str, ...], entity: str = "agent") -> StateField:
+    """The ``last_action`` state field: the one-hots :class:`MultiAgentEnv` tracks for every family."""
+    return StateField(
+        "last_action",
+        entity,
+        n_agents,
+        action_names,
+        f"one-hot of the action each {entity} took at the previous step; all zeros at the first step",
+        low=0,
+        high=1,
+    )
 
 
 class MultiAgentEnv(ABC):

@@ -19,7 +19,7 @@ import lbforaging  # noqa: F401  (registers the Foraging-* ids with gymnasium)
 import numpy as np
 from lbforaging.foraging.environment import Action, ForagingEnv
 
-from qllm.envs.contract import EnvInfo, MultiAgentEnv
+from qllm.envs.contract import EnvInfo, MultiAgentEnv, last_action_field
 from qllm.envs.schema import StateField, StateSchema
 from qllm.envs.tasks import TaskFamily, TaskSpec
 
@@ -78,15 +78,7 @@ class LBFEnv(MultiAgentEnv):
                     low=0,
                     high=self.max_food_level,
                 ),
-                StateField(
-                    "last_action",
-                    "agent",
-                    n,
-                    ACTION_NAMES,
-                    "one-hot of the action each agent took at the previous step; all zeros at the first step",
-                    low=0,
-                    high=1,
-                ),
+                last_action_field(n, ACTION_NAMES),
             )
         )
         super().__init__(
@@ -103,7 +95,6 @@ class LBFEnv(MultiAgentEnv):
         )
         self._obs: tuple[np.ndarray, ...] = ()
         self._food_cells = np.full((n_food, 2), -1, dtype=np.int64)
-        self._food_present = np.zeros(n_food, dtype=bool)
 
     def _max_food_level(self) -> int:
         env = self.env

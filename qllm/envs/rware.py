@@ -18,7 +18,7 @@ import numpy as np
 import rware  # noqa: F401  (registers the rware-* ids with gymnasium)
 from rware.warehouse import Action, Direction, RewardType, Warehouse
 
-from qllm.envs.contract import EnvInfo, MultiAgentEnv
+from qllm.envs.contract import EnvInfo, MultiAgentEnv, last_action_field
 from qllm.envs.schema import StateField, StateSchema
 from qllm.envs.tasks import TaskFamily, TaskSpec
 
@@ -95,15 +95,7 @@ class RwareEnv(MultiAgentEnv):
                     low=0,
                     high=max(width, height) - 1,
                 ),
-                StateField(
-                    "last_action",
-                    "agent",
-                    n,
-                    ACTION_NAMES,
-                    "one-hot of the action each robot took at the previous step; all zeros at the first step",
-                    low=0,
-                    high=1,
-                ),
+                last_action_field(n, ACTION_NAMES),
             )
         )
         super().__init__(
