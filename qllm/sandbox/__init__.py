@@ -8,7 +8,7 @@ side is :class:`Sandbox`; results are :class:`ValidationResult`.
 
 from qllm.sandbox.backends import SandboxUnavailableError, detect_backend
 from qllm.sandbox.checks import CheckOptions
-from qllm.sandbox.client import CandidateRejectedError, Sandbox, ValidationInputs, validate_file_source
+from qllm.sandbox.client import CandidateRejectedError, Sandbox, ValidationInputs
 from qllm.sandbox.protocol import SandboxLimits
 from qllm.sandbox.restricted import CandidateError, LoadedCandidate, load_credit_function
 from qllm.sandbox.result import ErrorKind, ValidationResult, WeightReport
@@ -27,5 +27,4 @@ __all__ = [
     "WeightReport",
     "detect_backend",
     "load_credit_function",
-    "validate_file_source",
 ]

@@ -224,15 +224,3 @@ class Sandbox:
         result.backend = self.backend.name
         result.timings.total = time.monotonic() - start
         return result
-
-
-def validate_file_source(
-    source: str,
-    recording: Recording,
-    options: CheckOptions | None = None,
-    backend: str = "auto",
-    max_states: int = 256,
-) -> ValidationResult:
-    """One-shot convenience: validate ``source`` against ``recording`` in a fresh sandbox."""
-    with Sandbox(backend=backend, warm=False) as sandbox:
-        return sandbox.validate(source, ValidationInputs.from_recording(recording, max_states), options)
