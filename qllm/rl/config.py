@@ -35,6 +35,10 @@ class TrainConfig:
     """Require the credit function's weights to be non-negative (IGM), as the paper's functions are."""
     device: str = "auto"
     """auto (CUDA when available), cpu or cuda."""
+    threads: int = 1
+    """CPU threads for torch. One is fastest for these small networks (measured on 2 cores), and
+    several runs sharing a machine (sweeps) do not oversubscribe its cores: OpenMP threads spinning
+    against another process's threads slowed training by more than 10x here."""
 
     # exploration
     epsilon_start: float = 1.0

@@ -140,6 +140,7 @@ def train(
         if saved.replace(steps=config.steps) != config.replace(steps=config.steps):
             raise RunError(f"{resume} was trained with different settings; resume it with its own config")
     device = pick_device(config.device)
+    torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)  # exploration and replay sampling
     runner = ParallelRunner(config.task, config.envs)
