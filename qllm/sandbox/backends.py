@@ -99,7 +99,9 @@ class BwrapBackend(Backend):
         argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
         if os.geteuid() == 0:
             argv += ["--uid", str(NOBODY), "--gid", str(NOBODY)]
-        argv += ["--ro-bind", "/usr", "/usr"]
+        # The private /tmp comes first: bwrap mounts in order, and a later tmpfs would hide binds below it
+        # (a checkout, venv or interpreter under /tmp).
+        argv += ["--tmpfs", "/tmp", "--ro-bind", "/usr", "/usr"]
         for top in ("/bin", "/sbin", "/lib", "/lib64", "/lib32"):
             path = Path(top)
             if path.is_symlink():
@@ -108,19 +110,7 @@ class BwrapBackend(Backend):
                 argv += ["--ro-bind", top, top]
         for path in _read_only_paths():
             argv += ["--ro-bind", str(path), str(path)]
-        argv += [
-            "--tmpfs",
-            "/tmp",
-            "--dev",
-            "/dev",
-            "--proc",
-            "/proc",
-            "--remount-ro",
-            "/",
-            "--chdir",
-            "/tmp",
-        ]
-        argv += ["--clearenv"]
+        argv += ["--dev", "/dev", "--proc", "/proc", "--remount-ro", "/", "--chdir", "/tmp", "--clearenv"]
         for key, value in _ENV.items():
             argv += ["--setenv", key, value]
         return argv
