@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import mean
 from typing import Any
@@ -25,7 +25,7 @@ from qllm.rl.config import TrainConfig
 from qllm.rl.learner import QLearner, UpdateStats
 from qllm.rl.logger import MetricsLogger, plot_learning_curve
 from qllm.rl.mixers import MIXERS
-from qllm.rl.runner import ParallelRunner, RolloutStats
+from qllm.rl.runner import ParallelRunner
 from qllm.rl.tfcaf import load_tfcaf
 
 CONFIG_FILE = "config.json"
@@ -61,6 +61,8 @@ class Counters:
     next_eval: int = 0
     next_log: int = 0
     next_checkpoint: int = 0
+    returns_since_log: list[float] = field(default_factory=list)
+    """Training episode returns not yet logged (logged as their mean, so the curve is not one episode)."""
 
 
 @dataclass
@@ -118,6 +120,13 @@ def load_run_config(run_dir: Path) -> TrainConfig:
     return TrainConfig.from_dict(json.loads(path.read_text()))
 
 
+def check_resumable(run_dir: Path, config: TrainConfig) -> None:
+    """Only the step budget may change when a run is continued."""
+    saved = load_run_config(run_dir)
+    if saved.replace(steps=config.steps) != config:
+        raise RunError(f"{run_dir} was trained with different settings; resume it with its own config")
+
+
 def latest_checkpoint(run_dir: Path) -> Path:
     checkpoints = sorted(
         (run_dir / CHECKPOINT_DIR).glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1])
@@ -136,9 +145,7 @@ def train(
     """Train with ``config`` in a new run folder, or continue the run folder ``resume``."""
     # --- set-up (everything that can refuse the config happens before a run folder exists) ----------
     if resume is not None:
-        saved = load_run_config(resume)
-        if saved.replace(steps=config.steps) != config.replace(steps=config.steps):
-            raise RunError(f"{resume} was trained with different settings; resume it with its own config")
+        check_resumable(resume, config)
     device = pick_device(config.device)
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -165,6 +172,7 @@ def train(
         buffer.insert(batch)
         at.t_env += rollout.steps
         at.episodes += len(seeds)
+        at.returns_since_log += rollout.returns
         update = None
         if buffer.can_sample(config.batch_size):
             update = learner.update(buffer.sample(config.batch_size, generator).to(device), len(seeds))
@@ -174,7 +182,7 @@ def train(
             )
             at.next_eval += config.eval_interval
         if at.t_env >= at.next_log:
-            log_training(logger, at, rollout, epsilon, update)
+            log_training(logger, at, epsilon, update)
             at.next_log += config.log_interval
         if at.t_env >= at.next_checkpoint:
             at.next_checkpoint += config.checkpoint_interval
@@ -216,17 +224,16 @@ def log_evaluation(
     return mean_return
 
 
-def log_training(
-    logger: MetricsLogger, at: Counters, rollout: RolloutStats, epsilon: float, update: UpdateStats | None
-) -> None:
+def log_training(logger: MetricsLogger, at: Counters, epsilon: float, update: UpdateStats | None) -> None:
     metrics = {
-        "charts/episode_return": mean(rollout.returns),
+        "charts/episode_return": mean(at.returns_since_log),
         "charts/epsilon": epsilon,
         "charts/episodes": at.episodes,
     }
     if update is not None:
         metrics |= {f"losses/{name}": value for name, value in asdict(update).items()}
     logger.log(at.t_env, metrics)
+    at.returns_since_log.clear()
 
 
 def save_checkpoint(
