@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from qllm.rl import preset, train
+from qllm.rl import RunError, preset, train
 from qllm.rl.agent import RNNAgent, agent_inputs
 from qllm.rl.buffer import EpisodeBatch, ReplayBuffer
 from qllm.rl.learner import QLearner, td_lambda_targets
@@ -183,3 +183,15 @@ def test_resume_reproduces_an_uninterrupted_run(name: str, tmp_path: Path) -> No
     assert resumed.final_test_return == full.final_test_return
     metrics_a = (full.run_dir / "metrics.csv").read_text()
     assert (crashed / "metrics.csv").read_text() == metrics_a
+
+
+def test_resuming_with_other_settings_or_a_foreign_config_is_refused(tmp_path: Path) -> None:
+    config = preset("vdn", task="matrix-climbing", steps=100, eval_interval=50, eval_episodes=1,
+                    checkpoint_interval=50)  # fmt: skip
+    run = train(config, runs_dir=tmp_path).run_dir
+    with pytest.raises(RunError, match="different settings"):
+        train(config.replace(lr=0.1), resume=run)
+    train(config.replace(steps=150), resume=run)  # a longer budget is the one allowed change
+    (run / "config.json").write_text('{"mixer": "vdn", "learning_rate_typo": 1}')
+    with pytest.raises(RunError, match="not a config this version of qllm can read"):
+        train(config, resume=run)

@@ -117,7 +117,10 @@ def load_run_config(run_dir: Path) -> TrainConfig:
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise RunError(f"{run_dir} is not a qllm run folder (no {CONFIG_FILE})")
-    return TrainConfig.from_dict(json.loads(path.read_text()))
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise RunError(f"{path} is not a config this version of qllm can read: {exc}") from None
 
 
 def check_resumable(run_dir: Path, config: TrainConfig) -> None:
