@@ -1,12 +1,12 @@
 """Training speed and peak memory per mixer and task, against EPyMARL's QMIX on this machine kind.
 
 Each (preset, task) trains in a fresh Python process (so its peak RSS is its own) with EPyMARL's QMIX
-schedule: one environment, a greedy test of ``--test-episodes`` episodes every ``--test-interval``
-steps, start-up included in the wall time. The reference is EPyMARL's QMIX with its defaults on CPU
-on this machine kind (2 cores): 101k env steps with a 100-episode test every 10k took 166 s on
-lbf-8x8-2p-2f (609 env steps/s, 421 MB) and 176 s on lbf-2s-10x10-3p-3f (574/s, 499 MB);
-source: ../shared/reference/facts.md. Ratios are printed against the LBF figure of the same task
-where one exists.
+schedule: one environment (the riit and qllm recipes keep their own 8), a greedy test of
+``--test-episodes`` episodes every ``--test-interval`` steps, start-up included in the wall time.
+The reference is EPyMARL's QMIX with its defaults on CPU on this machine kind (2 cores): 101k env
+steps with a 100-episode test every 10k took 166 s on lbf-8x8-2p-2f (609 env steps/s, 421 MB) and
+176 s on lbf-2s-10x10-3p-3f (574/s, 499 MB); source: ../shared/reference/facts.md. Ratios are
+printed against the figure of the same task where one exists.
 
 Run:  .venv/bin/python benchmarks/train_speed.py [--steps 20000] [--json out.json]
 """
@@ -57,8 +57,8 @@ def measure(
         "eval_episodes": test_episodes, "log_interval": 10**9, "checkpoint_interval": 10**9,
         "tfcaf": str(tfcaf) if preset in {"qllm", "riit-qllm"} else None,
     }  # fmt: skip
-    if preset == "riit":
-        args["envs"] = 8  # the recipe's own parallel rollouts
+    if preset in {"riit", "qllm", "riit-qllm"}:
+        del args["envs"]  # these recipes' own parallel rollouts (8 environments)
     out = subprocess.run(
         [sys.executable, "-c", CHILD, json.dumps(args), str(workdir / "runs")],
         capture_output=True, text=True, check=True,

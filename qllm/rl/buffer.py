@@ -7,6 +7,7 @@ some sampled episode actually used, so short episodes cost less to learn from.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
@@ -34,17 +35,19 @@ class EpisodeBatch:
     """``[B, T]`` float (1.0 where the step happened)."""
 
     @classmethod
-    def zeros(cls, episodes: int, info: EnvInfo) -> EpisodeBatch:
-        """An all-padding batch shaped for ``info``'s task."""
+    def zeros(
+        cls, episodes: int, info: EnvInfo, factory: Callable[..., torch.Tensor] = torch.zeros
+    ) -> EpisodeBatch:
+        """An all-padding batch shaped for ``info``'s task (uninitialised with ``factory=torch.empty``)."""
         limit, n = info.episode_limit, info.n_agents
         return cls(
-            obs=torch.zeros(episodes, limit + 1, n, info.obs_dim),
-            state=torch.zeros(episodes, limit + 1, info.state_dim),
-            avail_actions=torch.zeros(episodes, limit + 1, n, info.n_actions, dtype=torch.bool),
-            actions=torch.zeros(episodes, limit, n, dtype=torch.long),
-            reward=torch.zeros(episodes, limit),
-            terminated=torch.zeros(episodes, limit),
-            filled=torch.zeros(episodes, limit),
+            obs=factory(episodes, limit + 1, n, info.obs_dim),
+            state=factory(episodes, limit + 1, info.state_dim),
+            avail_actions=factory(episodes, limit + 1, n, info.n_actions, dtype=torch.bool),
+            actions=factory(episodes, limit, n, dtype=torch.long),
+            reward=factory(episodes, limit),
+            terminated=factory(episodes, limit),
+            filled=factory(episodes, limit),
         )
 
     def to(self, device: torch.device) -> EpisodeBatch:
@@ -69,7 +72,9 @@ class ReplayBuffer:
 
     def __init__(self, capacity: int, info: EnvInfo) -> None:
         self.capacity = capacity
-        self.storage = EpisodeBatch.zeros(capacity, info)
+        # Uninitialised on purpose: every insert writes whole episodes (padding included), and untouched
+        # pages cost no memory, so a 5000-episode RWARE buffer holds only what was collected so far.
+        self.storage = EpisodeBatch.zeros(capacity, info, factory=torch.empty)
         self.size = 0
         self.position = 0
 
