@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from qllm.envs import MultiAgentEnv, make_env
+from qllm.envs import MultiAgentEnv, TimeStep, make_env
 from qllm.rl.agent import RNNAgent, agent_inputs
 from qllm.rl.buffer import EpisodeBatch
 
@@ -62,6 +62,8 @@ class ParallelRunner:
         device: torch.device,
     ) -> tuple[EpisodeBatch, RolloutStats]:
         """One episode per seed (at most ``n_envs`` seeds), acting epsilon-greedily."""
+        if not 1 <= len(seeds) <= len(self.envs):
+            raise ValueError(f"need 1 to {len(self.envs)} seeds (one per environment), got {len(seeds)}")
         info, n_envs = self.info, len(seeds)
         limit, n, n_actions = info.episode_limit, info.n_agents, info.n_actions
         batch = EpisodeBatch.zeros(n_envs, info)
@@ -96,7 +98,7 @@ class ParallelRunner:
         return batch, stats
 
     @staticmethod
-    def _store_state(data: dict[str, np.ndarray], e: int, t: int, ts) -> None:
+    def _store_state(data: dict[str, np.ndarray], e: int, t: int, ts: TimeStep) -> None:
         data["obs"][e, t] = ts.obs
         data["state"][e, t] = ts.state
         data["avail_actions"][e, t] = ts.avail_actions
