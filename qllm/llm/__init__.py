@@ -1,0 +1,1 @@
+"""Language models: the built-in offline model served locally (``local.py``); providers join here."""
