@@ -1,0 +1,58 @@
+"""`qllm record`: roll out a policy and save real states of a task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from qllm.cli.common import EpisodesOption, SeedOption, TaskOption, console, task_spec
+from qllm.envs import TaskSpec
+from qllm.envs.recording import POLICIES, Recording, record, save_recording
+
+
+def record_with_progress(spec: TaskSpec, episodes: int, seed: int, policy: str) -> Recording:
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("return {task.fields[ret]:.3g}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        bar = progress.add_task(f"recording {spec.name}", total=episodes, ret=0.0)
+        return record(
+            spec.name,
+            episodes,
+            seed=seed,
+            policy=policy,
+            on_episode=lambda _, ret: progress.update(bar, advance=1, ret=ret),
+        )
+
+
+def print_recording_summary(rec: Recording, path: Path) -> None:
+    returns = rec.returns
+    console.print(
+        f"[green]Saved[/green] {rec.n_episodes} episodes ({int(rec.episode_lengths.sum())} steps) of "
+        f"{rec.info.task} to {path}\n"
+        f"return: mean {returns.mean():.3f}, min {returns.min():.3f}, max {returns.max():.3f}"
+    )
+
+
+def record_command(
+    task: TaskOption,
+    out: Annotated[Path, typer.Option(help="Output file (.npz), created with its folders.")],
+    episodes: EpisodesOption = 100,
+    seed: SeedOption = 0,
+    policy: Annotated[str, typer.Option(help=f"Behaviour policy: {', '.join(POLICIES)}.")] = "random",
+) -> None:
+    """Roll out a policy and save states, observations, actions, rewards and the schema to one file."""
+    spec = task_spec(task)
+    if policy not in POLICIES:
+        raise typer.BadParameter(f"choose from {', '.join(POLICIES)}", param_hint="--policy")
+    if out.exists() and out.is_dir():
+        raise typer.BadParameter(f"{out} is a directory", param_hint="--out")
+    rec = record_with_progress(spec, episodes, seed, policy)
+    print_recording_summary(rec, save_recording(rec, out))

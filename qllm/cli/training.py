@@ -1,0 +1,125 @@
+"""`qllm train` and `qllm evaluate`: value-decomposition training runs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from qllm.cli.common import DEFAULT_TASK, TaskOption, console, task_spec
+from qllm.rl import PRESETS, RunError, TrainConfig, TrainResult, evaluate_run, preset, train
+from qllm.rl.tfcaf import TFCAFError
+from qllm.rl.train import Progress as TrainProgress
+from qllm.rl.train import load_run_config
+
+
+def train_with_progress(config: TrainConfig, runs_dir: Path, resume: Path | None) -> TrainResult:
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(
+            "{task.fields[rate]:>6.0f} steps/s | return {task.fields[ret]:.3g} | eps {task.fields[eps]:.2f}"
+            " | test {task.fields[test]}"
+        ),
+        TimeRemainingColumn(),
+    )
+    start, first_step = time.monotonic(), None
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task(
+            f"{config.task} {config.preset}", total=config.steps, rate=0.0, ret=0.0, eps=1.0, test="-"
+        )
+
+        def update(p: TrainProgress) -> None:
+            nonlocal first_step
+            first_step = p.t_env if first_step is None else first_step
+            rate = (p.t_env - first_step) / max(1e-9, time.monotonic() - start)
+            test = "-" if p.test_return is None else f"{p.test_return:.3g}"
+            progress.update(
+                bar,
+                completed=min(p.t_env, p.steps),
+                rate=rate,
+                ret=p.episode_return,
+                eps=p.epsilon,
+                test=test,
+            )
+
+        return train(config, runs_dir=runs_dir, resume=resume, on_progress=update)
+
+
+def train_command(
+    task: TaskOption = DEFAULT_TASK,
+    mixer: Annotated[str, typer.Option(help=f"Mixer or preset: {', '.join(PRESETS)}.")] = "qmix",
+    steps: Annotated[int, typer.Option(min=1, help="Training budget in environment steps.")] = 100_000,
+    seed: Annotated[int, typer.Option(help="Seed for networks, exploration and environments.")] = 0,
+    tfcaf: Annotated[
+        Path | None, typer.Option(help="Credit-function file for the tfcaf mixer (qllm presets).")
+    ] = None,
+    envs: Annotated[
+        int | None, typer.Option(min=1, help="Environments stepped together (preset default).")
+    ] = None,
+    eval_interval: Annotated[
+        int | None, typer.Option(min=1, help="Steps between greedy evaluations.")
+    ] = None,
+    eval_episodes: Annotated[int | None, typer.Option(min=1, help="Episodes per evaluation.")] = None,
+    checkpoint_interval: Annotated[int | None, typer.Option(min=1, help="Steps between checkpoints.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    runs_dir: Annotated[Path, typer.Option(help="Where run folders are created.")] = Path("runs"),
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue this run folder from its latest checkpoint.")
+    ] = None,
+) -> None:
+    """Train a value-decomposition learner (IQL, VDN, QMIX, Qatten, RIIT or a TFCAF) on a task."""
+    if resume is not None:
+        try:
+            config = load_run_config(resume).replace(steps=steps)
+        except RunError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--resume") from None
+    else:
+        if mixer not in PRESETS:
+            raise typer.BadParameter(
+                f"unknown mixer {mixer!r}; choose from {', '.join(PRESETS)}", param_hint="--mixer"
+            )
+        spec = task_spec(task)
+        overrides = {
+            "envs": envs,
+            "eval_interval": eval_interval,
+            "eval_episodes": eval_episodes,
+            "checkpoint_interval": checkpoint_interval,
+        }
+        config = preset(
+            mixer,
+            task=spec.name,
+            steps=steps,
+            seed=seed,
+            device=device,
+            tfcaf=str(tfcaf) if tfcaf else None,
+            **{k: v for k, v in overrides.items() if v is not None},
+        )
+        if config.mixer == "tfcaf" and config.tfcaf is None:
+            raise typer.BadParameter(
+                f"the {mixer} preset trains a credit function: pass --tfcaf FILE", param_hint="--tfcaf"
+            )
+    try:
+        result = train_with_progress(config, runs_dir, resume)
+    except (RunError, TFCAFError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    console.print(
+        f"[green]Done[/green]: {result.t_env} steps, greedy test return {result.final_test_return:.3f}\n"
+        f"Run folder: {result.run_dir}\nLearning curve: {result.plot}"
+    )
+
+
+def evaluate_command(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `qllm train`.")],
+    episodes: Annotated[int, typer.Option(min=1, help="Greedy evaluation episodes.")] = 100,
+) -> None:
+    """Greedy test return of a trained run (its final model, else its latest checkpoint)."""
+    try:
+        mean, std = evaluate_run(run, episodes)
+    except RunError as exc:
+        raise typer.BadParameter(str(exc), param_hint="RUN") from None
+    console.print(f"{run}: greedy test return {mean:.3f} ± {std:.3f} over {episodes} episodes")
