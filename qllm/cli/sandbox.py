@@ -11,20 +11,24 @@ from rich.table import Table
 from qllm.cli.common import TaskOption, console, notes, task_spec
 from qllm.envs import TaskSpec
 from qllm.envs.recording import Recording, RecordingError, load_recording, record
-from qllm.sandbox import CheckOptions, Sandbox, SandboxUnavailableError, ValidationInputs, ValidationResult
+from qllm.sandbox import (
+    CandidateFileError,
+    CheckOptions,
+    Sandbox,
+    SandboxUnavailableError,
+    ValidationInputs,
+    ValidationResult,
+    read_candidate_file,
+)
 
 app = typer.Typer(help="Validate credit functions in the sandbox.", no_args_is_help=True)
 
 
 def _read_candidate(path: Path) -> str:
-    if not path.is_file():
-        raise typer.BadParameter(f"no file at {path}", param_hint="FILE")
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise typer.BadParameter(
-            f"{path} is not a UTF-8 text file (expected Python source)", param_hint="FILE"
-        ) from None
+        return read_candidate_file(path)
+    except CandidateFileError as exc:
+        raise typer.BadParameter(str(exc), param_hint="FILE") from None
 
 
 def _validation_recording(spec: TaskSpec, states: Path | None, episodes: int) -> Recording:

@@ -15,7 +15,14 @@ from typing import Any
 
 from qllm.envs import EnvInfo
 from qllm.envs.recording import record
-from qllm.sandbox import CandidateRejectedError, CheckOptions, Sandbox, ValidationInputs
+from qllm.sandbox import (
+    CandidateFileError,
+    CandidateRejectedError,
+    CheckOptions,
+    Sandbox,
+    ValidationInputs,
+    read_candidate_file,
+)
 from qllm.sandbox.restricted import LoadedCandidate
 
 HEADER = "# qllm-tfcaf:"
@@ -39,12 +46,10 @@ def read_header(source: str) -> dict[str, Any]:
 
 def load_tfcaf(path: Path, info: EnvInfo, monotonic: bool = True) -> LoadedCandidate:
     """Validate the credit function at ``path`` on ``info.task``, then load it; else :class:`TFCAFError`."""
-    if not path.is_file():
-        raise TFCAFError(f"no credit-function file at {path}")
     try:
-        source = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise TFCAFError(f"{path} is not a UTF-8 text file") from None
+        source = read_candidate_file(path)
+    except CandidateFileError as exc:
+        raise TFCAFError(str(exc)) from None
     header = read_header(source)
     if "state_dim" in header and int(header["state_dim"]) != info.state_dim:
         raise TFCAFError(

@@ -8,13 +8,20 @@ side is :class:`Sandbox`; results are :class:`ValidationResult`.
 
 from qllm.sandbox.backends import SandboxUnavailableError, detect_backend
 from qllm.sandbox.checks import CheckOptions
-from qllm.sandbox.client import CandidateRejectedError, Sandbox, ValidationInputs
+from qllm.sandbox.client import (
+    CandidateFileError,
+    CandidateRejectedError,
+    Sandbox,
+    ValidationInputs,
+    read_candidate_file,
+)
 from qllm.sandbox.protocol import SandboxLimits
 from qllm.sandbox.restricted import CandidateError, LoadedCandidate, load_credit_function
 from qllm.sandbox.result import ErrorKind, ValidationResult, WeightReport
 
 __all__ = [
     "CandidateError",
+    "CandidateFileError",
     "CandidateRejectedError",
     "CheckOptions",
     "ErrorKind",
@@ -27,4 +34,5 @@ __all__ = [
     "WeightReport",
     "detect_backend",
     "load_credit_function",
+    "read_candidate_file",
 ]

@@ -19,6 +19,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -67,6 +68,20 @@ class ValidationInputs:
         n_agents = recording.info.n_agents
         agents_q = (torch.rand(states.shape[0], n_agents, generator=generator) * 2 - 1) * q_scale
         return cls(agents_q=agents_q.float(), states=states.float())
+
+
+class CandidateFileError(ValueError):
+    """A credit-function file that is missing or not text."""
+
+
+def read_candidate_file(path: Path) -> str:
+    """The source of a credit-function file, or :class:`CandidateFileError` saying why not."""
+    if not path.is_file():
+        raise CandidateFileError(f"no file at {path}: no credit-function file to load")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CandidateFileError(f"{path} is not a UTF-8 text file (expected Python source)") from None
 
 
 class CandidateRejectedError(ValueError):
