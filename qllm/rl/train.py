@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from qllm.envs import EnvInfo
 from qllm.rl.agent import RNNAgent
 from qllm.rl.buffer import ReplayBuffer
 from qllm.rl.config import TrainConfig
@@ -86,9 +87,14 @@ def epsilon_at(config: TrainConfig, t_env: int) -> float:
     return config.epsilon_start + fraction * (config.epsilon_finish - config.epsilon_start)
 
 
+def build_agent(config: TrainConfig, info: EnvInfo) -> RNNAgent:
+    return RNNAgent(info.obs_dim + info.n_actions + info.n_agents, info.n_actions, config.hidden_dim)
+
+
 def build_networks(config: TrainConfig, runner: ParallelRunner) -> tuple[RNNAgent, torch.nn.Module]:
+    """The agent network and the mixer (a TFCAF is validated in the sandbox here)."""
     info = runner.info
-    agent = RNNAgent(info.obs_dim + info.n_actions + info.n_agents, info.n_actions, config.hidden_dim)
+    agent = build_agent(config, info)
     if config.mixer not in MIXERS:
         raise ValueError(f"unknown mixer {config.mixer!r}; choose from {', '.join(MIXERS)}")
     credit_function = None
@@ -295,7 +301,7 @@ def evaluate_run(run_dir: Path, episodes: int = 100) -> tuple[float, float]:
     config = load_run_config(run_dir)
     device = pick_device(config.device)
     runner = ParallelRunner(config.task, min(episodes, EVAL_ENVS))
-    agent, _ = build_networks(config, runner)
+    agent = build_agent(config, runner.info)  # acting needs no mixer (and no TFCAF validation)
     final = run_dir / FINAL_MODEL
     if final.is_file():
         agent.load_state_dict(torch.load(final, map_location=device)["agent"])
