@@ -271,7 +271,7 @@ def restore_checkpoint(
     state = torch.load(path, map_location=device, weights_only=False)
     learner.load_state_dict(state["learner"])
     buffer.load_state_dict(state["buffer"])
-    generator.set_state(state["generator"])
+    generator.set_state(state["generator"].cpu())  # map_location may have moved it; generators live on CPU
     return Counters(**state["counters"])
 
 
