@@ -163,7 +163,12 @@ _UNWRITABLE = (
 
 def _guarded_import(
     name: str, globals_: Any = None, locals_: Any = None, fromlist: Any = (), level: int = 0
-) -> ModuleProxy:
+) -> Any:
+    if isinstance(fromlist, list) and not fromlist and name.startswith("torch"):
+        # CPython's PyImport_Import (torch's C code, e.g. `torch.tensor(..., dtype=...)` looking up
+        # `torch.storage`) calls the frame's __import__ with an empty *list*, ignores the result and reads
+        # sys.modules itself. Candidate code passes None or a tuple, so it never gets here; nothing leaks.
+        return None
     if level != 0 or name not in _MODULES:
         raise ImportError(
             f"import of {name!r} is not allowed; credit functions may import only torch and math"

@@ -1,0 +1,75 @@
+"""What a generation run leaves on disk: every assembled candidate, and the final TFCAF with metadata.
+
+Run folder layout::
+
+    settings.json        the settings the run was started with (resume reads them back)
+    task_prompt.md       the generated task prompt
+    states.npz           the recorded states candidates are validated on
+    trace.jsonl          every LLM call, sandbox verdict and decision
+    checkpoints.sqlite   LangGraph checkpoints
+    candidates/          r{round}-c{slot}-a{attempt}.py: every candidate that could be assembled
+    tfcaf.py             the chosen function, byte for byte the source that passed the sandbox
+    artifact.json        its metadata: task, models, prompt version and hashes, template, state slices,
+                         measured weights, and where it came from
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qllm.agents.template import TEMPLATE_ID
+
+if TYPE_CHECKING:
+    from qllm.agents.context import GenerationContext
+    from qllm.agents.state import Candidate, GenerationState
+
+ARTIFACT_FILE = "tfcaf.py"
+METADATA_FILE = "artifact.json"
+CANDIDATES_DIR = "candidates"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def save_candidate(run_dir: Path, name: str, source: str) -> Path:
+    folder = run_dir / CANDIDATES_DIR
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{name}.py"
+    _write_atomic(path, source)
+    return path
+
+
+def write_artifact(ctx: GenerationContext, state: GenerationState, best: Candidate) -> Path:
+    """Write ``tfcaf.py`` and ``artifact.json`` for ``best``, which must have passed the sandbox."""
+    if not best.ok or not best.final.source:
+        raise ValueError(
+            f"refusing to write an artifact from candidate {best.id}, which did not pass validation"
+        )
+    metadata: dict[str, Any] = {
+        "run_id": ctx.run_id,
+        "task": ctx.spec.name,
+        "candidate": best.id,
+        "attempt": best.final.number,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "coder": str(ctx.coder.spec),
+        "evaluator": str(ctx.evaluator.spec),
+        "prompt_version": ctx.prompts.version,
+        "prompt_hashes": ctx.prompts.hashes(),
+        "template": TEMPLATE_ID,
+        "state_dim": ctx.named.info.state_dim,
+        "n_agents": ctx.named.info.n_agents,
+        "state_slices": ctx.named.slices(),
+        "rounds_run": state.round - 1,
+        "candidates_generated": len(state.candidates),
+        "validation": best.final.result.model_dump(mode="json"),
+        "written_code": best.final.code,
+    }
+    _write_atomic(ctx.run_dir / ARTIFACT_FILE, best.final.source)
+    _write_atomic(ctx.run_dir / METADATA_FILE, json.dumps(metadata, indent=2) + "\n")
+    return ctx.run_dir / ARTIFACT_FILE

@@ -1,0 +1,161 @@
+"""Run settings (what a person configures) and the run-time context the graph's nodes work with.
+
+Settings come from, in increasing priority: defaults, a TOML config file (``[generate]`` table),
+environment variables (``QLLM_CODER``, ``QLLM_EVALUATOR``, ``QLLM_CODER_BASE_URL``,
+``QLLM_EVALUATOR_BASE_URL``), and command-line flags. They are saved with every run, so a run can be
+resumed or reproduced from its folder alone. The context holds what is not state and not checkpointed:
+the models, the sandbox and the validation batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from langgraph.types import RetryPolicy
+
+from qllm.agents.llm import ChatRole, LLMCaller, TransientLLMError
+from qllm.agents.template import NamedState
+from qllm.agents.trace import Trace
+from qllm.envs.tasks import TaskSpec
+from qllm.prompts import PromptLibrary
+from qllm.sandbox import CheckOptions, Sandbox, ValidationInputs, ValidationResult
+
+ENV_VARS = {
+    "coder": "QLLM_CODER",
+    "evaluator": "QLLM_EVALUATOR",
+    "coder_base_url": "QLLM_CODER_BASE_URL",
+    "evaluator_base_url": "QLLM_EVALUATOR_BASE_URL",
+}
+
+
+class SettingsError(ValueError):
+    """A config file or value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Everything that defines a generation run."""
+
+    task: str
+    """Task name (see ``qllm tasks list``)."""
+    coder: str = "local"
+    """Coder model: ``local`` or ``PROVIDER:MODEL`` (openai, deepseek, anthropic, ollama)."""
+    evaluator: str = "local"
+    """Evaluator model, in the same form; may differ from the coder."""
+    coder_base_url: str | None = None
+    """Endpoint of an OpenAI-compatible server for the coder."""
+    evaluator_base_url: str | None = None
+    """Endpoint of an OpenAI-compatible server for the evaluator."""
+    candidates: int = 3
+    """K: candidates drafted per round (the paper's default)."""
+    rounds: int = 3
+    """L: rounds of drafting and evaluation (the paper's default)."""
+    repairs: int = 2
+    """Repair attempts per candidate after a failed check."""
+    early_stop: bool = True
+    """End before L rounds when the evaluator is satisfied with a valid function."""
+    coder_temperature: float = 0.7
+    evaluator_temperature: float = 0.2
+    max_tokens: int = 1024
+    """Longest reply asked of either model."""
+    timeout_s: float = 300.0
+    """Longest one LLM call may take before it counts as a (retryable) timeout."""
+    retry_attempts: int = 4
+    """Tries per LLM call on transient faults (timeouts, 429, 5xx), the first included."""
+    retry_initial_s: float = 2.0
+    """Wait before the first retry; doubles each time."""
+    record_episodes: int = 20
+    """Episodes of a random policy recorded for validation states."""
+    seed: int = 0
+    monotonic: bool = True
+    """Require non-negative weights (the IGM condition); the template guarantees it."""
+    prompt_version: str = "v1"
+    notes: str = ""
+    """Free-text notes about the task appended to the task prompt (e.g. from ``--notes FILE``)."""
+
+    def __post_init__(self) -> None:
+        for name in ("candidates", "rounds", "retry_attempts", "record_episodes", "max_tokens"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.repairs < 0:
+            raise SettingsError(f"repairs must be at least 0, got {self.repairs}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GenerationSettings:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise SettingsError(f"unknown settings {sorted(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    @classmethod
+    def resolve(
+        cls,
+        overrides: Mapping[str, Any],
+        config_file: Path | None = None,
+        environ: Mapping[str, str] = os.environ,
+    ) -> GenerationSettings:
+        """Defaults < config file ``[generate]`` < environment < ``overrides`` (``None`` values ignored)."""
+        values: dict[str, Any] = {}
+        if config_file is not None:
+            values.update(_read_config(config_file))
+        values.update({name: environ[var] for name, var in ENV_VARS.items() if environ.get(var)})
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(values)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+    table = data.get("generate", data)
+    if not isinstance(table, dict):
+        raise SettingsError(f"config file {path}: [generate] must be a table")
+    return table
+
+
+@dataclass
+class GenerationContext:
+    """What the nodes use besides the state: models, prompts, the task's named state and the sandbox."""
+
+    settings: GenerationSettings
+    spec: TaskSpec
+    named: NamedState
+    inputs: ValidationInputs
+    """The real recorded states every candidate is validated on (the same for all)."""
+    task_prompt: str
+    prompts: PromptLibrary
+    coder: ChatRole
+    evaluator: ChatRole
+    llm: LLMCaller
+    trace: Trace
+    sandbox: Sandbox
+    run_id: str
+    run_dir: Path
+    _sandbox_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def validate(self, source: str) -> ValidationResult:
+        """Validate one assembled TFCAF in the sandbox (one job at a time: candidates run concurrently)."""
+        options = CheckOptions(require_monotonic=self.settings.monotonic)
+        with self._sandbox_lock:
+            return self.sandbox.validate(source, self.inputs, options)
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            initial_interval=self.settings.retry_initial_s,
+            max_attempts=self.settings.retry_attempts,
+            retry_on=TransientLLMError,
+        )

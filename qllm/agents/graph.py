@@ -1,0 +1,241 @@
+"""The coder-evaluator loop (QLLM's Algorithm 1) as a LangGraph state machine.
+
+::
+
+    START ──Send×K──> candidate ──> evaluate ──Send×K──> candidate ...   (L rounds)
+                                        └──> finish ──> END              (after L, or when satisfied)
+
+    candidate (a subgraph, one per Send):
+        write ──> check ──> done            (passed every sandbox check)
+                    └────> write            (failed: a fresh repair prompt, at most `repairs` times)
+                    └────> done             (repairs exhausted: handed back as a failed candidate)
+
+Nodes are plain functions that return partial updates. Loop bounds live in settings and state, never in
+the recursion limit. The only node that writes the artifact is ``finish``, and only from a candidate
+that passed the sandbox: a run ends with a validated TFCAF or with status ``failed`` and a reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from langgraph.types import RetryPolicy, Send
+
+from qllm.agents import artifact
+from qllm.agents.context import GenerationContext
+from qllm.agents.extract import ExtractionError, extract_code, extract_json
+from qllm.agents.messages import (
+    coder_messages,
+    contract_prompt,
+    evaluator_messages,
+    evaluator_retry_messages,
+    repair_messages,
+)
+from qllm.agents.state import (
+    Attempt,
+    Candidate,
+    CandidateOutput,
+    CandidateState,
+    CandidateTask,
+    Decision,
+    Evaluation,
+    GenerationState,
+    RunStatus,
+)
+from qllm.agents.template import WRITTEN_FUNCTION, TemplateError, assemble, keep_definitions
+from qllm.sandbox import ErrorKind, ValidationResult
+
+Ctx = Runtime[GenerationContext]
+
+
+# --- one candidate: write -> check -> (repair | done) ----------------------------------------------
+
+
+def write(state: CandidateState, runtime: Ctx) -> dict[str, Any]:
+    """Ask the coder for a first draft, or for a repair of the last failed attempt."""
+    ctx, task = runtime.context, state.task
+    contract = contract_prompt(ctx.prompts, ctx.named, ctx.inputs)
+    if state.attempts:
+        last = state.attempts[-1]
+        messages = repair_messages(ctx.prompts, ctx.task_prompt, contract, last.code, last.result.feedback())
+    else:
+        messages = coder_messages(ctx.prompts, ctx.task_prompt, contract, task.parent, task.tips)
+    label = f"{task.candidate_id}-a{len(state.attempts)}"
+    return {"reply": ctx.llm.ask(ctx.coder, label, messages).text}
+
+
+def check(state: CandidateState, runtime: Ctx) -> dict[str, Any]:
+    """Extract the code, assemble the TFCAF and validate it in the sandbox against recorded states."""
+    ctx, task = runtime.context, state.task
+    number = len(state.attempts)
+    code, source = "", ""
+    try:
+        code = extract_code(state.reply, must_define=WRITTEN_FUNCTION)
+        written = keep_definitions(code)
+        doc = (
+            f"Credit function for {ctx.spec.name}, candidate {task.candidate_id} (attempt {number}) of run "
+            f"{ctx.run_id}, written by {ctx.coder.spec}."
+        )
+        source = assemble(ctx.named, written, docstring=doc)
+    except ExtractionError as exc:
+        result = ValidationResult.failure(ErrorKind.CONTRACT, str(exc))
+    except TemplateError as exc:
+        kind = ErrorKind.SYNTAX if str(exc).startswith("SyntaxError") else ErrorKind.CONTRACT
+        result = ValidationResult.failure(kind, str(exc))
+    else:
+        result = ctx.validate(source)
+        artifact.save_candidate(ctx.run_dir, f"{task.candidate_id}-a{number}", source)
+    ctx.trace.record(
+        "validation", candidate=task.candidate_id, round=task.round, attempt=number, code=code,
+        ok=result.ok, result=result.model_dump(mode="json"),
+    )  # fmt: skip
+    return {"attempts": [Attempt(number=number, reply=state.reply, code=code, source=source, result=result)]}
+
+
+def after_check(state: CandidateState, runtime: Ctx) -> Literal["write", "done"]:
+    last = state.attempts[-1]
+    if last.result.ok or len(state.attempts) > runtime.context.settings.repairs:
+        return "done"
+    return "write"
+
+
+def done(state: CandidateState) -> dict[str, Any]:
+    task = state.task
+    return {
+        "candidates": [
+            Candidate(id=task.candidate_id, round=task.round, slot=task.slot, attempts=state.attempts)
+        ]
+    }
+
+
+def build_candidate_graph(retry: RetryPolicy) -> StateGraph:
+    builder = StateGraph(
+        CandidateState,
+        context_schema=GenerationContext,
+        input_schema=CandidateState,
+        output_schema=CandidateOutput,
+    )
+    builder.add_node("write", write, retry_policy=retry)
+    builder.add_node("check", check)
+    builder.add_node("done", done)
+    builder.add_edge(START, "write")
+    builder.add_edge("write", "check")
+    builder.add_conditional_edges("check", after_check, ["write", "done"])
+    builder.add_edge("done", END)
+    return builder
+
+
+# --- the outer loop: fan out, evaluate, repeat, finish ---------------------------------------------
+
+
+def fan_out(state: GenerationState, runtime: Ctx) -> list[Send]:
+    """K candidate branches for the current round, each seeded with the best function and the tips."""
+    return [
+        Send("candidate", CandidateState(task=CandidateTask(state.round, slot, state.best, state.tips)))
+        for slot in range(runtime.context.settings.candidates)
+    ]
+
+
+def evaluate(state: GenerationState, runtime: Ctx) -> dict[str, Any]:
+    """Pick the best of this round's valid candidates (and the best so far), and get tips for the next."""
+    ctx = runtime.context
+    valid = [c for c in state.of_round(state.round) if c.ok]
+    contenders = valid + ([state.best] if state.best is not None else [])
+    advance = {"round": state.round + 1}
+    if not contenders:
+        decision = Decision(
+            round=state.round,
+            chosen=None,
+            contenders=[],
+            source="no-valid-candidate",
+            note=state.failure_summary(),
+        )
+        ctx.trace.record("decision", **decision.model_dump(mode="json"))
+        return {**advance, "decisions": [decision]}
+    messages = evaluator_messages(ctx.prompts, ctx.task_prompt, ctx.named, ctx.inputs, contenders)
+    evaluation, problem = _ask_evaluator(ctx, f"r{state.round}-eval", messages, len(contenders))
+    if evaluation is None:
+        chosen = max(contenders, key=_state_dependence)
+        decision = Decision(
+            round=state.round, chosen=chosen.id, contenders=[c.id for c in contenders], source="fallback",
+            note=f"evaluator reply unusable twice ({problem}); chose the most state-dependent weights",
+        )  # fmt: skip
+        tips = state.tips
+    else:
+        chosen = contenders[evaluation.choice - 1]
+        decision = Decision(
+            round=state.round, chosen=chosen.id, contenders=[c.id for c in contenders], source="evaluator",
+            evaluation=evaluation,
+        )  # fmt: skip
+        tips = evaluation.tips
+    ctx.trace.record("decision", **decision.model_dump(mode="json"))
+    return {**advance, "decisions": [decision], "best": chosen, "tips": tips}
+
+
+def _state_dependence(candidate: Candidate) -> float:
+    report = candidate.final.result.weights
+    return report.weight_state_variation if report is not None else 0.0
+
+
+def _ask_evaluator(
+    ctx: GenerationContext, label: str, messages: Any, n_contenders: int
+) -> tuple[Evaluation | None, str]:
+    """The evaluator's reply as an :class:`Evaluation`, asking once more if the first is unusable."""
+    problem = ""
+    for attempt in range(2):
+        prompt = messages if attempt == 0 else evaluator_retry_messages(messages, problem)
+        reply = ctx.llm.ask(ctx.evaluator, f"{label}{attempt}", prompt, schema=Evaluation)
+        try:
+            evaluation = (
+                Evaluation.model_validate(reply.parsed)
+                if reply.parsed
+                else extract_json(reply.text, Evaluation)
+            )
+        except (ExtractionError, ValueError) as exc:
+            problem = str(exc)
+            continue
+        if 1 <= evaluation.choice <= n_contenders:
+            return evaluation, ""
+        problem = f"choice {evaluation.choice} is not a candidate number (1..{n_contenders})"
+    return None, problem
+
+
+def after_evaluate(state: GenerationState, runtime: Ctx) -> list[Send] | Literal["finish"]:
+    settings = runtime.context.settings
+    last = state.decisions[-1] if state.decisions else None
+    satisfied = bool(last and last.evaluation and last.evaluation.satisfied and state.best is not None)
+    if state.round > settings.rounds or (settings.early_stop and satisfied):
+        return "finish"
+    return fan_out(state, runtime)
+
+
+def finish(state: GenerationState, runtime: Ctx) -> dict[str, Any]:
+    """Write the artifact from the best validated candidate, or end with a clear failure."""
+    ctx = runtime.context
+    if state.best is None or not state.best.ok:
+        update = {"status": RunStatus.FAILED, "reason": state.failure_summary()}
+    else:
+        path = artifact.write_artifact(ctx, state, state.best)
+        rounds_run = state.round - 1
+        update = {
+            "status": RunStatus.SUCCEEDED,
+            "reason": f"candidate {state.best.id} chosen after {rounds_run} round(s); written to {path}",
+        }
+    ctx.trace.record("finished", status=str(update["status"]), reason=update["reason"])
+    return update
+
+
+def build_graph(retry: RetryPolicy) -> StateGraph:
+    """The uncompiled graph; compile it with a checkpointer (see :mod:`qllm.agents.run`)."""
+    candidate = build_candidate_graph(retry).compile()
+    builder = StateGraph(GenerationState, context_schema=GenerationContext)
+    builder.add_node("candidate", candidate)
+    builder.add_node("evaluate", evaluate, retry_policy=retry)
+    builder.add_node("finish", finish)
+    builder.add_conditional_edges(START, fan_out, ["candidate"])
+    builder.add_edge("candidate", "evaluate")
+    builder.add_conditional_edges("evaluate", after_evaluate, ["candidate", "finish"])
+    builder.add_edge("finish", END)
+    return builder

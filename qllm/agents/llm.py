@@ -1,0 +1,120 @@
+"""Asking the coder and the evaluator: one call path for every provider, traced and replayable.
+
+Each call is recorded in the trace (messages, reply, token usage, latency). A call the run already made
+(same role, place and messages: see :func:`qllm.agents.trace.call_key`) is answered from the trace,
+which is what lets ``--resume`` skip completed LLM calls. Failures are sorted into two kinds:
+:class:`TransientLLMError` (timeouts, 429, 5xx), which the graph's retry policy retries with backoff,
+and :class:`~qllm.llm.providers.ProviderError` (bad credentials, unknown model), which ends the run
+with a clear message and no stack trace.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage
+from pydantic import BaseModel
+
+from qllm.agents.trace import Trace, call_key
+from qllm.llm.providers import ModelSpec, is_transient, provider_error
+
+Messages = Sequence[tuple[str, str]]
+"""``(role, content)`` pairs, role one of ``system`` / ``human``: what LangChain accepts, and JSON-able."""
+
+
+class TransientLLMError(RuntimeError):
+    """A provider failure worth retrying (timeout, rate limit, server error)."""
+
+
+@dataclass(frozen=True)
+class ChatRole:
+    """A model playing one role in the graph."""
+
+    name: str
+    """``coder`` or ``evaluator``."""
+    spec: ModelSpec
+    model: BaseChatModel
+    structured_output: bool = False
+    """Use the provider's structured output for typed replies (else JSON is extracted from text)."""
+
+
+@dataclass(frozen=True)
+class LLMReply:
+    text: str
+    """The reply text (for structured output: the JSON arguments the model returned)."""
+    parsed: dict[str, Any] | None = None
+    """The structured reply, when the provider parsed one."""
+    replayed: bool = False
+    """Answered from this run's trace instead of the provider."""
+
+
+def _text(message: AIMessage) -> str:
+    return message.text if isinstance(message.text, str) else str(message.content)
+
+
+def _usage(message: AIMessage | None) -> dict[str, int]:
+    usage = getattr(message, "usage_metadata", None) or {}
+    return {
+        "input_tokens": int(usage.get("input_tokens", 0)),
+        "output_tokens": int(usage.get("output_tokens", 0)),
+    }
+
+
+class LLMCaller:
+    """Makes, traces and replays calls for the graph's nodes."""
+
+    def __init__(self, trace: Trace) -> None:
+        self.trace = trace
+
+    def ask(
+        self, role: ChatRole, label: str, messages: Messages, schema: type[BaseModel] | None = None
+    ) -> LLMReply:
+        """``role``'s reply to ``messages``; ``label`` is the call's place in the run (``r1-c0-a0``)."""
+        key = call_key(role.name, label, messages)
+        earlier = self.trace.recorded_reply(key)
+        if earlier is not None:
+            return LLMReply(earlier["response"], earlier.get("parsed"), replayed=True)
+        started = time.perf_counter()
+        try:
+            message, parsed = self._invoke(role, messages, schema)
+        except Exception as exc:
+            self._raise_classified(exc, role, label, time.perf_counter() - started)
+        latency = time.perf_counter() - started
+        text = json.dumps(parsed) if parsed is not None and not _text(message).strip() else _text(message)
+        self.trace.record(
+            "llm_call", key=key, role=role.name, model=str(role.spec), label=label,
+            messages=[list(m) for m in messages], response=text, parsed=parsed,
+            usage=_usage(message), latency_s=round(latency, 3),
+        )  # fmt: skip
+        return LLMReply(text, parsed)
+
+    @staticmethod
+    def _invoke(
+        role: ChatRole, messages: Messages, schema: type[BaseModel] | None
+    ) -> tuple[AIMessage, dict[str, Any] | None]:
+        if schema is not None and role.structured_output:
+            out = role.model.with_structured_output(schema, include_raw=True).invoke(list(messages))
+            parsed = out.get("parsed")
+            return out["raw"], parsed.model_dump() if isinstance(parsed, BaseModel) else None
+        model: Any = role.model
+        if schema is not None and role.spec.provider == "local":
+            model = model.bind(response_format={"type": "json_object"})  # grammar-constrained JSON
+        return model.invoke(list(messages)), None
+
+    def _raise_classified(self, exc: Exception, role: ChatRole, label: str, latency: float) -> None:
+        fatal = provider_error(exc, role.spec)
+        transient = fatal is None and is_transient(exc)
+        self.trace.record(
+            "llm_error", role=role.name, model=str(role.spec), label=label, latency_s=round(latency, 3),
+            error=f"{type(exc).__name__}: {exc}"[:500], transient=transient,
+        )  # fmt: skip
+        if fatal is not None:
+            raise fatal from None
+        if transient:
+            raise TransientLLMError(f"{role.spec}: {type(exc).__name__}: {exc}") from exc
+        raise exc

@@ -1,0 +1,118 @@
+"""The messages each LLM call sends, rendered from the prompt files and the task's state schema.
+
+Every prompt is single-turn and self-contained: facts.md measured that the small local model repeats
+its previous answer when an error is appended as another chat turn, so a repair is a fresh prompt
+with the task, the contract, the failed code and the error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from qllm.agents.llm import Messages
+from qllm.agents.state import Candidate
+from qllm.agents.template import NamedState, render_state
+from qllm.envs.tasks import TaskSpec
+from qllm.prompts import PromptLibrary
+from qllm.sandbox import ValidationInputs, WeightReport
+
+EXAMPLE_STATES = 3
+"""States shown to the evaluator, with each candidate's weights on them."""
+
+
+def task_prompt(prompts: PromptLibrary, spec: TaskSpec, named: NamedState, notes: str = "") -> str:
+    """The task description, generated from the spec and the schema (never written per task)."""
+    info = named.info
+    return prompts.render(
+        "task",
+        task=spec.name,
+        description=spec.description,
+        team=f"{spec.team} ({info.n_agents} agents, numbered 0..{info.n_agents - 1})",
+        reward=spec.reward,
+        actions=", ".join(f"{i} {a}" for i, a in enumerate(info.action_names)),
+        episode_limit=info.episode_limit,
+        notes=f"\n## Notes on this task\n\n{notes.strip()}\n" if notes.strip() else "",
+    )
+
+
+def _example_row(inputs: ValidationInputs) -> list[float]:
+    """A representative state for the prompt: the one with the most non-zero entries."""
+    nonzero = (inputs.states != 0).sum(dim=1)
+    return inputs.states[int(nonzero.argmax())].tolist()
+
+
+def contract_prompt(prompts: PromptLibrary, named: NamedState, inputs: ValidationInputs) -> str:
+    return prompts.render(
+        "contract",
+        last_agent=named.info.n_agents - 1,
+        fields=named.prompt_fields(),
+        example=render_state(named, _example_row(inputs)),
+    )
+
+
+def weights_summary(report: WeightReport | None) -> str:
+    if report is None:
+        return "not measured"
+    means = ", ".join(
+        f"agent {a.agent}: {a.mean:.2f} (min {a.min:.2f}, max {a.max:.2f})" for a in report.agents
+    )
+    return f"mean weight {means}; how much weights change with the state: {report.weight_state_variation:.3f}"
+
+
+def coder_messages(
+    prompts: PromptLibrary, task: str, contract: str, parent: Candidate | None, tips: str
+) -> Messages:
+    """A first draft: the task and contract, plus the best function so far and the evaluator's tips."""
+    parts = [task, contract]
+    if parent is not None:
+        parts.append(
+            prompts.render(
+                "improve",
+                code=parent.final.code,
+                measurements=weights_summary(parent.final.result.weights),
+                tips=tips.strip() or "make the weights reflect which agents matter in each state",
+            )
+        )
+    return [("system", prompts.render("coder_system")), ("human", "\n".join(parts))]
+
+
+def repair_messages(prompts: PromptLibrary, task: str, contract: str, code: str, error: str) -> Messages:
+    human = prompts.render(
+        "repair", task=task, contract=contract, code=code or "# (no code found)", error=error
+    )
+    return [("system", prompts.render("coder_system")), ("human", human)]
+
+
+def evaluator_messages(
+    prompts: PromptLibrary,
+    task: str,
+    named: NamedState,
+    inputs: ValidationInputs,
+    contenders: Sequence[Candidate],
+) -> Messages:
+    examples = "\n\n".join(
+        f"State {k + 1}:\n```python\n{render_state(named, inputs.states[k].tolist())}\n```"
+        for k in range(min(EXAMPLE_STATES, inputs.states.shape[0]))
+    )
+    blocks = []
+    for number, candidate in enumerate(contenders, start=1):
+        report = candidate.final.result.weights
+        per_state = ""
+        if report is not None:
+            per_state = "\n".join(
+                f"- state {k + 1}: " + ", ".join(f"{w:.2f}" for w in weights)
+                for k, weights in enumerate(report.example_weights[:EXAMPLE_STATES])
+            )
+        blocks.append(
+            f"### Candidate {number}\n\n```python\n{candidate.final.code}\n```\n\n"
+            f"Measured: {weights_summary(report)}.\nWeights per agent on the example states:\n{per_state}"
+        )
+    human = prompts.render("evaluator", task=task, examples=examples, candidates="\n\n".join(blocks))
+    return [("system", prompts.render("evaluator_system")), ("human", human)]
+
+
+def evaluator_retry_messages(messages: Messages, problem: str) -> Messages:
+    """The evaluator prompt again, with why the last reply could not be used (single turn)."""
+    system, human = messages[0], messages[-1]
+    note = f"\n\nYour previous reply could not be used: {problem}. Reply with the JSON object only."
+    return [system, (human[0], human[1] + note)]

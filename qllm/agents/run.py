@@ -1,0 +1,163 @@
+"""Start, resume and finish a generation run: the folder, the context, and the checkpointed graph.
+
+::
+
+    run = GenerationRun.create(GenerationSettings(task="matrix-climbing"), Path("runs/generate"))
+    outcome = run.execute()                 # or GenerationRun.open(path).execute() to resume
+    outcome.status, outcome.artifact        # RunStatus.SUCCEEDED, Path(".../tfcaf.py")
+
+A run is identified by its folder. Everything needed to resume it is in there: the settings, the
+recorded states, the LangGraph checkpoints (SQLite) and the trace (which replays completed LLM calls).
+Tests pass fake chat models through ``models=``; otherwise models are built from the settings.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from langchain_core.language_models import BaseChatModel
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from langgraph.checkpoint.sqlite import SqliteSaver
+
+from qllm.agents import artifact
+from qllm.agents.context import GenerationContext, GenerationSettings
+from qllm.agents.graph import build_graph
+from qllm.agents.llm import ChatRole, LLMCaller
+from qllm.agents.messages import task_prompt
+from qllm.agents.state import CHECKPOINTED_TYPES, GenerationState, RunStatus
+from qllm.agents.template import NamedState
+from qllm.agents.trace import Listener, Trace
+from qllm.envs.recording import load_recording, record, save_recording
+from qllm.envs.tasks import resolve_task
+from qllm.llm.providers import ModelSpec, make_chat_model
+from qllm.prompts import PromptLibrary
+from qllm.sandbox import Sandbox, ValidationInputs
+
+SETTINGS_FILE = "settings.json"
+STATES_FILE = "states.npz"
+CHECKPOINTS_FILE = "checkpoints.sqlite"
+
+
+class RunFolderError(ValueError):
+    """A path that is not a generation run folder."""
+
+
+@dataclass(frozen=True)
+class GenerationOutcome:
+    status: RunStatus
+    reason: str
+    run_dir: Path
+    artifact: Path | None
+    """``tfcaf.py`` when the run succeeded."""
+    state: GenerationState
+
+
+@dataclass(frozen=True)
+class Models:
+    """Chat models to use instead of building them from the settings (tests, notebooks)."""
+
+    coder: BaseChatModel
+    evaluator: BaseChatModel
+
+
+def _role(name: str, spec: ModelSpec, model: BaseChatModel) -> ChatRole:
+    return ChatRole(name, spec, model, structured_output=spec.info.structured_output)
+
+
+def _serializer() -> JsonPlusSerializer:
+    allowed = [(t.__module__, t.__name__) for t in CHECKPOINTED_TYPES]
+    return JsonPlusSerializer(allowed_msgpack_modules=allowed)
+
+
+class GenerationRun:
+    """One run folder."""
+
+    def __init__(self, run_dir: Path, settings: GenerationSettings) -> None:
+        self.run_dir = run_dir
+        self.settings = settings
+
+    @property
+    def run_id(self) -> str:
+        return self.run_dir.name
+
+    @classmethod
+    def create(cls, settings: GenerationSettings, runs_dir: Path) -> GenerationRun:
+        """A new run folder with the settings, the recorded states and the task prompt."""
+        spec = resolve_task(settings.task)
+        run_dir = runs_dir / f"{spec.name}__tfcaf__{settings.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+        suffix = 1
+        while run_dir.exists():
+            run_dir = run_dir.with_name(f"{run_dir.name.split('.')[0]}.{suffix}")
+            suffix += 1
+        run_dir.mkdir(parents=True)
+        (run_dir / SETTINGS_FILE).write_text(json.dumps(settings.to_dict(), indent=2) + "\n")
+        save_recording(record(spec.name, settings.record_episodes, seed=settings.seed), run_dir / STATES_FILE)
+        return cls(run_dir, settings)
+
+    @classmethod
+    def open(cls, run_dir: Path) -> GenerationRun:
+        """An existing run folder (to resume or inspect)."""
+        path = run_dir / SETTINGS_FILE
+        if not path.is_file():
+            raise RunFolderError(f"{run_dir} is not a generation run folder (no {SETTINGS_FILE})")
+        return cls(run_dir, GenerationSettings.from_dict(json.loads(path.read_text())))
+
+    def _context(self, trace: Trace, sandbox: Sandbox, models: Models | None) -> GenerationContext:
+        s = self.settings
+        spec = resolve_task(s.task)
+        recording = load_recording(self.run_dir / STATES_FILE)
+        named = NamedState.for_task(recording.info)
+        prompts = PromptLibrary(s.prompt_version)
+        task_text = task_prompt(prompts, spec, named, s.notes)
+        (self.run_dir / "task_prompt.md").write_text(task_text)
+        coder_spec = ModelSpec.parse(s.coder, s.coder_base_url)
+        evaluator_spec = ModelSpec.parse(s.evaluator, s.evaluator_base_url)
+        if models is None:
+            models = Models(
+                make_chat_model(coder_spec, s.coder_temperature, s.max_tokens, s.timeout_s),
+                make_chat_model(evaluator_spec, s.evaluator_temperature, s.max_tokens, s.timeout_s),
+            )
+        return GenerationContext(
+            settings=s, spec=spec, named=named,
+            inputs=ValidationInputs.from_recording(recording, seed=s.seed),
+            task_prompt=task_text, prompts=prompts,
+            coder=_role("coder", coder_spec, models.coder),
+            evaluator=_role("evaluator", evaluator_spec, models.evaluator),
+            llm=LLMCaller(trace), trace=trace, sandbox=sandbox, run_id=self.run_id, run_dir=self.run_dir,
+        )  # fmt: skip
+
+    def execute(self, models: Models | None = None, listener: Listener | None = None) -> GenerationOutcome:
+        """Run the graph to the end, resuming from the last checkpoint if there is one."""
+        trace = Trace(self.run_dir, listener)
+        with (
+            Sandbox() as sandbox,
+            SqliteSaver.from_conn_string(str(self.run_dir / CHECKPOINTS_FILE)) as saver,
+        ):
+            saver.serde = _serializer()
+            ctx = self._context(trace, sandbox, models)
+            graph = build_graph(ctx.retry_policy()).compile(checkpointer=saver)
+            config = {"configurable": {"thread_id": self.run_id}, "max_concurrency": self._concurrency(ctx)}
+            snapshot = graph.get_state(config)
+            resuming = bool(snapshot.values)
+            if not (resuming and not snapshot.next):  # not already finished
+                trace.record(
+                    "resumed" if resuming else "started",
+                    settings=self.settings.to_dict(),
+                    prompt_version=ctx.prompts.version,
+                    prompt_hashes=ctx.prompts.hashes(),
+                )
+                graph.invoke(None if resuming else GenerationState(), config, context=ctx)
+            values = graph.get_state(config).values
+        return self._outcome(GenerationState(**values))
+
+    @staticmethod
+    def _concurrency(ctx: GenerationContext) -> int:
+        return max(1, min(ctx.coder.spec.info.max_concurrency, ctx.settings.candidates))
+
+    def _outcome(self, state: GenerationState) -> GenerationOutcome:
+        path = self.run_dir / artifact.ARTIFACT_FILE
+        succeeded = state.status == RunStatus.SUCCEEDED
+        return GenerationOutcome(state.status, state.reason, self.run_dir, path if succeeded else None, state)
