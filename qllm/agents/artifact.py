@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from qllm.agents.template import TEMPLATE_ID
 
 if TYPE_CHECKING:
@@ -43,6 +45,23 @@ def save_candidate(run_dir: Path, name: str, source: str) -> Path:
     path = folder / f"{name}.py"
     _write_atomic(path, source)
     return path
+
+
+def episode_weights(ctx: GenerationContext, source: str, episode: int = 0) -> dict[str, Any]:
+    """The function's weights w_i(s) = dQ_tot/dQ_i at every state of one recorded episode.
+
+    The source is validated and loaded through the sandbox, exactly as the trainer loads it.
+    """
+    recording = ctx.episode
+    states = recording.states[episode][recording.state_mask[episode]].float()
+    agents_q = torch.zeros(states.shape[0], recording.info.n_agents, requires_grad=True)
+    q_tot = ctx.load_validated(source).function(agents_q, states)
+    (weights,) = torch.autograd.grad(q_tot.sum(), agents_q)
+    return {
+        "episode": episode,
+        "weights": [[round(float(w), 4) for w in row] for row in weights],
+        "rewards": [round(float(r), 4) for r in recording.rewards[episode][recording.filled[episode]]],
+    }
 
 
 def write_artifact(ctx: GenerationContext, state: GenerationState, best: Candidate) -> Path:
@@ -69,6 +88,7 @@ def write_artifact(ctx: GenerationContext, state: GenerationState, best: Candida
         "candidates_generated": len(state.candidates),
         "validation": best.final.result.model_dump(mode="json"),
         "written_code": best.final.code,
+        "episode_weights": episode_weights(ctx, best.final.source),
     }
     _write_atomic(ctx.run_dir / ARTIFACT_FILE, best.final.source)
     _write_atomic(ctx.run_dir / METADATA_FILE, json.dumps(metadata, indent=2) + "\n")

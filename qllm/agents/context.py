@@ -23,9 +23,10 @@ from langgraph.types import RetryPolicy
 from qllm.agents.llm import ChatRole, LLMCaller, TransientLLMError
 from qllm.agents.template import NamedState
 from qllm.agents.trace import Trace
+from qllm.envs.recording import Recording
 from qllm.envs.tasks import TaskSpec
 from qllm.prompts import PromptLibrary
-from qllm.sandbox import CheckOptions, Sandbox, ValidationInputs, ValidationResult
+from qllm.sandbox import CheckOptions, LoadedCandidate, Sandbox, ValidationInputs, ValidationResult
 
 ENV_VARS = {
     "coder": "QLLM_CODER",
@@ -136,6 +137,8 @@ class GenerationContext:
     named: NamedState
     inputs: ValidationInputs
     """The real recorded states every candidate is validated on (the same for all)."""
+    episode: Recording
+    """The recording the inputs come from; its first episode is plotted with the final weights."""
     task_prompt: str
     prompts: PromptLibrary
     coder: ChatRole
@@ -152,6 +155,12 @@ class GenerationContext:
         options = CheckOptions(require_monotonic=self.settings.monotonic)
         with self._sandbox_lock:
             return self.sandbox.validate(source, self.inputs, options)
+
+    def load_validated(self, source: str) -> LoadedCandidate:
+        """Validate ``source`` and load it in this process (RestrictedPython), as the trainer does."""
+        options = CheckOptions(require_monotonic=self.settings.monotonic)
+        with self._sandbox_lock:
+            return self.sandbox.load(source, self.inputs, options)
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(

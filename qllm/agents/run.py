@@ -123,6 +123,7 @@ class GenerationRun:
         return GenerationContext(
             settings=s, spec=spec, named=named,
             inputs=ValidationInputs.from_recording(recording, seed=s.seed),
+            episode=recording,
             task_prompt=task_text, prompts=prompts,
             coder=_role("coder", coder_spec, models.coder),
             evaluator=_role("evaluator", evaluator_spec, models.evaluator),

@@ -89,15 +89,18 @@ def _distance_values(schema: StateSchema) -> list[NamedValue]:
             continue
         entity = f.name.removesuffix("_position")
         key = f"agent_to_{entity}_distance"
-        values.append(
-            NamedValue(
-                key,
-                f'[[{metric}(a, b) for b in s["{f.name}"]] for a in s["agent_position"]]',
-                f"derived: {key}[i][j] is the {metric_text} from agent i to {entity} j "
-                f"({agents.count} lists of {f.count} numbers).",
-                None,
+        if f.count == 1:  # a single entity's position is one tuple, not a list of them
+            expression = f'[{metric}(a, s["{f.name}"]) for a in s["agent_position"]]'
+            text = (
+                f"derived: {key}[i] is the {metric_text} from agent i to the {entity} (one number per agent)."
             )
-        )
+        else:
+            expression = f'[[{metric}(a, b) for b in s["{f.name}"]] for a in s["agent_position"]]'
+            text = (
+                f"derived: {key}[i][j] is the {metric_text} from agent i to {entity} j "
+                f"({agents.count} lists of {f.count} numbers)."
+            )
+        values.append(NamedValue(key, expression, text, None))
     return values
 
 
@@ -284,7 +287,9 @@ def assemble(named: NamedState, written: WrittenCode, docstring: str = "") -> st
     )
 
 
-def _round(value: float) -> float | int:
+def _rounded(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return type(value)(_rounded(v) for v in value)
     return int(value) if float(value).is_integer() else round(float(value), 3)
 
 
@@ -292,20 +297,23 @@ def named_state_values(named: NamedState, row: Sequence[float]) -> dict[str, Any
     """The host-side twin of the generated ``named_state``: the same dict, values rounded for display."""
     s: dict[str, Any] = {}
     for f in named.schema:
-        values = [_round(v) for v in row[f.slice]]
+        values = [float(v) for v in row[f.slice]]
         k = len(f.features)
         rows = [tuple(values[j * k : (j + 1) * k]) for j in range(f.count)]
         if f.count == 1:
             s[f.name] = values[0] if k == 1 else rows[0]
         else:
             s[f.name] = values if k == 1 else rows
-    agents = s.get("agent_position")
     for v in named.values:
-        if v.slice is None and agents is not None:
+        if v.slice is None:  # derived: agent_to_<entity>_distance
             other = s[v.key.removeprefix("agent_to_").removesuffix("_distance") + "_position"]
             metric = _manhattan if _is_grid(named.schema["agent_position"]) else _euclid
-            s[v.key] = [[_round(metric(a, b)) for b in other] for a in agents]
-    return s
+            agents = s["agent_position"]
+            if isinstance(other, tuple):  # a single entity
+                s[v.key] = [metric(a, other) for a in agents]
+            else:
+                s[v.key] = [[metric(a, b) for b in other] for a in agents]
+    return {key: _rounded(value) for key, value in s.items()}
 
 
 def _manhattan(a: Sequence[float], b: Sequence[float]) -> float:

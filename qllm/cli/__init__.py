@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from qllm import __version__
-from qllm.cli import data, llm, main_job, sandbox, tasks, training
+from qllm.cli import data, generate, llm, main_job, sandbox, tasks, training
 from qllm.cli.common import console
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.add_typer(llm.app, name="llm")
 app.command("record")(data.record_command)
 app.command("train")(training.train_command)
 app.command("evaluate")(training.evaluate_command)
+app.command("generate")(generate.generate_command)
 app.command("run")(main_job.run_command)
 
 

@@ -1,4 +1,9 @@
-"""`qllm run`: the main job, end to end on one task."""
+"""`qllm run`: the main job, end to end on one task.
+
+Generate a credit function with the coder-evaluator graph, train QLLM with it and a QMIX baseline on
+the same short budget and the same RL settings (EPyMARL's QMIX defaults; only the mixer differs), then
+write a report with both learning curves. Everything lands in one run folder.
+"""
 
 from __future__ import annotations
 
@@ -9,49 +14,110 @@ from typing import Annotated
 import typer
 from rich.markdown import Markdown
 
-from qllm.cli.common import DEFAULT_TASK, EpisodesOption, SeedOption, console, schema_table, task_spec
-from qllm.cli.data import print_recording_summary, record_with_progress
+from qllm.agents import GenerationOutcome, RunStatus
+from qllm.cli.common import SeedOption, console, task_spec
+from qllm.cli.generate import (
+    CandidatesOption,
+    CoderOption,
+    EvaluatorOption,
+    RoundsOption,
+    generation_settings,
+    run_generation,
+)
 from qllm.cli.training import train_with_progress
-from qllm.envs.describe import describe_task, state_statistics_table
-from qllm.envs.recording import save_recording
-from qllm.rl import preset
+from qllm.envs.describe import describe_task
+from qllm.rl import TrainResult, preset
+from qllm.rl.logger import plot_comparison
+from qllm.rl.tfcaf import TFCAFError
+
+MAIN_TASK = "lbf-8x8-2p-2f"
+
+
+def _train_pair(task: str, artifact: Path, steps: int, seed: int, run_dir: Path) -> dict[str, TrainResult]:
+    """QLLM (the generated function) and QMIX, identical except for the mixer."""
+    results = {}
+    for label, mixer in (("QLLM (generated TFCAF)", "tfcaf"), ("QMIX", "qmix")):
+        config = preset(
+            "qmix", task=task, steps=steps, seed=seed, mixer=mixer, eval_interval=max(1, steps // 5),
+            tfcaf=str(artifact) if mixer == "tfcaf" else None,
+        )  # fmt: skip
+        results[label] = train_with_progress(config, run_dir / "training", resume=None)
+    return results
+
+
+def _report(
+    run_dir: Path, task: str, outcome: GenerationOutcome, results: dict[str, TrainResult], steps: int
+) -> Path:
+    curves = {label: r.run_dir for label, r in results.items()}
+    plot = plot_comparison(curves, run_dir / "comparison.png", f"{task}: greedy test return")
+    rows = "\n".join(
+        f"| {label} | {r.final_test_return:.3f} | {r.t_env} | `{r.run_dir}` |" for label, r in results.items()
+    )
+    best = outcome.state.best
+    code = best.final.code if best is not None else ""
+    report = (
+        f"# qllm run: {task}\n\n"
+        f"## Credit function\n\nGeneration run `{outcome.run_dir}`: {outcome.reason}\n\n"
+        f"```python\n{code}\n```\n\n"
+        f"## Training ({steps} environment steps each, same RL settings, only the mixer differs)\n\n"
+        f"| method | final greedy test return | steps | run folder |\n|---|---|---|---|\n{rows}\n\n"
+        f"![learning curves]({plot.name})\n\n"
+        "A short budget shows that the pipeline works end to end, not which method is better: "
+        "compare methods over several seeds and budgets of several hundred thousand steps.\n"
+    )
+    path = run_dir / "report.md"
+    path.write_text(report)
+    return path
 
 
 def run_command(
-    task: Annotated[
-        str, typer.Option("--task", "-t", help="Task name (see `qllm tasks list`).")
-    ] = DEFAULT_TASK,
-    episodes: EpisodesOption = 50,
-    seed: SeedOption = 0,
+    task: Annotated[str, typer.Option("--task", "-t", help="Task name (see `qllm tasks list`).")] = MAIN_TASK,
+    coder: CoderOption = None,
+    evaluator: EvaluatorOption = None,
+    candidates: CandidatesOption = None,
+    rounds: RoundsOption = None,
     steps: Annotated[
-        int, typer.Option(min=0, help="Budget of the QMIX baseline (0 skips training).")
+        int, typer.Option(min=0, help="Training budget of each method (0: generate only).")
     ] = 20_000,
+    seed: SeedOption = 0,
+    config: Annotated[Path | None, typer.Option(help="TOML file of settings (a `generate` table).")] = None,
     runs_dir: Annotated[Path, typer.Option(help="Where run folders are created.")] = Path("runs"),
 ) -> None:
-    """The main job, end to end on one task.
+    """The main job: generate a credit function, train QLLM with it and a QMIX baseline, report both.
 
-    Today's pipeline: describe the task, record real states with a random policy, summarise how the
-    recorded states cover the schema, and train a QMIX baseline briefly. Generating a credit function
-    with the LLM graph, and training QLLM with it, join the pipeline in a later release.
+    Uses the built-in local model unless --coder/--evaluator (or QLLM_CODER/QLLM_EVALUATOR) say otherwise.
     """
     spec = task_spec(task)
     run_dir = runs_dir / f"{spec.name}__run__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir.mkdir(parents=True, exist_ok=False)
-    rec = record_with_progress(spec, episodes, seed, "random")
-    description = describe_task(spec, rec.info)
-    statistics = state_statistics_table(rec.info.schema, rec.visited_states())
-    (run_dir / "task.md").write_text(description)
-    (run_dir / "schema.json").write_text(rec.info.schema.to_json())
-    (run_dir / "state_statistics.md").write_text(statistics + "\n")
-    console.print(Markdown(describe_task(spec, rec.info, with_schema=False)))
-    console.print(schema_table(rec.info.schema))
-    console.print(Markdown("## Recorded states\n\n" + statistics))
-    print_recording_summary(rec, save_recording(rec, run_dir / "states.npz"))
-    if steps > 0:
-        config = preset("qmix", task=spec.name, steps=steps, seed=seed, eval_interval=max(1, steps // 5))
-        result = train_with_progress(config, run_dir, resume=None)
+    run_dir.mkdir(parents=True)
+    settings = generation_settings(
+        spec.name,
+        config,
+        None,
+        coder=coder,
+        evaluator=evaluator,
+        candidates=candidates,
+        rounds=rounds,
+        seed=seed,
+    )
+    console.print(Markdown(describe_task(spec, spec.make().info, with_schema=False)))
+    outcome = run_generation(settings, run_dir / "generate", resume=None)
+    if outcome.status != RunStatus.SUCCEEDED or outcome.artifact is None:
         console.print(
-            f"QMIX baseline: greedy test return {result.final_test_return:.3f} after {result.t_env} steps; "
-            f"learning curve: {result.plot}"
+            f"[red]No credit function to train with.[/red] Trace: qllm trace show {outcome.run_dir}"
         )
-    console.print(f"Run folder: {run_dir}")
+        raise typer.Exit(1)
+    if steps == 0:
+        console.print(f"Credit function: {outcome.artifact}")
+        return
+    try:
+        results = _train_pair(spec.name, outcome.artifact, steps, seed, run_dir)
+    except TFCAFError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    report = _report(run_dir, spec.name, outcome, results, steps)
+    for label, result in results.items():
+        console.print(
+            f"{label}: greedy test return {result.final_test_return:.3f} after {result.t_env} steps"
+        )
+    console.print(f"Report: {report}\nRun folder: {run_dir}")

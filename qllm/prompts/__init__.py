@@ -58,7 +58,7 @@ class PromptLibrary:
             if m.group("named") or m.group("braced")
         }
 
-    def render(self, name: str, **values: object) -> str:
+    def render(self, name: str, /, **values: object) -> str:
         """The template ``name`` with every placeholder filled; :class:`PromptError` on any mismatch."""
         wanted = self.placeholders(name)
         missing, unused = wanted - values.keys(), values.keys() - wanted

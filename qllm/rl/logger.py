@@ -108,3 +108,33 @@ def plot_learning_curve(run_dir: Path, title: str) -> Path:
 def _eval_count(rows: list[dict[str, Any]]) -> int:
     _, counts = series(rows, "eval/episodes")
     return int(counts[-1]) if counts else 1
+
+
+def plot_comparison(runs: dict[str, Path], out: Path, title: str) -> Path:
+    """Greedy test return against environment steps for several runs on one axis (label -> run folder)."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, run_dir in runs.items():
+        rows = read_metrics(run_dir / METRICS_FILE)
+        steps, mean = series(rows, "eval/return_mean")
+        _, std = series(rows, "eval/return_std")
+        if not steps:
+            continue
+        (line,) = ax.plot(steps, mean, marker="o", linewidth=2, label=label)
+        half = [1.96 * s / math.sqrt(max(1, _eval_count(rows))) for s in std]
+        lower = [m - h for m, h in zip(mean, half, strict=True)]
+        upper = [m + h for m, h in zip(mean, half, strict=True)]
+        ax.fill_between(steps, lower, upper, alpha=0.15, color=line.get_color())
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("greedy test return (95% CI)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

@@ -1,0 +1,161 @@
+"""`qllm generate`: run the coder-evaluator graph and write a validated credit function for a task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from qllm.agents import (
+    GenerationOutcome,
+    GenerationRun,
+    GenerationSettings,
+    RunFolderError,
+    RunStatus,
+    SettingsError,
+)
+from qllm.agents.trace import Event
+from qllm.cli.common import console, task_spec
+from qllm.llm.providers import ProviderError
+from qllm.prompts import PromptError
+
+GENERATE_RUNS = Path("runs/generate")
+
+CoderOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Coder model: `local` (built-in) or PROVIDER:MODEL, e.g. openai:gpt-4o-mini. [default: local]"
+    ),
+]
+EvaluatorOption = Annotated[
+    str | None, typer.Option(help="Evaluator model, same form as --coder. [default: local]")
+]
+CandidatesOption = Annotated[
+    int | None, typer.Option("--candidates", "-k", min=1, help="K: candidates per round.")
+]
+RoundsOption = Annotated[int | None, typer.Option("--rounds", "-l", min=1, help="L: rounds.")]
+
+
+def describe_event(event: Event) -> str | None:
+    """One progress line per trace event (None for events not worth a line)."""
+    kind = event["event"]
+    if kind == "llm_call":
+        usage = event["usage"]
+        return (
+            f"  {event['label']:<12} {event['role']} replied "
+            f"({usage['input_tokens']}→{usage['output_tokens']} tokens, {event['latency_s']:.1f} s)"
+        )
+    if kind == "llm_error":
+        retry = "will retry" if event["transient"] else "not retryable"
+        error = event["error"][:120]
+        return f"  [yellow]{event['label']:<12} {event['role']} failed ({retry}): {error}[/yellow]"
+    if kind == "validation":
+        result = event["result"]
+        verdict = (
+            "[green]passed every check[/green]" if event["ok"] else f"[red]{result['error_kind']}[/red]: "
+        )
+        message = "" if event["ok"] else result["message"][:140]
+        return f"  {event['candidate']}-a{event['attempt']:<6} {verdict}{message}"
+    if kind == "decision":
+        chosen = event["chosen"] or "nothing valid yet"
+        tips = ((event.get("evaluation") or {}).get("tips") or event.get("note") or "")[:200]
+        return f"[bold]round {event['round']}[/bold]: best is {chosen} ({event['source']}). {tips}"
+    return None
+
+
+def _print_event(event: Event) -> None:
+    line = describe_event(event)
+    if line is not None:
+        console.print(line, highlight=False)
+
+
+def run_generation(
+    settings: GenerationSettings | None, runs_dir: Path, resume: Path | None
+) -> GenerationOutcome:
+    """Create (or reopen) a run and execute it with live progress; CLI errors instead of tracebacks."""
+    try:
+        run = GenerationRun.open(resume) if resume is not None else GenerationRun.create(settings, runs_dir)
+    except RunFolderError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--resume") from None
+    s = run.settings
+    console.print(
+        f"[bold]{s.task}[/bold]: K={s.candidates} candidates x L={s.rounds} rounds, "
+        f"{s.repairs} repairs each; coder {s.coder}, evaluator {s.evaluator}\nRun folder: {run.run_dir}"
+    )
+    try:
+        outcome = run.execute(listener=_print_event)
+    except (ProviderError, PromptError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"Fix it and resume with: qllm generate --resume {run.run_dir}")
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        console.print(f"\ninterrupted; resume with: qllm generate --resume {run.run_dir}")
+        raise typer.Exit(130) from None
+    colour = "green" if outcome.status == RunStatus.SUCCEEDED else "red"
+    console.print(f"[{colour}]{outcome.status.value}[/{colour}]: {outcome.reason}")
+    return outcome
+
+
+def generation_settings(
+    task: str, config: Path | None, notes: Path | None, **flags: Any
+) -> GenerationSettings:
+    """Settings from flags, environment and config file; usage errors for anything unusable."""
+    overrides = {"task": task_spec(task).name, **flags}
+    if notes is not None:
+        try:
+            overrides["notes"] = notes.read_text()
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot read {notes}: {exc.strerror}", param_hint="--notes") from None
+    try:
+        return GenerationSettings.resolve(overrides, config_file=config)
+    except SettingsError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def generate_command(
+    task: Annotated[
+        str, typer.Option("--task", "-t", help="Task name (see `qllm tasks list`).")
+    ] = "matrix-climbing",
+    coder: CoderOption = None,
+    evaluator: EvaluatorOption = None,
+    coder_base_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible endpoint for the coder.")
+    ] = None,
+    evaluator_base_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible endpoint for the evaluator.")
+    ] = None,
+    candidates: CandidatesOption = None,
+    rounds: RoundsOption = None,
+    repairs: Annotated[int | None, typer.Option(min=0, help="Repair attempts per failed candidate.")] = None,
+    early_stop: Annotated[
+        bool | None,
+        typer.Option("--early-stop/--no-early-stop", help="Stop when the evaluator is satisfied."),
+    ] = None,
+    notes: Annotated[
+        Path | None, typer.Option(help="Text file of notes about the task for the prompt.")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML file of settings (a `generate` table).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the recorded validation states.")] = None,
+    prompt_version: Annotated[str | None, typer.Option(help="Prompt version under qllm/prompts/.")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where run folders are created.")] = GENERATE_RUNS,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue this run folder; completed LLM calls are not repeated.")
+    ] = None,
+) -> None:
+    """Write a training-free credit assignment function for a task with the coder-evaluator graph.
+
+    Every run ends with a validated `tfcaf.py` in its folder, or with status failed and the reason.
+    Inspect it with `qllm trace show RUN`; train with it: `qllm train --mixer qllm --tfcaf RUN/tfcaf.py`.
+    """
+    settings = None
+    if resume is None:
+        settings = generation_settings(
+            task, config, notes, coder=coder, evaluator=evaluator, coder_base_url=coder_base_url,
+            evaluator_base_url=evaluator_base_url, candidates=candidates, rounds=rounds, repairs=repairs,
+            early_stop=early_stop, seed=seed, prompt_version=prompt_version,
+        )  # fmt: skip
+    outcome = run_generation(settings, runs_dir, resume)
+    if outcome.status != RunStatus.SUCCEEDED:
+        raise typer.Exit(1)
+    console.print(f"Credit function: {outcome.artifact}")
