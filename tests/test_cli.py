@@ -119,30 +119,6 @@ def test_record_refuses_a_directory_as_output(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "is a directory" in result.output
 
 
-def test_run_leaves_a_run_folder_a_person_can_open(tmp_path: Path) -> None:
-    args = (
-        "run",
-        "--task",
-        "lbf-5x5-2p-1f",
-        "--episodes",
-        "3",
-        "--steps",
-        "200",
-        "--runs-dir",
-        str(tmp_path),
-    )
-    result = invoke(*args)
-    assert result.exit_code == 0, result.output
-    (run_dir,) = tmp_path.iterdir()
-    assert run_dir.name.startswith("lbf-5x5-2p-1f__run__0__")
-    names = {p.name for p in run_dir.iterdir()}
-    assert {"task.md", "schema.json", "state_statistics.md", "states.npz"} <= names
-    (baseline,) = run_dir.glob("lbf-5x5-2p-1f__qmix__0__*")
-    assert (baseline / "learning_curve.png").is_file() and "QMIX baseline" in result.output
-    assert "food_position" in (run_dir / "task.md").read_text()
-    assert load_recording(run_dir / "states.npz").n_episodes == 3
-
-
 # --- qllm sandbox check --------------------------------------------------------------------------
 
 GOOD = "def credit_assignment(agents_q, state):\n    return agents_q.sum(dim=1, keepdim=True)\n"

@@ -10,6 +10,7 @@ with a clear message and no stack trace.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -65,11 +66,17 @@ def _usage(message: AIMessage | None) -> dict[str, int]:
     }
 
 
+def call_seed(run_seed: int, label: str) -> int:
+    """A sampling seed per call: reproducible for the run, different for each candidate and attempt."""
+    return int.from_bytes(hashlib.sha256(f"{run_seed}:{label}".encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
 class LLMCaller:
     """Makes, traces and replays calls for the graph's nodes."""
 
-    def __init__(self, trace: Trace) -> None:
+    def __init__(self, trace: Trace, seed: int = 0) -> None:
         self.trace = trace
+        self.seed = seed
 
     def ask(
         self, role: ChatRole, label: str, messages: Messages, schema: type[BaseModel] | None = None
@@ -81,7 +88,7 @@ class LLMCaller:
             return LLMReply(earlier["response"], earlier.get("parsed"), replayed=True)
         started = time.perf_counter()
         try:
-            message, parsed = self._invoke(role, messages, schema)
+            message, parsed = self._invoke(role, messages, schema, call_seed(self.seed, label))
         except Exception as exc:
             self._raise_classified(exc, role, label, time.perf_counter() - started)
         latency = time.perf_counter() - started
@@ -95,13 +102,19 @@ class LLMCaller:
 
     @staticmethod
     def _invoke(
-        role: ChatRole, messages: Messages, schema: type[BaseModel] | None
+        role: ChatRole, messages: Messages, schema: type[BaseModel] | None, seed: int
     ) -> tuple[AIMessage, dict[str, Any] | None]:
+        model: Any = role.model
+        if role.spec.info.langchain_provider == "openai":
+            # OpenAI-compatible servers accept a sampling seed: the local model's runs become reproducible.
+            model = model.bind(seed=seed)
         if schema is not None and role.structured_output:
-            out = role.model.with_structured_output(schema, include_raw=True).invoke(list(messages))
+            # Tool calling, not the SDK's JSON-schema parse: that raises on a malformed reply, whereas
+            # include_raw hands it back, and the graph then reads the JSON from the raw text itself.
+            structured = model.with_structured_output(schema, method="function_calling", include_raw=True)
+            out = structured.invoke(list(messages))
             parsed = out.get("parsed")
             return out["raw"], parsed.model_dump() if isinstance(parsed, BaseModel) else None
-        model: Any = role.model
         if schema is not None and role.spec.provider == "local":
             model = model.bind(response_format={"type": "json_object"})  # grammar-constrained JSON
         return model.invoke(list(messages)), None

@@ -127,7 +127,8 @@ class GenerationRun:
             task_prompt=task_text, prompts=prompts,
             coder=_role("coder", coder_spec, models.coder),
             evaluator=_role("evaluator", evaluator_spec, models.evaluator),
-            llm=LLMCaller(trace), trace=trace, sandbox=sandbox, run_id=self.run_id, run_dir=self.run_dir,
+            llm=LLMCaller(trace, seed=s.seed), trace=trace, sandbox=sandbox,
+            run_id=self.run_id, run_dir=self.run_dir,
         )  # fmt: skip
 
     def execute(self, models: Models | None = None, listener: Listener | None = None) -> GenerationOutcome:

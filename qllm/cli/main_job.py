@@ -39,7 +39,7 @@ def _train_pair(task: str, artifact: Path, steps: int, seed: int, run_dir: Path)
     for label, mixer in (("QLLM (generated TFCAF)", "tfcaf"), ("QMIX", "qmix")):
         config = preset(
             "qmix", task=task, steps=steps, seed=seed, mixer=mixer, eval_interval=max(1, steps // 5),
-            tfcaf=str(artifact) if mixer == "tfcaf" else None,
+            tfcaf=str(artifact) if mixer == "tfcaf" else None, preset=mixer,  # names the run folder
         )  # fmt: skip
         results[label] = train_with_progress(config, run_dir / "training", resume=None)
     return results
