@@ -137,11 +137,19 @@ def test_tips_and_best_function_seed_the_next_round(tmp_path: Path) -> None:
 
 
 def test_a_satisfied_evaluator_stops_early(tmp_path: Path) -> None:
-    coder = scripted([GOOD, GOOD])
-    outcome = generate(tmp_path, coder, scripted([evaluation(satisfied=True)]), rounds=3)
+    coder = scripted([GOOD, GOOD_OTHER])
+    outcome = generate(tmp_path, coder, scripted([evaluation(choice=2, satisfied=True)]), rounds=3)
 
     assert outcome.status == RunStatus.SUCCEEDED
     assert len(outcome.state.decisions) == 1 and len(coder.prompts) == 2
+
+
+def test_satisfaction_with_state_independent_weights_does_not_stop_the_run(tmp_path: Path) -> None:
+    coder = scripted([GOOD, GOOD, GOOD_OTHER, GOOD])
+    evaluator = scripted([evaluation(choice=1, satisfied=True), evaluation(choice=1)])
+    outcome = generate(tmp_path, coder, evaluator, rounds=2)
+
+    assert len(outcome.state.decisions) == 2  # GOOD's weights are constant: VDN in disguise
 
 
 class CrashError(RuntimeError):

@@ -83,7 +83,7 @@ def test_softmax_weights_are_extracted_exactly(lbf_inputs: ValidationInputs) -> 
     result = check(SOFTMAX, lbf_inputs)
     assert result.ok, result.message
     expected = torch.softmax(lbf_inputs.states[:, :2], dim=1) * 2
-    assert torch.allclose(torch.tensor(result.weights.example_weights), expected[:5], atol=1e-5)
+    assert torch.allclose(torch.tensor(result.weights.example_weights), expected[:16], atol=1e-5)
     for i, stats in enumerate(result.weights.agents):
         assert stats.mean == pytest.approx(float(expected[:, i].mean()), abs=1e-5)
         assert stats.min == pytest.approx(float(expected[:, i].min()), abs=1e-5)
@@ -106,7 +106,7 @@ def test_lbf_level_weighting_follows_the_schema(lbf_inputs: ValidationInputs) ->
     assert result.ok, result.message
     levels = schema.view(lbf_inputs.states, "agent_level")[..., 0]
     expected = levels / levels.sum(1, keepdim=True) * 2
-    assert torch.allclose(torch.tensor(result.weights.example_weights), expected[:5], atol=1e-5)
+    assert torch.allclose(torch.tensor(result.weights.example_weights), expected[:16], atol=1e-5)
     assert result.weights.weight_state_variation > 0.05  # it really depends on the state
 
 

@@ -50,7 +50,9 @@ def save_candidate(run_dir: Path, name: str, source: str) -> Path:
 def episode_weights(ctx: GenerationContext, source: str, episode: int = 0) -> dict[str, Any]:
     """The function's weights w_i(s) = dQ_tot/dQ_i at every state of one recorded episode.
 
-    The source is validated and loaded through the sandbox, exactly as the trainer loads it.
+    ``weights[t]`` is at state ``t`` (``t = 0`` the initial state, so one more than the steps) and
+    ``rewards[t]`` the team reward of the step taken from state ``t``. The source is validated and
+    loaded through the sandbox, exactly as the trainer loads it.
     """
     recording = ctx.episode
     states = recording.states[episode][recording.state_mask[episode]].float()

@@ -202,10 +202,22 @@ def _ask_evaluator(
     return None, problem
 
 
+STATE_DEPENDENCE = 1e-3
+"""Weights that vary less than this across states are VDN in disguise: no reason to stop early."""
+
+
 def after_evaluate(state: GenerationState, runtime: Ctx) -> list[Send] | Literal["finish"]:
+    """Another round, or finish after L rounds or when the evaluator is satisfied with a function
+    whose weights actually depend on the state (a weak evaluator is often satisfied with less)."""
     settings = runtime.context.settings
     last = state.decisions[-1] if state.decisions else None
-    satisfied = bool(last and last.evaluation and last.evaluation.satisfied and state.best is not None)
+    satisfied = bool(
+        last is not None
+        and last.evaluation is not None
+        and last.evaluation.satisfied
+        and state.best is not None
+        and _state_dependence(state.best) > STATE_DEPENDENCE
+    )
     if state.round > settings.rounds or (settings.early_stop and satisfied):
         return "finish"
     return fan_out(state, runtime)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 from qllm.agents.llm import Messages
 from qllm.agents.state import Candidate
 from qllm.agents.template import NamedState, render_state
@@ -18,6 +20,20 @@ from qllm.sandbox import ValidationInputs, WeightReport
 
 EXAMPLE_STATES = 3
 """States shown to the evaluator, with each candidate's weights on them."""
+
+
+def telling_states(contenders: Sequence[Candidate], count: int = EXAMPLE_STATES) -> list[int]:
+    """Indices of the reported states where the contenders' weights differ most (or, for one
+    contender, where its weights are most uneven): those show the evaluator what tells them apart."""
+    reports = [c.final.result.weights for c in contenders if c.final.result.weights is not None]
+    if not reports:
+        return []
+    rows = [torch.tensor(r.example_weights) for r in reports]
+    n_states = min(len(r) for r in rows)
+    stacked = torch.stack([r[:n_states] for r in rows])  # [contenders, states, agents]
+    spread = stacked.std(dim=0).sum(dim=1) if len(rows) > 1 else stacked[0].std(dim=1)
+    order = torch.argsort(spread, descending=True, stable=True)[:count]
+    return sorted(int(k) for k in order)
 
 
 def task_prompt(prompts: PromptLibrary, spec: TaskSpec, named: NamedState, notes: str = "") -> str:
@@ -90,9 +106,10 @@ def evaluator_messages(
     inputs: ValidationInputs,
     contenders: Sequence[Candidate],
 ) -> Messages:
+    shown = telling_states(contenders)
     examples = "\n\n".join(
-        f"State {k + 1}:\n```python\n{render_state(named, inputs.states[k].tolist())}\n```"
-        for k in range(min(EXAMPLE_STATES, inputs.states.shape[0]))
+        f"State {n}:\n```python\n{render_state(named, inputs.states[k].tolist())}\n```"
+        for n, k in enumerate(shown, start=1)
     )
     blocks = []
     for number, candidate in enumerate(contenders, start=1):
@@ -100,8 +117,8 @@ def evaluator_messages(
         per_state = ""
         if report is not None:
             per_state = "\n".join(
-                f"- state {k + 1}: " + ", ".join(f"{w:.2f}" for w in weights)
-                for k, weights in enumerate(report.example_weights[:EXAMPLE_STATES])
+                f"- state {n}: " + ", ".join(f"{w:.2f}" for w in report.example_weights[k])
+                for n, k in enumerate(shown, start=1)
             )
         blocks.append(
             f"### Candidate {number}\n\n```python\n{candidate.final.code}\n```\n\n"

@@ -60,7 +60,8 @@ class Trace:
 
 
 def read_events(path: Path) -> Iterator[Event]:
-    """The events of a trace file; a torn last line (a run killed mid-write) is skipped."""
+    """The events of a trace file. Lines that are not JSON are skipped: a run killed mid-write leaves a
+    torn last line, and nothing else writes to the file."""
     if not path.is_file():
         return
     with path.open() as lines:

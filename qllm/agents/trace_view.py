@@ -201,6 +201,17 @@ def load_run(run_dir: Path) -> RunSummary:
     if not trace.is_file():
         raise TraceNotFoundError(f"{run_dir} is not a generation run folder (no {TRACE_FILE})")
     events = list(read_events(trace))
+    try:
+        return _summary(run_dir, events)
+    except RunFolderError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:  # ValueError includes pydantic's ValidationError
+        # A trace from another version of the graph, or edited by hand: say so in one line.
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        raise RunFolderError(f"{trace} has an event this version cannot read ({detail})") from None
+
+
+def _summary(run_dir: Path, events: list[Event]) -> RunSummary:
     calls = [_call(e) for e in events if e.get("event") in _CALL_EVENTS]
     settings = _settings(run_dir, events)
     artifact = _read_json(run_dir / METADATA_FILE)
@@ -276,6 +287,7 @@ def _rounds(events: list[Event], calls: Sequence[LLMCall]) -> list[RoundView]:
         return rounds.setdefault(number, RoundView(number=number))
 
     for candidate_id, attempts in _attempts(events, calls).items():
+        # Ids come from the graph (``r{round}-c{slot}``); anything else is still shown, under round 0.
         match = _CANDIDATE_ID.fullmatch(candidate_id)
         number, slot = (int(match["round"]), int(match["slot"])) if match else (0, 0)
         round_(number).candidates.append(
@@ -337,8 +349,8 @@ def _totals(calls: Sequence[LLMCall], times: Sequence[float]) -> Totals:
 # --- shared wording ---------------------------------------------------------------------------------
 
 
-def _count(items: Sequence[object], noun: str) -> str:
-    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _tokens(calls: Sequence[LLMCall]) -> str:
@@ -404,7 +416,7 @@ def _header_panel(summary: RunSummary) -> Panel:
         ("coder", summary.coder, ""),
         ("evaluator", summary.evaluator, ""),
         ("prompts", summary.prompt_version, ""),
-        ("started", f"{_when(summary.started)} ({summary.resumes} resumes)", ""),
+        ("started", f"{_when(summary.started)} ({_count(summary.resumes, 'resume')})", ""),
         ("status", summary.status, _STATUS_STYLE.get(summary.status, "bold yellow")),
         ("reason", summary.reason, ""),
         ("totals", _totals_line(summary.totals), ""),
@@ -449,7 +461,7 @@ def _decision(round_: RoundView) -> Group:
         head.append(f" from {', '.join(decision.contenders)}")
     if calls:
         head.append(
-            f"  evaluator: {_count(calls, 'call')}, {_tokens(calls)} tokens, {_latency(calls)}", "dim"
+            f"  evaluator: {_count(len(calls), 'call')}, {_tokens(calls)} tokens, {_latency(calls)}", "dim"
         )
     details = Table.grid(padding=(0, 1))
     details.add_column(style="cyan", no_wrap=True)
@@ -509,6 +521,7 @@ pre { background: var(--code); border: 1px solid var(--line); border-radius: 6px
 .error { color: var(--bad); font-weight: 600; }
 details { margin: 4px 0; } summary { cursor: pointer; color: #0969da; }
 details.llm-call > summary { color: var(--muted); font-size: 13px; }
+details.llm-call[open] { border-left: 3px solid #d8b9ff; padding-left: 10px; }
 .message-role { font-size: 12px; font-weight: 600; color: #8250df; margin-top: 6px; }
 pre.diff { padding: 0; } pre.diff span { display: block; padding: 0 10px; }
 pre.diff .add { background: #dafbe1; color: #116329; } pre.diff .del { background: #ffebe9; color: #82071e; }
@@ -559,6 +572,7 @@ def export_json(run_dir: Path, out: Path | None = None) -> Path:
 
 
 def render_html(summary: RunSummary) -> str:
+    """The page :func:`export_html` writes: header and totals, a section per round, the final choice."""
     body = [_html_header(summary), *(_html_round(summary, r) for r in summary.rounds)]
     if summary.other_calls:
         body.append(_html_section("other-calls", "Other LLM calls", _html_calls(summary.other_calls)))
@@ -596,7 +610,7 @@ def _html_header(summary: RunSummary) -> str:
             ("coder", _e(summary.coder)),
             ("evaluator", _e(summary.evaluator)),
             ("prompt version", _e(summary.prompt_version)),
-            ("started", f"{_e(_when(summary.started))} ({summary.resumes} resumes)"),
+            ("started", _e(f"{_when(summary.started)} ({_count(summary.resumes, 'resume')})")),
             ("status", f"{status} {_e(summary.reason)}"),
             ("totals", _e(_totals_line(summary.totals))),
         ]
@@ -624,7 +638,7 @@ def _html_candidate(cand: CandidateView, baseline: CandidateView | None, chosen:
     badge = '<span class="chosen-badge">★ chosen</span>' if cand.id == chosen else ""
     head = (
         f"<h3>{_e(cand.id)} {_badge(cand.final.verdict, _passed(cand.final.result))}{badge} "
-        f'<span class="muted">{_count(cand.attempts, "attempt")}, '
+        f'<span class="muted">{_count(len(cand.attempts), "attempt")}, '
         f"tokens in/out {_e(_tokens(cand.calls))}, {_e(_latency(cand.calls))}</span></h3>"
     )
     attempts = (_html_attempt(a, f"{cand.id}-a{a.number}") for a in cand.attempts)

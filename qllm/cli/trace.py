@@ -22,8 +22,9 @@ RunArgument = Annotated[
 
 
 def _bad_run(exc: RunFolderError) -> typer.Exit:
-    # Text, not markup: the message holds a user-given path, which may contain square brackets.
-    console.print(Text.assemble(("error: ", "red"), str(exc)))
+    # Text, not markup: the message holds a user-given path, which may contain square brackets. Soft wrap
+    # keeps it one line however narrow the terminal, so scripts can grep it.
+    console.print(Text.assemble(("error: ", "red"), str(exc)), soft_wrap=True)
     return typer.Exit(2)
 
 
@@ -58,7 +59,9 @@ def trace_export(
     output: Annotated[
         Path | None,
         typer.Option(
-            "--output", "-o", help="Where to write (default: trace.html or trace_summary.json in RUN)."
+            "--output",
+            "-o",
+            help="Where to write (default: trace.html or trace_summary.json in the run folder).",
         ),
     ] = None,
 ) -> None:

@@ -31,7 +31,8 @@ from qllm.sandbox.result import AgentWeightStats, ErrorKind, Timings, Validation
 ZERO = 1e-6
 PAIRS = 4
 """Two-row batches in the row-independence check."""
-EXAMPLE_STATES = 5
+EXAMPLE_STATES = 16
+"""States whose weights are reported one by one (the first of the validation batch)."""
 
 
 @dataclass(frozen=True)
