@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything qllm needs, from a clean clone, with no prompts. Safe to rerun: a second run only
 # checks that nothing changed.
-#   - system: bubblewrap (the sandbox's isolation backend), through apt-get when run as root
+#   - system: bubblewrap (the sandbox's isolation backend) and chromium (HTML trace tests), through apt-get
+#     when run as root
 #   - Python: a virtual environment in ./.venv with the pinned packages of requirements/lock.txt
 #     and qllm itself (editable), so `.venv/bin/qllm` and `.venv/bin/python -m pytest` work
 #   - the built-in offline LLM: llama-cpp-python (built once from source, portable CPU flags) and
@@ -16,14 +17,19 @@ mkdir -p "$QLLM_CACHE"
 log() { printf '[setup] %s\n' "$*"; }
 
 # --- system packages ------------------------------------------------------------------------------
-if ! command -v bwrap >/dev/null 2>&1; then
+# bubblewrap: the sandbox's isolation backend. chromium: the tests render `qllm trace export --html` pages.
+missing=()
+command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    log "installing bubblewrap"
+    log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq </dev/null >/dev/null
-    apt-get install -y -qq --no-install-recommends bubblewrap </dev/null >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null
   else
-    log "bubblewrap not installed and cannot apt-get it (not root): the sandbox will use its fallback"
+    log "${missing[*]} not installed and cannot apt-get (not root): the sandbox uses its fallback backend" \
+        "and the HTML trace test fails"
   fi
 fi
 

@@ -20,7 +20,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from qllm.agents import GenerationRun, GenerationSettings, Models, RunFolderError
-from qllm.agents.trace_view import RunSummary, TraceNotFoundError, export_html, load_run, print_trace
+from qllm.agents.trace_html import export_html
+from qllm.agents.trace_view import RunSummary, TraceNotFoundError, load_run, print_trace
 from qllm.cli.trace import app
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -9,7 +9,8 @@ import typer
 from rich.text import Text
 
 from qllm.agents import RunFolderError
-from qllm.agents.trace_view import export_html, export_json, print_trace
+from qllm.agents.trace_html import export_html
+from qllm.agents.trace_view import export_json, print_trace
 from qllm.cli.common import console
 
 app = typer.Typer(
