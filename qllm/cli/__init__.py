@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from qllm import __version__
-from qllm.cli import data, generate, llm, main_job, sandbox, tasks, trace, training
+from qllm.cli import data, evals, generate, llm, main_job, sandbox, tasks, trace, training
 from qllm.cli.common import console
 
 app = typer.Typer(
@@ -26,6 +26,7 @@ app.add_typer(tasks.app, name="tasks")
 app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(llm.app, name="llm")
 app.add_typer(trace.app, name="trace")
+app.add_typer(evals.app, name="evals")
 app.command("record")(data.record_command)
 app.command("train")(training.train_command)
 app.command("evaluate")(training.evaluate_command)

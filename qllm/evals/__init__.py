@@ -1,1 +1,6 @@
-"""Prompt-quality evals, kept apart from the unit tests (planned: issue "Prompt-quality evals")."""
+"""Prompt-quality evals: suites of generation tasks run with real models, scored, stored and compared.
+
+Kept apart from the unit tests: evals call real models, take minutes, and their results are kept.
+``suites.py`` defines the cases, ``semantics.py`` the task-derived probes, ``scorers.py`` the scorers,
+``runner.py`` runs a suite, ``store.py`` keeps results in SQLite, ``compare.py`` reports and compares.
+"""

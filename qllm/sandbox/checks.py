@@ -31,8 +31,6 @@ from qllm.sandbox.result import AgentWeightStats, ErrorKind, Timings, Validation
 ZERO = 1e-6
 PAIRS = 4
 """Two-row batches in the row-independence check."""
-EXAMPLE_STATES = 16
-"""States whose weights are reported one by one (the first of the validation batch)."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +43,9 @@ class CheckOptions:
     """Longest one forward call on the validation batch may take."""
     tolerance: float = 1e-5
     """Absolute tolerance for determinism, row-independence and monotonicity comparisons."""
+    example_states: int = 16
+    """How many of the batch's first states get their weights reported one by one (``example_weights``):
+    put states you want to inspect, such as crafted probes, first."""
 
 
 class CheckError(Exception):
@@ -134,7 +135,7 @@ def run_checks(
         _check_deterministic(subject, out, options)
         _check_rows_independent(subject, out, options)
         q_grad = _check_gradient(subject)
-        weights = _weight_report(subject, out, q_grad)
+        weights = _weight_report(subject, out, q_grad, options.example_states)
         if options.require_monotonic:
             _check_monotonic(q_grad, options)
     except CheckError as failure:
@@ -233,7 +234,7 @@ def _check_monotonic(q_grad: torch.Tensor, options: CheckOptions) -> None:
         )
 
 
-def _weight_report(subject: Subject, out: torch.Tensor, w: torch.Tensor) -> WeightReport:
+def _weight_report(subject: Subject, out: torch.Tensor, w: torch.Tensor, examples: int) -> WeightReport:
     q = subject.agents_q
     bias = out[:, 0] - (w * q).sum(1)
     # Redraw the Q-values: a function of the form w(s)·Q + b(s) keeps the same weights and bias.
@@ -260,5 +261,5 @@ def _weight_report(subject: Subject, out: torch.Tensor, w: torch.Tensor) -> Weig
         weight_state_variation=float(w.std(0).mean()),
         weight_sum_mean=float(w.sum(1).mean()),
         linear_in_q_error=float((bias - other_bias).abs().max() + (w - other_w).abs().max()),
-        example_weights=[[round(float(v), 6) for v in row] for row in w[:EXAMPLE_STATES]],
+        example_weights=[[round(float(v), 6) for v in row] for row in w[:examples]],
     )

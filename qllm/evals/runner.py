@@ -1,0 +1,88 @@
+"""Run a suite: one generation run per case and seed, scored and stored as it finishes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from qllm.agents import GenerationRun, GenerationSettings, Models
+from qllm.envs.recording import load_recording
+from qllm.envs.tasks import make_env
+from qllm.evals.scorers import ProbeJudge, RunRecord, error_kinds, score_run
+from qllm.evals.semantics import probes_for
+from qllm.evals.store import CaseResult, EvalRun, ResultsStore
+from qllm.evals.suites import EvalCase, EvalSuite
+from qllm.prompts import PromptLibrary
+from qllm.sandbox import Sandbox, ValidationInputs
+
+Progress = Callable[[EvalCase, int, CaseResult], None]
+
+
+@dataclass(frozen=True)
+class EvalModels:
+    """Which models an eval run uses (the same settings as ``qllm generate``)."""
+
+    coder: str = "local"
+    evaluator: str = "local"
+    coder_base_url: str | None = None
+    evaluator_base_url: str | None = None
+    prompt_version: str = "v1"
+
+
+def score_generation_run(
+    run_dir: Path, task: str, sandbox: Sandbox
+) -> tuple[dict[str, float | None], RunRecord]:
+    """The scores of one finished generation run folder."""
+    record = RunRecord.load(run_dir)
+    recorded = ValidationInputs.from_recording(load_recording(run_dir / "states.npz"))
+    judge = ProbeJudge(sandbox, probes_for(make_env(task)), recorded)
+    return score_run(record, judge), record
+
+
+def run_suite(
+    suite: EvalSuite,
+    models: EvalModels,
+    store: ResultsStore,
+    runs_dir: Path,
+    *,
+    label: str = "",
+    chat_models: Callable[[EvalCase, int], Models] | None = None,
+    on_result: Progress | None = None,
+) -> EvalRun:
+    """Every case x seed of ``suite``; results are stored as they come, so an interrupted eval keeps them.
+
+    ``chat_models`` supplies chat models per run instead of building them from ``models`` (tests).
+    """
+    prompts = PromptLibrary(models.prompt_version)
+    evaluation = EvalRun(
+        label=label or f"{suite.name} {models.coder} / {models.evaluator} prompts {models.prompt_version}",
+        suite=suite.name, coder=models.coder, evaluator=models.evaluator,
+        prompt_version=models.prompt_version, prompt_hashes=prompts.hashes(),
+    )  # fmt: skip
+    eval_id = store.start(evaluation)
+    folder = runs_dir / f"eval-{eval_id}"
+    with Sandbox() as sandbox:
+        for case in suite.cases:
+            for seed in case.seeds:
+                settings = GenerationSettings(
+                    task=case.task, seed=seed, candidates=case.candidates, rounds=case.rounds,
+                    repairs=case.repairs, notes=case.notes, coder=models.coder, evaluator=models.evaluator,
+                    coder_base_url=models.coder_base_url, evaluator_base_url=models.evaluator_base_url,
+                    prompt_version=models.prompt_version,
+                )  # fmt: skip
+                started = time.perf_counter()
+                run = GenerationRun.create(settings, folder)
+                outcome = run.execute(chat_models(case, seed) if chat_models else None)
+                scores, record = score_generation_run(run.run_dir, case.task, sandbox)
+                result = CaseResult(
+                    task=case.task, seed=seed, unseen=case.unseen, status=outcome.status.value,
+                    run_dir=str(run.run_dir), wall_s=round(time.perf_counter() - started, 1),
+                    scores=scores, error_kinds=error_kinds(record),
+                )  # fmt: skip
+                store.add_result(eval_id, result)
+                evaluation.results.append(result)
+                if on_result is not None:
+                    on_result(case, seed, result)
+    return evaluation

@@ -1,0 +1,182 @@
+"""The results store: every eval run, with what produced it, in one SQLite file.
+
+An eval run records its suite, the models, the prompt version and the SHA-256 of every prompt file,
+the qllm version and the git commit; each of its generation runs records its scores and error kinds.
+Eval runs can be exported to JSON (the checked-in reference report is one) and compared by id or file.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qllm import __version__
+
+DEFAULT_STORE = Path("runs/evals/evals.sqlite")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS eval_runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    label TEXT NOT NULL,
+    suite TEXT NOT NULL,
+    created TEXT NOT NULL,
+    coder TEXT NOT NULL,
+    evaluator TEXT NOT NULL,
+    prompt_version TEXT NOT NULL,
+    prompt_hashes TEXT NOT NULL,
+    qllm_version TEXT NOT NULL,
+    git_commit TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS case_results (
+    eval_id INTEGER NOT NULL REFERENCES eval_runs(id),
+    task TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    unseen INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    run_dir TEXT NOT NULL,
+    wall_s REAL NOT NULL,
+    scores TEXT NOT NULL,
+    error_kinds TEXT NOT NULL
+);
+"""
+
+
+class StoreError(ValueError):
+    """An eval id or export file that does not exist."""
+
+
+def git_commit() -> str:
+    """The checkout's commit (with ``-dirty`` when it has local changes), or ``unknown``."""
+    here = Path(__file__).parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+@dataclass
+class CaseResult:
+    task: str
+    seed: int
+    unseen: bool
+    status: str
+    run_dir: str
+    wall_s: float
+    scores: dict[str, float | None]
+    error_kinds: dict[str, int]
+
+
+@dataclass
+class EvalRun:
+    label: str
+    suite: str
+    coder: str
+    evaluator: str
+    prompt_version: str
+    prompt_hashes: dict[str, str]
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    qllm_version: str = __version__
+    git_commit: str = field(default_factory=git_commit)
+    id: int | None = None
+    results: list[CaseResult] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> EvalRun:
+        data = json.loads(text)
+        data["results"] = [CaseResult(**r) for r in data.get("results", [])]
+        return cls(**data)
+
+
+class ResultsStore:
+    """Eval runs in SQLite (created on first use)."""
+
+    def __init__(self, path: Path = DEFAULT_STORE) -> None:
+        self.path = path
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(self.path)
+        try:
+            connection.executescript(SCHEMA)
+            yield connection
+            connection.commit()
+        finally:
+            connection.close()
+
+    def start(self, run: EvalRun) -> int:
+        with self._connect() as db:
+            cursor = db.execute(
+                "INSERT INTO eval_runs (label, suite, created, coder, evaluator, prompt_version,"
+                " prompt_hashes, qllm_version, git_commit) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run.label, run.suite, run.created, run.coder, run.evaluator, run.prompt_version,
+                 json.dumps(run.prompt_hashes, sort_keys=True), run.qllm_version, run.git_commit),
+            )  # fmt: skip
+            run.id = int(cursor.lastrowid or 0)
+        return run.id
+
+    def add_result(self, eval_id: int, result: CaseResult) -> None:
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO case_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (eval_id, result.task, result.seed, int(result.unseen), result.status, result.run_dir,
+                 result.wall_s, json.dumps(result.scores, sort_keys=True), json.dumps(result.error_kinds)),
+            )  # fmt: skip
+
+    def runs(self) -> list[EvalRun]:
+        """Every eval run, oldest first, without their case results."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM eval_runs ORDER BY id").fetchall()
+        return [self._run(row) for row in rows]
+
+    def get(self, eval_id: int) -> EvalRun:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM eval_runs WHERE id = ?", (eval_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"no eval run {eval_id} in {self.path} (see `qllm evals list`)")
+            results = db.execute("SELECT * FROM case_results WHERE eval_id = ?", (eval_id,)).fetchall()
+        run = self._run(row)
+        run.results = [
+            CaseResult(task, seed, bool(unseen), status, run_dir, wall, json.loads(scores), json.loads(kinds))
+            for _, task, seed, unseen, status, run_dir, wall, scores, kinds in results
+        ]
+        return run
+
+    @staticmethod
+    def _run(row: tuple[Any, ...]) -> EvalRun:
+        run_id, label, suite, created, coder, evaluator, version, hashes, qllm_version, commit = row
+        return EvalRun(
+            label=label, suite=suite, coder=coder, evaluator=evaluator, prompt_version=version,
+            prompt_hashes=json.loads(hashes), created=created, qllm_version=qllm_version, git_commit=commit,
+            id=run_id,
+        )  # fmt: skip
+
+
+def resolve_run(reference: str, store: ResultsStore) -> EvalRun:
+    """An eval run by store id, or from an exported JSON file."""
+    if reference.isdigit():
+        return store.get(int(reference))
+    path = Path(reference)
+    if not path.is_file():
+        raise StoreError(f"{reference!r} is neither an eval id in {store.path} nor an exported JSON file")
+    try:
+        return EvalRun.from_json(path.read_text())
+    except (ValueError, TypeError, KeyError) as exc:
+        raise StoreError(f"{path} is not an exported eval run: {exc}") from None
