@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from qllm.agents.template import NamedState
 from qllm.agents.trace import Trace
 from qllm.envs.recording import Recording
 from qllm.envs.tasks import TaskSpec
+from qllm.files import read_toml
 from qllm.prompts import PromptLibrary
 from qllm.sandbox import CheckOptions, LoadedCandidate, Sandbox, ValidationInputs, ValidationResult
 
@@ -116,12 +116,7 @@ class GenerationSettings:
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+    data = read_toml(path, "config file", SettingsError)
     table = data.get("generate", data)
     if not isinstance(table, dict):
         raise SettingsError(f"config file {path}: [generate] must be a table")

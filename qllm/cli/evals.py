@@ -10,6 +10,7 @@ from rich.markdown import Markdown
 from rich.table import Table
 
 from qllm.cli.common import console
+from qllm.cli.generate import CoderBaseUrlOption, CoderOption, EvaluatorBaseUrlOption, EvaluatorOption
 from qllm.evals.compare import compare, markdown_report, plot_comparison
 from qllm.evals.runner import EvalModels, run_suite
 from qllm.evals.store import DEFAULT_STORE, CaseResult, ResultsStore, StoreError, resolve_run
@@ -33,14 +34,10 @@ def evals_run(
     suite: Annotated[
         str, typer.Option(help=f"Suite name ({', '.join(available_suites())}) or a .toml file.")
     ],
-    coder: Annotated[str, typer.Option(help="Coder model: `local` or PROVIDER:MODEL.")] = "local",
-    evaluator: Annotated[str, typer.Option(help="Evaluator model, same form.")] = "local",
-    coder_base_url: Annotated[
-        str | None, typer.Option(help="OpenAI-compatible endpoint for the coder.")
-    ] = None,
-    evaluator_base_url: Annotated[
-        str | None, typer.Option(help="OpenAI-compatible endpoint for the evaluator.")
-    ] = None,
+    coder: CoderOption = None,
+    evaluator: EvaluatorOption = None,
+    coder_base_url: CoderBaseUrlOption = None,
+    evaluator_base_url: EvaluatorBaseUrlOption = None,
     prompt_version: Annotated[str, typer.Option(help="Prompt version under qllm/prompts/.")] = "v1",
     label: Annotated[str, typer.Option(help="A name for this eval run in listings.")] = "",
     store: StoreOption = DEFAULT_STORE,
@@ -52,7 +49,9 @@ def evals_run(
     except SuiteError as exc:
         raise _fail(str(exc)) from None
     console.print(f"suite [bold]{chosen.name}[/bold]: {chosen.runs} generation runs ({chosen.description})")
-    models = EvalModels(coder, evaluator, coder_base_url, evaluator_base_url, prompt_version)
+    models = EvalModels(
+        coder or "local", evaluator or "local", coder_base_url, evaluator_base_url, prompt_version
+    )
 
     def progress(case: EvalCase, seed: int, result: CaseResult) -> None:
         semantic = result.scores.get("semantic_score")

@@ -31,6 +31,10 @@ CoderOption = Annotated[
 EvaluatorOption = Annotated[
     str | None, typer.Option(help="Evaluator model, same form as --coder. [default: local]")
 ]
+CoderBaseUrlOption = Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint for the coder.")]
+EvaluatorBaseUrlOption = Annotated[
+    str | None, typer.Option(help="OpenAI-compatible endpoint for the evaluator.")
+]
 CandidatesOption = Annotated[
     int | None, typer.Option("--candidates", "-k", min=1, help="K: candidates per round.")
 ]
@@ -119,12 +123,8 @@ def generate_command(
     ] = "matrix-climbing",
     coder: CoderOption = None,
     evaluator: EvaluatorOption = None,
-    coder_base_url: Annotated[
-        str | None, typer.Option(help="OpenAI-compatible endpoint for the coder.")
-    ] = None,
-    evaluator_base_url: Annotated[
-        str | None, typer.Option(help="OpenAI-compatible endpoint for the evaluator.")
-    ] = None,
+    coder_base_url: CoderBaseUrlOption = None,
+    evaluator_base_url: EvaluatorBaseUrlOption = None,
     candidates: CandidatesOption = None,
     rounds: RoundsOption = None,
     repairs: Annotated[int | None, typer.Option(min=0, help="Repair attempts per failed candidate.")] = None,

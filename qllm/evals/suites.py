@@ -7,12 +7,12 @@ looked at while the prompts were written). ``--suite PATH.toml`` runs a suite of
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qllm.envs.tasks import TaskNameError, resolve_task
+from qllm.files import read_toml
 
 SUITES_DIR = Path(__file__).parent / "suites"
 
@@ -66,12 +66,7 @@ def load_suite(name_or_path: str) -> EvalSuite:
         path = SUITES_DIR / f"{name_or_path}.toml"
         if not path.is_file():
             raise SuiteError(f"no suite {name_or_path!r}; shipped suites: {', '.join(available_suites())}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise SuiteError(f"cannot read suite {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SuiteError(f"suite {path} is not valid TOML: {exc}") from None
+    data = read_toml(path, "suite", SuiteError)
     cases = tuple(_case(c, f"{path.name} case {i + 1}") for i, c in enumerate(data.get("case", [])))
     if not cases:
         raise SuiteError(f"suite {path} has no [[case]] entries")

@@ -1,0 +1,17 @@
+"""Reading the small TOML files users hand to qllm (settings, eval suites), with one-line errors."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+
+def read_toml(path: Path, what: str, error: type[ValueError]) -> dict[str, Any]:
+    """The parsed file, or ``error`` saying which ``what`` could not be read or parsed, and why."""
+    try:
+        return tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{what} {path} is not valid TOML: {exc}") from None
