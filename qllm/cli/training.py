@@ -1,4 +1,4 @@
-"""`qllm train` and `qllm evaluate`: value-decomposition training runs."""
+"""`qllm train` and `qllm evaluate`: training runs (value decomposition, COMA, MADDPG)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def train_with_progress(config: TrainConfig, runs_dir: Path, resume: Path | None
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn(
-            "{task.fields[rate]:>6.0f} steps/s | return {task.fields[ret]:.3g} | eps {task.fields[eps]:.2f}"
+            "{task.fields[rate]:>6.0f} steps/s | return {task.fields[ret]:.3g} | eps {task.fields[eps]}"
             " | test {task.fields[test]}"
         ),
         TimeRemainingColumn(),
@@ -30,7 +30,7 @@ def train_with_progress(config: TrainConfig, runs_dir: Path, resume: Path | None
     start, first_step = time.monotonic(), None
     with Progress(*columns, console=console) as progress:
         bar = progress.add_task(
-            f"{config.task} {config.preset}", total=config.steps, rate=0.0, ret=0.0, eps=1.0, test="-"
+            f"{config.task} {config.preset}", total=config.steps, rate=0.0, ret=0.0, eps="-", test="-"
         )
 
         def update(p: TrainProgress) -> None:
@@ -43,7 +43,7 @@ def train_with_progress(config: TrainConfig, runs_dir: Path, resume: Path | None
                 completed=min(p.t_env, p.steps),
                 rate=rate,
                 ret=p.episode_return,
-                eps=p.epsilon,
+                eps="-" if p.epsilon is None else f"{p.epsilon:.2f}",  # None: sampling from a policy
                 test=test,
             )
 
@@ -52,7 +52,9 @@ def train_with_progress(config: TrainConfig, runs_dir: Path, resume: Path | None
 
 def train_command(
     task: TaskOption = DEFAULT_TASK,
-    mixer: Annotated[str, typer.Option(help=f"Mixer or preset: {', '.join(PRESETS)}.")] = "qmix",
+    mixer: Annotated[
+        str, typer.Option(help=f"Mixer or preset (coma, maddpg: those learners): {', '.join(PRESETS)}.")
+    ] = "qmix",
     steps: Annotated[int, typer.Option(min=1, help="Training budget in environment steps.")] = 100_000,
     seed: Annotated[int, typer.Option(help="Seed for networks, exploration and environments.")] = 0,
     tfcaf: Annotated[
@@ -72,7 +74,8 @@ def train_command(
         Path | None, typer.Option(help="Continue this run folder from its latest checkpoint.")
     ] = None,
 ) -> None:
-    """Train a value-decomposition learner (IQL, VDN, QMIX, Qatten, RIIT or a TFCAF) on a task."""
+    """Train a value-decomposition learner (IQL, VDN, QMIX, Qatten, RIIT or a TFCAF), or one of the
+    actor-critic baselines (COMA, MADDPG), on a task."""
     if resume is not None:
         try:
             config = load_run_config(resume).replace(steps=steps)

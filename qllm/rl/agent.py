@@ -1,4 +1,5 @@
-"""The agent network shared by every agent: observation, last action and agent id in, Q-values out.
+"""The agent network shared by every agent: observation, last action and agent id in, one output per
+action: Q-values for the value-based learners, policy logits for the actor-critic ones (their actor).
 
 A GRU gives each agent a memory of its own history (EPyMARL's ``RNNAgent``). The same weights serve
 two callers: the runner steps it one time step at a time for a batch of environments, and the learner
@@ -12,6 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qllm.envs import EnvInfo
+from qllm.rl.buffer import EpisodeBatch
+from qllm.rl.config import TrainConfig
+
 
 def agent_inputs(obs: torch.Tensor, last_actions: torch.Tensor, n_actions: int) -> torch.Tensor:
     """``obs [..., n, O]`` and ``last_actions [..., n]`` (-1 for none) -> ``[..., n, O + A + n]``."""
@@ -21,6 +26,12 @@ def agent_inputs(obs: torch.Tensor, last_actions: torch.Tensor, n_actions: int) 
     )
     ids = torch.eye(n_agents, dtype=obs.dtype, device=obs.device).expand(*obs.shape[:-1], n_agents)
     return torch.cat([obs, previous, ids], dim=-1)
+
+
+def episode_inputs(batch: EpisodeBatch, n_actions: int) -> torch.Tensor:
+    """Inputs for every state of a batch of padded episodes: ``[B, T+1, n, D]`` (no last action at first)."""
+    last_actions = torch.cat([torch.full_like(batch.actions[:, :1], -1), batch.actions], dim=1)
+    return agent_inputs(batch.obs, last_actions, n_actions)
 
 
 class RNNAgent(nn.Module):
@@ -49,3 +60,7 @@ class RNNAgent(nn.Module):
         x = F.relu(self.fc1(inputs.permute(0, 2, 1, 3).reshape(b * n, t, d)))
         out, _ = self.rnn(x)
         return self.fc2(out).view(b, n, t, -1).permute(0, 2, 1, 3)
+
+
+def build_agent(config: TrainConfig, info: EnvInfo) -> RNNAgent:
+    return RNNAgent(info.obs_dim + info.n_actions + info.n_agents, info.n_actions, config.hidden_dim)

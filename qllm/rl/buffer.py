@@ -66,6 +66,10 @@ class EpisodeBatch:
             }
         )
 
+    def trimmed(self) -> EpisodeBatch:
+        """Without the trailing steps that no episode of the batch used (less to learn from)."""
+        return self.truncate(int(self.filled.sum(0).nonzero().max()) + 1)
+
 
 class ReplayBuffer:
     """A ring buffer of ``capacity`` episodes."""
@@ -90,9 +94,7 @@ class ReplayBuffer:
 
     def sample(self, batch_size: int, generator: torch.Generator) -> EpisodeBatch:
         index = torch.randperm(self.size, generator=generator)[:batch_size]
-        batch = self.storage[index]
-        used = int(batch.filled.sum(0).nonzero().max()) + 1
-        return batch.truncate(used)
+        return self.storage[index].trimmed()
 
     def state_dict(self) -> dict[str, object]:
         stored = self.storage[slice(0, self.size)]

@@ -3,7 +3,9 @@
 The defaults are EPyMARL's QMIX settings (facts measured on these machines: Adam 5e-4, batch 32
 episodes, buffer 5000, epsilon 1 -> 0.05 over 50k steps, hard target update every 200 episodes,
 gamma 0.99, grad clip 10, hidden 64, mixing embed 32, hypernet 64, double Q). Presets are plain
-objects: ``PRESETS["riit"]`` is the pymarl2 recipe, ``PRESETS["qllm"]`` the QLLM paper's RL settings.
+objects: ``PRESETS["riit"]`` is the pymarl2 recipe, ``PRESETS["qllm"]`` the QLLM paper's RL settings,
+``PRESETS["coma"]`` and ``PRESETS["maddpg"]`` EPyMARL's actor-critic baselines (``algo`` picks the
+learner; the value-based presets all use ``algo="q"``).
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ class TrainConfig:
 
     task: str = "lbf-8x8-2p-2f"
     """Task name (see ``qllm tasks list``)."""
+    algo: Literal["q", "coma", "maddpg"] = "q"
+    """Learner: q (value decomposition with ``mixer``), coma or maddpg (actor-critic, own critics)."""
     mixer: str = "qmix"
-    """Mixer: iql, vdn, qmix, qatten or tfcaf."""
+    """Mixer of the q learner: iql, vdn, qmix, qatten or tfcaf; "none" for the actor-critic learners."""
     preset: str = "qmix"
     """Name of the preset these settings started from (recorded for the report)."""
     seed: int = 0
@@ -40,7 +44,7 @@ class TrainConfig:
     several runs sharing a machine (sweeps) do not oversubscribe its cores: OpenMP threads spinning
     against another process's threads slowed training by more than 10x here."""
 
-    # exploration
+    # exploration (epsilon-greedy, q learner only: the actor-critic learners sample from their policy)
     epsilon_start: float = 1.0
     epsilon_finish: float = 0.05
     epsilon_anneal_steps: int = 50_000
@@ -49,12 +53,13 @@ class TrainConfig:
     # learning
     lr: float = 5e-4
     batch_size: int = 32
-    """Episodes per update."""
+    """Episodes per update, sampled from replay. On-policy learners (coma) have no replay: they learn
+    once from the ``envs`` episodes of each rollout."""
     buffer_size: int = 5000
-    """Episodes kept in the replay buffer."""
+    """Episodes kept in the replay buffer (off-policy learners)."""
     gamma: float = 0.99
     td_lambda: float = 0.0
-    """TD(lambda) targets; 0 gives one-step targets."""
+    """TD(lambda) targets (q and coma); 0 gives one-step targets. maddpg is off-policy: always 0."""
     double_q: bool = True
     grad_clip: float = 10.0
     target_update: Literal["hard", "soft"] = "hard"
@@ -63,11 +68,15 @@ class TrainConfig:
     tau: float = 0.01
     """Soft target update rate (per update)."""
     standardise_rewards: bool = False
-    """Scale rewards by a running standard deviation before computing targets."""
+    """Standardise rewards by their running mean and standard deviation before computing targets."""
+    entropy_coef: float = 0.001
+    """coma: weight of the policy-entropy bonus in the actor loss."""
+    policy_reg: float = 0.001
+    """maddpg: weight of the squared-logit penalty in the actor loss (keeps logits from diverging)."""
 
     # networks
     hidden_dim: int = 64
-    """GRU width of the agent network."""
+    """GRU width of the agent network (and hidden width of the coma/maddpg critics, as in EPyMARL)."""
     mixing_embed_dim: int = 32
     hypernet_embed: int = 64
     attention_heads: int = 4
@@ -125,6 +134,34 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 PRESETS["riit-qllm"] = {**PRESETS["riit"], "mixer": "tfcaf"}
+# Actor-critic baselines with EPyMARL's settings (uoe-agents/epymarl src/config/algs/{coma,maddpg}.yaml,
+# on top of its default.yaml: gamma 0.99, grad clip 10, Adam). Where this trainer counts differently,
+# the values are converted; where it differs, the comment says so.
+PRESETS["coma"] = {
+    "algo": "coma",
+    "mixer": "none",
+    "lr": 3e-4,
+    "envs": 10,  # batch_size_run 10 = batch_size 10: each update learns from one rollout of 10 episodes
+    "batch_size": 10,
+    "standardise_rewards": True,
+    "entropy_coef": 0.001,
+    # EPyMARL's critic uses 10-step returns; the COMA paper (Foerster et al. 2018) and pymarl's
+    # coma.yaml use TD(lambda = 0.8), which the trainer already has.
+    "td_lambda": 0.8,
+    # target critic copied every 200 updates of 10 episodes: this trainer counts episodes
+    "target_update_interval": 2000,
+}
+PRESETS["maddpg"] = {
+    "algo": "maddpg",
+    "mixer": "none",
+    "lr": 5e-4,
+    "batch_size": 32,
+    "buffer_size": 50_000,  # episodes; the buffer's memory grows only with what is stored
+    "hidden_dim": 128,
+    "standardise_rewards": True,
+    "policy_reg": 0.001,
+    "target_update_interval": 200,  # hard copies every 200 episodes (soft tau 0.01 in older versions)
+}
 
 
 def preset(name: str, **overrides: Any) -> TrainConfig:

@@ -1,4 +1,10 @@
-"""Q-learning for value decomposition: TD(lambda) targets, double Q, masked loss, target networks.
+"""Learners: the protocol every algorithm implements, the pieces they share, and Q-learning.
+
+A :class:`Learner` owns its networks and optimisers; the training loop (``train.py``) only collects
+episodes with the learner's acting network and behaviour, hands them to ``update`` and saves
+``state_dict``. Three implement it: :class:`QLearner` here (IQL, VDN, QMIX, Qatten, TFCAF),
+:class:`~qllm.rl.coma.COMALearner` and :class:`~qllm.rl.maddpg.MADDPGLearner`. They share TD(lambda)
+targets, reward standardisation, target networks and the clipped gradient step below.
 
 ``QLearner.update`` is one gradient step on a batch of episodes:
 
@@ -12,14 +18,46 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import torch
 from torch import nn
 
-from qllm.rl.agent import RNNAgent, agent_inputs
+from qllm.rl.agent import RNNAgent, episode_inputs
 from qllm.rl.buffer import EpisodeBatch
 from qllm.rl.config import TrainConfig
+from qllm.rl.runner import ActionSelector, EpsilonGreedy
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+
+class Learner(Protocol):
+    """What the training loop needs from an algorithm."""
+
+    agent: RNNAgent
+    """The acting network (Q-values or policy logits): rollouts, evaluation and the final model use it."""
+    on_policy: ClassVar[bool]
+    """Learn once from the episodes just collected (no replay buffer) instead of from replay."""
+
+    def behaviour(self, t_env: int) -> ActionSelector:
+        """How to act while collecting training episodes after ``t_env`` environment steps."""
+        ...
+
+    def update(self, batch: EpisodeBatch, new_episodes: int) -> DataclassInstance:
+        """Learn from ``batch``; ``new_episodes`` were collected since the last call. Returns scalar
+        diagnostics (a dataclass), logged under ``losses/``."""
+        ...
+
+    def networks(self) -> dict[str, nn.Module]:
+        """The trained networks by name (``agent`` first), saved as the run's final model."""
+        ...
+
+    def state_dict(self) -> dict[str, object]: ...
+
+    def load_state_dict(self, state: dict[str, object]) -> None: ...
 
 
 def td_lambda_targets(
@@ -78,6 +116,70 @@ class RunningMeanStd:
         self.mean, self.var, self.count = state["mean"], state["var"], state["count"]
 
 
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over the entries where ``mask`` (broadcastable, 0/1 or bool) is set."""
+    mask = mask.expand_as(values)
+    return torch.where(mask.bool(), values, torch.zeros_like(values)).sum() / mask.sum()
+
+
+def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the entries where ``mask`` (same shape, 0/1) is set."""
+    # Padded steps hold arbitrary values (and targets built from them): select, never multiply.
+    error = torch.where(mask.bool(), prediction - target, torch.zeros_like(prediction))
+    return error.pow(2).sum() / mask.sum()
+
+
+def gradient_step(
+    optimiser: torch.optim.Optimizer, loss: torch.Tensor, parameters: Iterable[nn.Parameter], clip: float
+) -> float:
+    """Backpropagate ``loss``, clip the gradient norm of ``parameters`` and step; returns the norm."""
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, clip)
+    optimiser.step()
+    return float(grad_norm)
+
+
+class TargetNetworks:
+    """Frozen copies of online networks, kept in step as the config says: a hard copy every
+    ``target_update_interval`` episodes, or a soft (Polyak) update by ``tau`` after every update."""
+
+    def __init__(self, config: TrainConfig, *online: nn.Module) -> None:
+        self.config, self.online = config, online
+        self.networks = tuple(copy.deepcopy(m).requires_grad_(False) for m in online)
+        self.episodes_since_update = 0
+
+    def update(self, new_episodes: int) -> None:
+        if self.config.target_update == "soft":
+            tau = self.config.tau
+            for online, target in zip(self.online, self.networks, strict=True):
+                for p, tp in zip(online.parameters(), target.parameters(), strict=True):
+                    tp.mul_(1 - tau).add_(p.detach(), alpha=tau)
+            return
+        self.episodes_since_update += new_episodes
+        if self.episodes_since_update >= self.config.target_update_interval:
+            for online, target in zip(self.online, self.networks, strict=True):
+                target.load_state_dict(online.state_dict())
+            self.episodes_since_update = 0
+
+    def state_dict(self) -> dict[str, object]:
+        return {
+            "networks": [t.state_dict() for t in self.networks],
+            "episodes_since_update": self.episodes_since_update,
+        }
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        for target, saved in zip(self.networks, state["networks"], strict=True):
+            target.load_state_dict(saved)
+        self.episodes_since_update = int(state["episodes_since_update"])
+
+
+def epsilon_at(config: TrainConfig, t_env: int) -> float:
+    """Linearly annealed exploration rate of epsilon-greedy acting."""
+    fraction = min(1.0, t_env / max(1, config.epsilon_anneal_steps))
+    return config.epsilon_start + fraction * (config.epsilon_finish - config.epsilon_start)
+
+
 @dataclass(frozen=True)
 class UpdateStats:
     loss: float
@@ -89,33 +191,36 @@ class UpdateStats:
 class QLearner:
     """Owns the online and target networks and the optimiser."""
 
+    on_policy: ClassVar[bool] = False
+
     def __init__(self, agent: RNNAgent, mixer: nn.Module, n_actions: int, config: TrainConfig) -> None:
         self.agent, self.mixer, self.n_actions, self.config = agent, mixer, n_actions, config
-        self.target_agent = copy.deepcopy(agent).requires_grad_(False)
-        self.target_mixer = copy.deepcopy(mixer).requires_grad_(False)
+        self.targets = TargetNetworks(config, agent, mixer)
+        self.target_agent, self.target_mixer = self.targets.networks
         self.parameters = [*agent.parameters(), *mixer.parameters()]
         self.optimiser = torch.optim.Adam(self.parameters, lr=config.lr)
         self.reward_stats = RunningMeanStd()
-        self.episodes_since_target_update = 0
+
+    def behaviour(self, t_env: int) -> EpsilonGreedy:
+        return EpsilonGreedy(epsilon_at(self.config, t_env))
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"agent": self.agent, "mixer": self.mixer}
 
     def update(self, batch: EpisodeBatch, new_episodes: int) -> UpdateStats:
         """One gradient step; ``new_episodes`` collected since the last call drive hard target updates."""
         if self.config.standardise_rewards:
             self.reward_stats.update(batch.reward[batch.filled.bool()])
         loss, stats = self.loss(batch)
-        self.optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.config.grad_clip)
-        self.optimiser.step()
-        self._update_targets(new_episodes)
-        return UpdateStats(loss=float(loss.detach()), grad_norm=float(grad_norm), **stats)
+        grad_norm = gradient_step(self.optimiser, loss, self.parameters, self.config.grad_clip)
+        self.targets.update(new_episodes)
+        return UpdateStats(loss=float(loss.detach()), grad_norm=grad_norm, **stats)
 
     def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """The masked mean squared TD error of ``Q_tot`` against TD(lambda) targets (and diagnostics)."""
         cfg = self.config
         rewards = self.reward_stats.standardise(batch.reward) if cfg.standardise_rewards else batch.reward
-        last_actions = torch.cat([torch.full_like(batch.actions[:, :1], -1), batch.actions], dim=1)
-        inputs = agent_inputs(batch.obs, last_actions, self.n_actions)  # [B, T+1, n, D]
+        inputs = episode_inputs(batch, self.n_actions)  # [B, T+1, n, D]
         q = self.agent.unroll(inputs)  # [B, T+1, n, A]
         q_taken = q[:, :-1].gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)  # [B, T, n]
         q_tot = self.mixer(q_taken, batch.state[:, :-1])  # [B, T, k]
@@ -125,9 +230,7 @@ class QLearner:
                 rewards, batch.terminated, batch.filled, values, gamma=cfg.gamma, td_lambda=cfg.td_lambda
             )
         mask = batch.filled.unsqueeze(-1).expand_as(q_tot)
-        # Padded steps hold arbitrary values (and targets built from them): select, never multiply.
-        td_error = torch.where(mask.bool(), q_tot - targets, torch.zeros_like(q_tot))
-        loss = td_error.pow(2).sum() / mask.sum()
+        loss = masked_mse(q_tot, targets, mask)
         with torch.no_grad():
             stats = {
                 "q_taken_mean": float((q_tot * mask).sum() / mask.sum()),
@@ -146,19 +249,6 @@ class QLearner:
         chosen = torch.where(torch.isfinite(chosen), chosen, torch.zeros_like(chosen))
         return self.target_mixer(chosen, batch.state)
 
-    def _update_targets(self, new_episodes: int) -> None:
-        if self.config.target_update == "soft":
-            tau = self.config.tau
-            for online, target in ((self.agent, self.target_agent), (self.mixer, self.target_mixer)):
-                for p, tp in zip(online.parameters(), target.parameters(), strict=True):
-                    tp.mul_(1 - tau).add_(p.detach(), alpha=tau)
-            return
-        self.episodes_since_target_update += new_episodes
-        if self.episodes_since_target_update >= self.config.target_update_interval:
-            self.target_agent.load_state_dict(self.agent.state_dict())
-            self.target_mixer.load_state_dict(self.mixer.state_dict())
-            self.episodes_since_target_update = 0
-
     def state_dict(self) -> dict[str, object]:
         return {
             "agent": self.agent.state_dict(),
@@ -167,7 +257,7 @@ class QLearner:
             "target_mixer": self.target_mixer.state_dict(),
             "optimiser": self.optimiser.state_dict(),
             "reward_stats": self.reward_stats.state_dict(),
-            "episodes_since_target_update": self.episodes_since_target_update,
+            "episodes_since_target_update": self.targets.episodes_since_update,
         }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
@@ -177,4 +267,4 @@ class QLearner:
         self.target_mixer.load_state_dict(state["target_mixer"])
         self.optimiser.load_state_dict(state["optimiser"])
         self.reward_stats.load_state_dict(state["reward_stats"])
-        self.episodes_since_target_update = int(state["episodes_since_target_update"])
+        self.targets.episodes_since_update = int(state["episodes_since_target_update"])

@@ -66,7 +66,7 @@ def series(rows: list[dict[str, Any]], name: str) -> tuple[list[int], list[float
 
 
 def plot_learning_curve(run_dir: Path, title: str) -> Path:
-    """Episode return (training, epsilon-greedy) and greedy test return against environment steps."""
+    """Episode return (training: epsilon-greedy or sampled policy) and greedy test return against steps."""
     # Imported here: matplotlib costs ~30 MB, needed once per run, after training has released its memory.
     import matplotlib  # noqa: PLC0415
 
@@ -76,7 +76,7 @@ def plot_learning_curve(run_dir: Path, title: str) -> Path:
     rows = read_metrics(run_dir / METRICS_FILE)
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, label, style in (
-        ("charts/episode_return", "train (epsilon-greedy)", {"alpha": 0.5}),
+        ("charts/episode_return", "train (exploring)", {"alpha": 0.5}),
         ("eval/return_mean", "test (greedy)", {"marker": "o", "linewidth": 2}),
     ):
         steps, values = series(rows, name)

@@ -3,11 +3,16 @@
 Every step does one batched forward of the shared agent network for all agents of all environments
 (on the learner's device), then steps each still-running environment in a plain Python loop: on two
 cores that beats worker processes, and LBF/RWARE do not fit gymnasium's vector envs (facts.md).
+
+How the network's outputs become actions is a strategy, an :class:`ActionSelector`: epsilon-greedy over
+Q-values for the value-based learners (greedy, epsilon 0, for evaluation), or a sample from the policy
+whose logits they are for the actor-critic learners. Both respect the available actions.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -15,6 +20,7 @@ import torch
 from qllm.envs import MultiAgentEnv, TimeStep, make_env
 from qllm.rl.agent import RNNAgent, agent_inputs
 from qllm.rl.buffer import EpisodeBatch
+from qllm.rl.policy import sample_actions
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,42 @@ def select_actions(
     return torch.where(explore, scores.argmax(dim=-1), greedy)
 
 
+class ActionSelector(Protocol):
+    """Turns the agent network's outputs ``[E, n, A]`` into actions ``[E, n]`` among ``avail``."""
+
+    def __call__(
+        self, outputs: torch.Tensor, avail: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class EpsilonGreedy:
+    """Outputs are Q-values: the best available action, or with probability ``epsilon`` a random one."""
+
+    epsilon: float
+
+    def __call__(
+        self, outputs: torch.Tensor, avail: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        return select_actions(outputs, avail, self.epsilon, generator)
+
+
+@dataclass(frozen=True)
+class SamplePolicy:
+    """Outputs are policy logits: sample from their softmax over the available actions. Exploration is
+    the policy's own randomness, so there is no epsilon (EPyMARL's ``soft_policies`` for COMA, and the
+    Gumbel-softmax draw of its MADDPG controller, which samples the same distribution)."""
+
+    def __call__(
+        self, outputs: torch.Tensor, avail: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        return sample_actions(outputs, avail, generator)
+
+
+GREEDY = EpsilonGreedy(0.0)
+"""Evaluation: the best available action (for logits, the policy's most likely available action)."""
+
+
 class ParallelRunner:
     """Collects batches of whole episodes from ``n_envs`` environments of one task."""
 
@@ -57,11 +99,13 @@ class ParallelRunner:
         self,
         agent: RNNAgent,
         seeds: list[int],
-        epsilon: float,
+        behaviour: ActionSelector | float,
         generator: torch.Generator,
         device: torch.device,
     ) -> tuple[EpisodeBatch, RolloutStats]:
-        """One episode per seed (at most ``n_envs`` seeds), acting epsilon-greedily."""
+        """One episode per seed (at most ``n_envs`` seeds), acting with ``behaviour`` (a number is the
+        epsilon of epsilon-greedy)."""
+        select = EpsilonGreedy(float(behaviour)) if isinstance(behaviour, int | float) else behaviour
         if not 1 <= len(seeds) <= len(self.envs):
             raise ValueError(f"need 1 to {len(self.envs)} seeds (one per environment), got {len(seeds)}")
         info, n_envs = self.info, len(seeds)
@@ -77,9 +121,9 @@ class ParallelRunner:
         for t in range(limit):
             obs = torch.from_numpy(data["obs"][:, t])
             inputs = agent_inputs(obs, last_actions, n_actions).to(device)
-            q, hidden = agent.step(inputs, hidden)
+            outputs, hidden = agent.step(inputs, hidden)
             avail = torch.from_numpy(data["avail_actions"][:, t])
-            actions = select_actions(q.cpu(), avail, epsilon, generator)
+            actions = select(outputs.cpu(), avail, generator)
             for e in np.flatnonzero(active):
                 ts = envs[e].step(actions[e].numpy())
                 data["actions"][e, t] = actions[e].numpy()

@@ -1,6 +1,11 @@
-"""Train a value-decomposition learner on one task: the whole loop, readable top to bottom.
+"""Train a learner on one task: the whole loop, readable top to bottom.
 
-``train(config, runs_dir)`` creates a run folder ``{task}__{mixer}__{seed}__{time}`` holding the config,
+The learner is looked up by ``config.algo`` in :data:`LEARNERS`: value decomposition (``q``, with a
+mixer), COMA or MADDPG; all implement :class:`~qllm.rl.learner.Learner`. The loop only collects
+episodes with the learner's acting network and behaviour, and feeds them to it: once, as they come,
+to an on-policy learner; through the replay buffer to an off-policy one.
+
+``train(config, runs_dir)`` creates a run folder ``{task}__{preset}__{seed}__{time}`` holding the config,
 ``metrics.csv`` (and TensorBoard events), checkpoints, the final model and a learning-curve PNG.
 ``train(..., resume=RUN)`` continues a run from its latest checkpoint and ends exactly where an
 uninterrupted run would have: every source of randomness is either saved (the torch generator that
@@ -15,19 +20,24 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import mean
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from qllm.envs import EnvInfo
-from qllm.rl.agent import RNNAgent
-from qllm.rl.buffer import ReplayBuffer
+from qllm.rl.agent import RNNAgent, build_agent
+from qllm.rl.buffer import EpisodeBatch, ReplayBuffer
+from qllm.rl.coma import COMALearner
 from qllm.rl.config import TrainConfig
-from qllm.rl.learner import QLearner, UpdateStats
+from qllm.rl.learner import Learner, QLearner
 from qllm.rl.logger import MetricsLogger, plot_learning_curve
+from qllm.rl.maddpg import MADDPGLearner
 from qllm.rl.mixers import MIXERS
-from qllm.rl.runner import ParallelRunner
+from qllm.rl.runner import GREEDY, EpsilonGreedy, ParallelRunner
 from qllm.rl.tfcaf import load_tfcaf
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -49,7 +59,8 @@ class Progress:
     t_env: int
     steps: int
     episode_return: float
-    epsilon: float
+    epsilon: float | None
+    """None when the learner samples from its policy instead of acting epsilon-greedily."""
     test_return: float | None
 
 
@@ -82,18 +93,12 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def epsilon_at(config: TrainConfig, t_env: int) -> float:
-    fraction = min(1.0, t_env / max(1, config.epsilon_anneal_steps))
-    return config.epsilon_start + fraction * (config.epsilon_finish - config.epsilon_start)
-
-
-def build_agent(config: TrainConfig, info: EnvInfo) -> RNNAgent:
-    return RNNAgent(info.obs_dim + info.n_actions + info.n_agents, info.n_actions, config.hidden_dim)
-
-
 def build_networks(config: TrainConfig, runner: ParallelRunner) -> tuple[RNNAgent, torch.nn.Module]:
-    """The agent network and the mixer (a TFCAF is validated in the sandbox here)."""
-    info = runner.info
+    """The agent network and the mixer of the q learner (a TFCAF is validated in the sandbox here)."""
+    return _q_networks(config, runner.info)
+
+
+def _q_networks(config: TrainConfig, info: EnvInfo) -> tuple[RNNAgent, torch.nn.Module]:
     agent = build_agent(config, info)
     if config.mixer not in MIXERS:
         raise ValueError(f"unknown mixer {config.mixer!r}; choose from {', '.join(MIXERS)}")
@@ -109,6 +114,19 @@ def build_networks(config: TrainConfig, runner: ParallelRunner) -> tuple[RNNAgen
         credit_function=credit_function,
     )
     return agent, mixer
+
+
+def build_q_learner(config: TrainConfig, info: EnvInfo, device: torch.device) -> QLearner:
+    agent, mixer = _q_networks(config, info)
+    return QLearner(agent.to(device), mixer.to(device), info.n_actions, config)
+
+
+LEARNERS: dict[str, Callable[[TrainConfig, EnvInfo, torch.device], Learner]] = {
+    "q": build_q_learner,
+    "coma": COMALearner,
+    "maddpg": MADDPGLearner,
+}
+"""Learner factories by ``TrainConfig.algo``; each builds its networks on ``device``."""
 
 
 def new_run_dir(config: TrainConfig, runs_dir: Path) -> Path:
@@ -161,12 +179,11 @@ def train(
     generator = torch.Generator().manual_seed(config.seed)  # exploration and replay sampling
     runner = ParallelRunner(config.task, config.envs)
     eval_runner = ParallelRunner(config.task, min(config.eval_episodes, EVAL_ENVS))
-    agent, mixer = build_networks(config, runner)
+    if config.algo not in LEARNERS:
+        raise ValueError(f"unknown algo {config.algo!r}; choose from {', '.join(LEARNERS)}")
+    learner = LEARNERS[config.algo](config, runner.info, device)
     run_dir = resume if resume is not None else new_run_dir(config, runs_dir)
-    agent.to(device)
-    mixer.to(device)
-    learner = QLearner(agent, mixer, runner.info.n_actions, config)
-    buffer = ReplayBuffer(config.buffer_size, runner.info)
+    buffer = None if learner.on_policy else ReplayBuffer(config.buffer_size, runner.info)
     at = Counters(next_checkpoint=config.checkpoint_interval)
     if resume is not None:
         at = restore_checkpoint(latest_checkpoint(run_dir), learner, buffer, generator, device)
@@ -175,19 +192,20 @@ def train(
 
     # --- the loop: collect, store, learn, evaluate, log, checkpoint -------------------------------
     while at.t_env < config.steps:
-        epsilon = epsilon_at(config, at.t_env)
+        behaviour = learner.behaviour(at.t_env)
+        epsilon = behaviour.epsilon if isinstance(behaviour, EpsilonGreedy) else None
         seeds = [config.seed * 1_000_003 + at.episodes + e for e in range(config.envs)]
-        batch, rollout = runner.run(agent, seeds, epsilon, generator, device)
-        buffer.insert(batch)
+        batch, rollout = runner.run(learner.agent, seeds, behaviour, generator, device)
         at.t_env += rollout.steps
         at.episodes += len(seeds)
         at.returns_since_log += rollout.returns
         update = None
-        if buffer.can_sample(config.batch_size):
-            update = learner.update(buffer.sample(config.batch_size, generator).to(device), len(seeds))
+        training_batch = next_training_batch(batch, buffer, config.batch_size, generator)
+        if training_batch is not None:
+            update = learner.update(training_batch.to(device), len(seeds))
         if at.t_env >= at.next_eval:
             test_return = log_evaluation(
-                logger, at.t_env, agent=agent, runner=eval_runner, config=config, device=device
+                logger, at.t_env, agent=learner.agent, runner=eval_runner, config=config, device=device
             )
             at.next_eval += config.eval_interval
         if at.t_env >= at.next_log:
@@ -201,17 +219,27 @@ def train(
 
     # --- wrap-up -----------------------------------------------------------------------------------
     final_return = log_evaluation(
-        logger, at.t_env, agent=agent, runner=eval_runner, config=config, device=device
+        logger, at.t_env, agent=learner.agent, runner=eval_runner, config=config, device=device
     )
     logger.close()
     runner.close()
     eval_runner.close()
-    torch.save(
-        {"agent": agent.state_dict(), "mixer": mixer.state_dict(), "t_env": at.t_env}, run_dir / FINAL_MODEL
-    )
+    final_model = {name: network.state_dict() for name, network in learner.networks().items()}
+    torch.save({**final_model, "t_env": at.t_env}, run_dir / FINAL_MODEL)
     del buffer, learner  # the replay buffer is most of a run's memory: release it before plotting
     plot = plot_learning_curve(run_dir, f"{config.task}: {config.preset} (seed {config.seed})")
     return TrainResult(run_dir=run_dir, t_env=at.t_env, final_test_return=final_return, plot=plot)
+
+
+def next_training_batch(
+    batch: EpisodeBatch, buffer: ReplayBuffer | None, batch_size: int, generator: torch.Generator
+) -> EpisodeBatch | None:
+    """What to learn from after collecting ``batch``: the batch itself for an on-policy learner (no
+    buffer), else a replayed sample once the buffer holds ``batch_size`` episodes."""
+    if buffer is None:
+        return batch.trimmed()
+    buffer.insert(batch)
+    return buffer.sample(batch_size, generator) if buffer.can_sample(batch_size) else None
 
 
 def log_evaluation(
@@ -233,12 +261,13 @@ def log_evaluation(
     return mean_return
 
 
-def log_training(logger: MetricsLogger, at: Counters, epsilon: float, update: UpdateStats | None) -> None:
-    metrics = {
-        "charts/episode_return": mean(at.returns_since_log),
-        "charts/epsilon": epsilon,
-        "charts/episodes": at.episodes,
-    }
+def log_training(
+    logger: MetricsLogger, at: Counters, epsilon: float | None, update: DataclassInstance | None
+) -> None:
+    metrics = {"charts/episode_return": mean(at.returns_since_log)}
+    if epsilon is not None:
+        metrics["charts/epsilon"] = epsilon
+    metrics["charts/episodes"] = at.episodes
     if update is not None:
         metrics |= {f"losses/{name}": value for name, value in asdict(update).items()}
     logger.log(at.t_env, metrics)
@@ -246,14 +275,14 @@ def log_training(logger: MetricsLogger, at: Counters, epsilon: float, update: Up
 
 
 def save_checkpoint(
-    run_dir: Path, learner: QLearner, buffer: ReplayBuffer, generator: torch.Generator, at: Counters
+    run_dir: Path, learner: Learner, buffer: ReplayBuffer | None, generator: torch.Generator, at: Counters
 ) -> Path:
     """Everything needed to continue exactly; written atomically."""
     directory = run_dir / CHECKPOINT_DIR
     directory.mkdir(exist_ok=True)
     state: dict[str, Any] = {
         "learner": learner.state_dict(),
-        "buffer": buffer.state_dict(),
+        "buffer": None if buffer is None else buffer.state_dict(),
         "generator": generator.get_state(),
         "counters": asdict(at),
     }
@@ -265,12 +294,17 @@ def save_checkpoint(
 
 
 def restore_checkpoint(
-    path: Path, learner: QLearner, buffer: ReplayBuffer, generator: torch.Generator, device: torch.device
+    path: Path,
+    learner: Learner,
+    buffer: ReplayBuffer | None,
+    generator: torch.Generator,
+    device: torch.device,
 ) -> Counters:
     # Our own file, written by save_checkpoint: full unpickling is needed for the optimiser state.
     state = torch.load(path, map_location=device, weights_only=False)
     learner.load_state_dict(state["learner"])
-    buffer.load_state_dict(state["buffer"])
+    if buffer is not None:
+        buffer.load_state_dict(state["buffer"])
     generator.set_state(state["generator"].cpu())  # map_location may have moved it; generators live on CPU
     return Counters(**state["counters"])
 
@@ -290,7 +324,7 @@ def evaluate_agent(
     while len(returns) < total:
         count = min(len(runner.envs), total - len(returns))
         seeds = [EVAL_SEED_OFFSET + len(returns) + e for e in range(count)]
-        _, rollout = runner.run(agent, seeds, 0.0, generator, device)
+        _, rollout = runner.run(agent, seeds, GREEDY, generator, device)
         returns += rollout.returns
     values = torch.tensor(returns)
     return float(values.mean()), float(values.std()) if len(returns) > 1 else 0.0
