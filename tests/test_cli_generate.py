@@ -37,6 +37,8 @@ def test_generate_writes_a_validated_function_through_an_openai_compatible_serve
     assert "will retry" in result.output and "runtime" in result.output  # the 429 and the failed first draft
     assert [r["model"] for r in requests] == ["stub-coder"] * 4 + ["stub-evaluator"]
     assert len({r["seed"] for r in requests[1:4]}) == 3  # one sampling seed per call
+    # The reply length limit in the field OpenAI-compatible servers read (not only max_completion_tokens).
+    assert all(r["max_tokens"] == 1024 for r in requests)
     assert json.loads((run_dir / "artifact.json").read_text())["coder"].startswith("openai:stub-coder@")
 
 

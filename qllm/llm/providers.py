@@ -110,7 +110,14 @@ def make_chat_model(spec: ModelSpec, temperature: float, max_tokens: int, timeou
         if not api_key and spec.base_url is None:
             raise ProviderError(f"{spec}: set {info.api_key_env} to the provider's API key")
         api_key = api_key or "not-needed"  # a self-hosted OpenAI-compatible server usually needs none
-    options: dict[str, object] = {"temperature": temperature, "max_tokens": max_tokens, "timeout": timeout_s}
+    options: dict[str, object] = {"temperature": temperature, "timeout": timeout_s}
+    if info.langchain_provider == "openai" and (spec.provider != "openai" or spec.base_url):
+        # langchain-openai sends the limit as `max_completion_tokens`, which OpenAI-compatible servers such
+        # as llama-cpp-python ignore: the local model then writes until its context is full (measured:
+        # 6,815 tokens, 5 minutes, for one reply). They all read the classic `max_tokens` field.
+        options["extra_body"] = {"max_tokens": max_tokens}
+    else:
+        options["max_tokens"] = max_tokens
     if info.langchain_provider in {"openai", "anthropic"}:
         options["max_retries"] = 0
     if base_url:
