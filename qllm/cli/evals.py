@@ -132,9 +132,8 @@ def evals_compare(
     table = Table("scorer", "A (95% CI)", "B (95% CI)", "change (+ is better)", "verdict",
                   title=f"A: {run_a.label}\nB: {run_b.label}")  # fmt: skip
     for row in rows:
-        verdict = (
-            "[red]REGRESSED[/red]" if row.regressed else ("" if row.scorer.direction == "neutral" else "ok")
-        )
+        comparable = row.scorer.direction != "neutral" and row.change != "-"
+        verdict = "[red]REGRESSED[/red]" if row.regressed else ("ok" if comparable else "")
         table.add_row(row.scorer.name, row.a.text(), row.b.text(), row.change, verdict)
     console.print(table)
     if plot is not None:
