@@ -25,6 +25,7 @@ from qllm.agents.template import (
 from qllm.envs.recording import record
 from qllm.llm.providers import ModelSpec, ProviderError, is_transient, make_chat_model, provider_error
 from qllm.prompts import PromptError, PromptLibrary
+from qllm.sandbox import Sandbox, ValidationInputs
 from qllm.sandbox.restricted import load_credit_function
 
 TEMPLATE_TASKS = ("matrix-climbing", "lbf-2s-10x10-3p-3f", "mpe-spread-3", "mpe-tag", "rware-tiny-2ag")
@@ -257,3 +258,15 @@ def test_bad_settings_are_refused_with_the_reason(tmp_path: Path) -> None:
     bad.write_text("rounds = [")
     with pytest.raises(SettingsError, match="not valid TOML"):
         GenerationSettings.resolve({"task": "x"}, config_file=bad, environ={})
+
+
+def test_a_function_that_crashes_on_the_padding_state_fails_validation() -> None:
+    """Trainers evaluate the function on the all-zero state padding finished episodes: so does validation."""
+    rec = record("lbf-2s-10x10-3p-3f", 3, seed=0)
+    inputs = ValidationInputs.from_recording(rec)
+    assert (inputs.states == 0).all(dim=1).sum() == 1
+    code = "def agent_weight(s, i):\n    if sum(s['agent_level']) > 0:\n        w = 1.0\n    return w\n"
+    source = assemble(NamedState.for_task(rec.info), keep_definitions(code))
+    with Sandbox() as sandbox:
+        result = sandbox.validate(source, inputs)
+    assert not result.ok and "UnboundLocalError" in result.message

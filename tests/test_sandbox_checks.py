@@ -45,7 +45,7 @@ def credit_assignment(agents_q, state):
 # lbf-8x8-2p-2f: agent levels are state columns 4:6 (see `qllm tasks show lbf-8x8-2p-2f`).
 LBF_LEVELS = """
 def credit_assignment(agents_q, state):
-    levels = state[:, 4:6]
+    levels = state[:, 4:6] + 1e-6  # the all-zero padding state has no levels
     weights = levels / levels.sum(dim=1, keepdim=True) * 2.0
     return (weights * agents_q).sum(dim=1, keepdim=True)
 """
@@ -104,7 +104,7 @@ def test_lbf_level_weighting_follows_the_schema(lbf_inputs: ValidationInputs) ->
     assert schema["agent_level"].slice == slice(4, 6)  # the layout LBF_LEVELS relies on
     result = check(LBF_LEVELS, lbf_inputs, require_monotonic=True)
     assert result.ok, result.message
-    levels = schema.view(lbf_inputs.states, "agent_level")[..., 0]
+    levels = schema.view(lbf_inputs.states, "agent_level")[..., 0] + 1e-6
     expected = levels / levels.sum(1, keepdim=True) * 2
     assert torch.allclose(torch.tensor(result.weights.example_weights), expected[:16], atol=1e-5)
     assert result.weights.weight_state_variation > 0.05  # it really depends on the state

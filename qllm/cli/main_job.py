@@ -28,6 +28,7 @@ from qllm.cli.training import train_with_progress
 from qllm.envs.describe import describe_task
 from qllm.rl import TrainResult, preset
 from qllm.rl.logger import plot_comparison
+from qllm.rl.mixers import CreditFunctionError
 from qllm.rl.tfcaf import TFCAFError
 
 MAIN_TASK = "lbf-8x8-2p-2f"
@@ -112,7 +113,7 @@ def run_command(
         return
     try:
         results = _train_pair(spec.name, outcome.artifact, steps, seed, run_dir)
-    except TFCAFError as exc:
+    except (TFCAFError, CreditFunctionError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     report = _report(run_dir, spec.name, outcome, results, steps)

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from qllm.cli.common import DEFAULT_TASK, TaskOption, console, task_spec
 from qllm.rl import PRESETS, RunError, TrainConfig, TrainResult, evaluate_run, preset, train
+from qllm.rl.mixers import CreditFunctionError
 from qllm.rl.tfcaf import TFCAFError
 from qllm.rl.train import Progress as TrainProgress
 from qllm.rl.train import load_run_config
@@ -108,7 +109,7 @@ def train_command(
             )
     try:
         result = train_with_progress(config, runs_dir, resume)
-    except (RunError, TFCAFError) as exc:
+    except (RunError, TFCAFError, CreditFunctionError) as exc:
         raise typer.BadParameter(str(exc)) from None
     console.print(
         f"[green]Done[/green]: {result.t_env} steps, greedy test return {result.final_test_return:.3f}\n"

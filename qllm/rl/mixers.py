@@ -105,6 +105,10 @@ class Qatten(nn.Module):
         return q_tot.view(*lead, 1)
 
 
+class CreditFunctionError(RuntimeError):
+    """A validated credit function that raised on a state it was not validated on."""
+
+
 class TFCAF(nn.Module):
     """A training-free credit assignment function (QLLM, Eq. 3): a fixed function of (Q, state) with no
     trainable parameters. The function must come from ``Sandbox.load`` (validated, then restricted)."""
@@ -120,7 +124,16 @@ class TFCAF(nn.Module):
 
     def forward(self, agent_qs: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         lead = agent_qs.shape[:-1]
-        q_tot = self.credit_function(agent_qs.reshape(-1, self.n_agents), states.reshape(-1, self.state_dim))
+        try:
+            q_tot = self.credit_function(
+                agent_qs.reshape(-1, self.n_agents), states.reshape(-1, self.state_dim)
+            )
+        except Exception as exc:
+            # Validation covers recorded states only; training meets new ones. Say so, not a bare traceback.
+            raise CreditFunctionError(
+                f"the credit function failed on a state met during training, which validation had not "
+                f"covered: {type(exc).__name__}: {exc}"
+            ) from exc
         return q_tot.reshape(*lead, 1)
 
 

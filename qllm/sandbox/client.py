@@ -52,7 +52,8 @@ class ValidationInputs:
     def from_recording(
         cls, recording: Recording, max_states: int = 256, seed: int = 0, q_scale: float | None = None
     ) -> ValidationInputs:
-        """Up to ``max_states`` distinct visited states, and Q-values uniform in ``[-q_scale, q_scale]``.
+        """Up to ``max_states`` distinct visited states plus the all-zero padding state, and Q-values
+        uniform in ``[-q_scale, q_scale]``.
 
         ``q_scale`` defaults to the largest absolute episode return in the recording (at least 1), the
         order of magnitude Q-values take in that task.
@@ -63,6 +64,11 @@ class ValidationInputs:
         generator = torch.Generator().manual_seed(seed)
         order = torch.randperm(visited.shape[0], generator=generator)[:max_states]
         states = visited[order]
+        # Trainers also evaluate the function on the all-zero state that pads finished episodes in a batch
+        # (masked out of the loss, but computed): a function must not crash there either.
+        padding = torch.zeros_like(states[:1])
+        if not (states == padding).all(dim=1).any():
+            states = torch.cat([states, padding])
         if q_scale is None:
             q_scale = max(1.0, float(recording.returns.abs().max()))
         n_agents = recording.info.n_agents
