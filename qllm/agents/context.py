@@ -135,6 +135,8 @@ class GenerationContext:
     episode: Recording
     """The recording the inputs come from; its first episode is plotted with the final weights."""
     task_prompt: str
+    contract_prompt: str
+    """What the coder must write, with the named state fields: the same for every coder call of the run."""
     prompts: PromptLibrary
     coder: ChatRole
     evaluator: ChatRole

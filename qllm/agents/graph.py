@@ -28,7 +28,6 @@ from qllm.agents.context import GenerationContext
 from qllm.agents.extract import ExtractionError, extract_code, extract_json
 from qllm.agents.messages import (
     coder_messages,
-    contract_prompt,
     evaluator_messages,
     evaluator_retry_messages,
     repair_messages,
@@ -56,7 +55,7 @@ Ctx = Runtime[GenerationContext]
 def write(state: CandidateState, runtime: Ctx) -> dict[str, Any]:
     """Ask the coder for a first draft, or for a repair of the last failed attempt."""
     ctx, task = runtime.context, state.task
-    contract = contract_prompt(ctx.prompts, ctx.named, ctx.inputs)
+    contract = ctx.contract_prompt
     if state.attempts:
         last = state.attempts[-1]
         messages = repair_messages(ctx.prompts, ctx.task_prompt, contract, last.code, last.result.feedback())

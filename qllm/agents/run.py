@@ -26,7 +26,7 @@ from qllm.agents import artifact
 from qllm.agents.context import GenerationContext, GenerationSettings
 from qllm.agents.graph import build_graph
 from qllm.agents.llm import ChatRole, LLMCaller
-from qllm.agents.messages import task_prompt
+from qllm.agents.messages import contract_prompt, task_prompt
 from qllm.agents.state import CHECKPOINTED_TYPES, GenerationState, RunStatus
 from qllm.agents.template import NamedState
 from qllm.agents.trace import Listener, Trace
@@ -112,6 +112,7 @@ class GenerationRun:
         named = NamedState.for_task(recording.info)
         prompts = PromptLibrary(s.prompt_version)
         task_text = task_prompt(prompts, spec, named, s.notes)
+        inputs = ValidationInputs.from_recording(recording, seed=s.seed)
         (self.run_dir / "task_prompt.md").write_text(task_text)
         coder_spec = ModelSpec.parse(s.coder, s.coder_base_url)
         evaluator_spec = ModelSpec.parse(s.evaluator, s.evaluator_base_url)
@@ -122,9 +123,10 @@ class GenerationRun:
             )
         return GenerationContext(
             settings=s, spec=spec, named=named,
-            inputs=ValidationInputs.from_recording(recording, seed=s.seed),
+            inputs=inputs,
             episode=recording,
             task_prompt=task_text, prompts=prompts,
+            contract_prompt=contract_prompt(prompts, named, inputs),
             coder=_role("coder", coder_spec, models.coder),
             evaluator=_role("evaluator", evaluator_spec, models.evaluator),
             llm=LLMCaller(trace, seed=s.seed), trace=trace, sandbox=sandbox,
