@@ -74,6 +74,7 @@ def settings(**overrides: Any) -> GenerationSettings:
         "repairs": 1,
         "record_episodes": 3,
         "retry_initial_s": 0.01,
+        "mode": "code",  # the fakes stand in for a strong model writing code; spec mode sets it
     }
     return GenerationSettings(**{**base, **overrides})
 

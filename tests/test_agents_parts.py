@@ -174,6 +174,10 @@ def test_shipped_prompt_version_hashes_every_template() -> None:
     assert set(hashes) == {
         "coder_system",
         "contract",
+        "spec_system",
+        "spec_contract",
+        "spec_improve",
+        "spec_repair",
         "evaluator",
         "evaluator_system",
         "improve",

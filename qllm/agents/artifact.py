@@ -22,8 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from qllm.agents.template import TEMPLATE_ID
-
 if TYPE_CHECKING:
     from qllm.agents.context import GenerationContext
     from qllm.agents.state import Candidate, GenerationState
@@ -82,7 +80,8 @@ def write_artifact(ctx: GenerationContext, state: GenerationState, best: Candida
         "evaluator": str(ctx.evaluator.spec),
         "prompt_version": ctx.prompts.version,
         "prompt_hashes": ctx.prompts.hashes(),
-        "template": TEMPLATE_ID,
+        "template": ctx.mode.template_id,
+        "mode": ctx.mode.name,
         "state_dim": ctx.named.info.state_dim,
         "n_agents": ctx.named.info.n_agents,
         "state_slices": ctx.named.slices(),

@@ -20,6 +20,7 @@ from typing import Any
 from langgraph.types import RetryPolicy
 
 from qllm.agents.llm import ChatRole, LLMCaller, TransientLLMError
+from qllm.agents.modes import MODES, WritingMode
 from qllm.agents.template import NamedState
 from qllm.agents.trace import Trace
 from qllm.envs.recording import Recording
@@ -78,6 +79,9 @@ class GenerationSettings:
     monotonic: bool = True
     """Require non-negative weights (the IGM condition); the template guarantees it."""
     prompt_version: str = "v1"
+    mode: str = "auto"
+    """What the coder writes: ``code`` (the function), ``spec`` (a credit spec we compile), or ``auto``
+    (``spec`` for the built-in local model, ``code`` for every other provider)."""
     notes: str = ""
     """Free-text notes about the task appended to the task prompt (e.g. from ``--notes FILE``)."""
 
@@ -85,6 +89,8 @@ class GenerationSettings:
         for name in ("candidates", "rounds", "retry_attempts", "record_episodes", "max_tokens"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.mode not in MODES:
+            raise SettingsError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.repairs < 0:
             raise SettingsError(f"repairs must be at least 0, got {self.repairs}")
 
@@ -137,6 +143,8 @@ class GenerationContext:
     task_prompt: str
     contract_prompt: str
     """What the coder must write, with the named state fields: the same for every coder call of the run."""
+    mode: WritingMode
+    """How coder prompts are built and replies become code (``code`` or ``spec``)."""
     prompts: PromptLibrary
     coder: ChatRole
     evaluator: ChatRole

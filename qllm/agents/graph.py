@@ -25,13 +25,9 @@ from langgraph.types import RetryPolicy, Send
 
 from qllm.agents import artifact
 from qllm.agents.context import GenerationContext
-from qllm.agents.extract import ExtractionError, extract_code, extract_json
-from qllm.agents.messages import (
-    coder_messages,
-    evaluator_messages,
-    evaluator_retry_messages,
-    repair_messages,
-)
+from qllm.agents.extract import ExtractionError, extract_json
+from qllm.agents.messages import evaluator_messages, evaluator_retry_messages
+from qllm.agents.spec import SpecError
 from qllm.agents.state import (
     Attempt,
     Candidate,
@@ -43,7 +39,7 @@ from qllm.agents.state import (
     GenerationState,
     RunStatus,
 )
-from qllm.agents.template import WRITTEN_FUNCTION, TemplateError, assemble, keep_definitions
+from qllm.agents.template import TemplateError, assemble, keep_definitions
 from qllm.sandbox import ErrorKind, ValidationResult
 
 Ctx = Runtime[GenerationContext]
@@ -55,14 +51,13 @@ Ctx = Runtime[GenerationContext]
 def write(state: CandidateState, runtime: Ctx) -> dict[str, Any]:
     """Ask the coder for a first draft, or for a repair of the last failed attempt."""
     ctx, task = runtime.context, state.task
-    contract = ctx.contract_prompt
+    mode, contract = ctx.mode, ctx.contract_prompt
     if state.attempts:
-        last = state.attempts[-1]
-        messages = repair_messages(ctx.prompts, ctx.task_prompt, contract, last.code, last.result.feedback())
+        messages = mode.repair(ctx.prompts, ctx.task_prompt, contract, state.attempts[-1])
     else:
-        messages = coder_messages(ctx.prompts, ctx.task_prompt, contract, task.parent, task.tips)
+        messages = mode.draft(ctx.prompts, ctx.task_prompt, contract, task.parent, task.tips)
     label = f"{task.candidate_id}-a{len(state.attempts)}"
-    return {"reply": ctx.llm.ask(ctx.coder, label, messages).text}
+    return {"reply": ctx.llm.ask(ctx.coder, label, messages, schema=mode.reply_schema).text}
 
 
 def check(state: CandidateState, runtime: Ctx) -> dict[str, Any]:
@@ -71,14 +66,14 @@ def check(state: CandidateState, runtime: Ctx) -> dict[str, Any]:
     number = len(state.attempts)
     code, source = "", ""
     try:
-        code = extract_code(state.reply, must_define=WRITTEN_FUNCTION)
+        code = ctx.mode.to_code(state.reply)
         written = keep_definitions(code)
         doc = (
             f"Credit function for {ctx.spec.name}, candidate {task.candidate_id} (attempt {number}) of run "
             f"{ctx.run_id}, written by {ctx.coder.spec}."
         )
-        source = assemble(ctx.named, written, docstring=doc)
-    except ExtractionError as exc:
+        source = assemble(ctx.named, written, docstring=doc, template_id=ctx.mode.template_id)
+    except (ExtractionError, SpecError) as exc:
         result = ValidationResult.failure(ErrorKind.CONTRACT, str(exc))
     except TemplateError as exc:
         kind = ErrorKind.SYNTAX if str(exc).startswith("SyntaxError") else ErrorKind.CONTRACT

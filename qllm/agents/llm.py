@@ -116,7 +116,8 @@ class LLMCaller:
             parsed = out.get("parsed")
             return out["raw"], parsed.model_dump() if isinstance(parsed, BaseModel) else None
         if schema is not None and role.spec.provider == "local":
-            model = model.bind(response_format={"type": "json_object"})  # grammar-constrained JSON
+            # llama.cpp turns the JSON schema into a grammar: the reply can only be a valid instance.
+            model = model.bind(response_format={"type": "json_object", "schema": schema.model_json_schema()})
         return model.invoke(list(messages)), None
 
     def _raise_classified(self, exc: Exception, role: ChatRole, label: str, latency: float) -> None:

@@ -26,7 +26,8 @@ from qllm.agents import artifact
 from qllm.agents.context import GenerationContext, GenerationSettings
 from qllm.agents.graph import build_graph
 from qllm.agents.llm import ChatRole, LLMCaller
-from qllm.agents.messages import contract_prompt, task_prompt
+from qllm.agents.messages import task_prompt
+from qllm.agents.modes import resolve_mode, writing_mode
 from qllm.agents.state import CHECKPOINTED_TYPES, GenerationState, RunStatus
 from qllm.agents.template import NamedState
 from qllm.agents.trace import Listener, Trace
@@ -103,7 +104,9 @@ class GenerationRun:
         path = run_dir / SETTINGS_FILE
         if not path.is_file():
             raise RunFolderError(f"{run_dir} is not a generation run folder (no {SETTINGS_FILE})")
-        return cls(run_dir, GenerationSettings.from_dict(json.loads(path.read_text())))
+        saved = json.loads(path.read_text())
+        saved.setdefault("mode", "code")  # folders from before modes existed were all written as code
+        return cls(run_dir, GenerationSettings.from_dict(saved))
 
     def _context(self, trace: Trace, sandbox: Sandbox, models: Models | None) -> GenerationContext:
         s = self.settings
@@ -116,6 +119,7 @@ class GenerationRun:
         (self.run_dir / "task_prompt.md").write_text(task_text)
         coder_spec = ModelSpec.parse(s.coder, s.coder_base_url)
         evaluator_spec = ModelSpec.parse(s.evaluator, s.evaluator_base_url)
+        mode = writing_mode(resolve_mode(s.mode, coder_spec), named)
         if models is None:
             models = Models(
                 make_chat_model(coder_spec, s.coder_temperature, s.max_tokens, s.timeout_s),
@@ -126,7 +130,7 @@ class GenerationRun:
             inputs=inputs,
             episode=recording,
             task_prompt=task_text, prompts=prompts,
-            contract_prompt=contract_prompt(prompts, named, inputs),
+            contract_prompt=mode.contract(prompts, named, inputs), mode=mode,
             coder=_role("coder", coder_spec, models.coder),
             evaluator=_role("evaluator", evaluator_spec, models.evaluator),
             llm=LLMCaller(trace, seed=s.seed), trace=trace, sandbox=sandbox,

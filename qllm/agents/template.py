@@ -55,7 +55,8 @@ class NamedValue:
     """The flat-state slice it reads, or ``None`` for a derived value."""
 
 
-def _is_grid(f: StateField) -> bool:
+def is_grid(f: StateField) -> bool:
+    """Whether a field holds grid cells (bounded), where distances are counted in steps."""
     return math.isfinite(f.low) and math.isfinite(f.high)
 
 
@@ -81,7 +82,7 @@ def _distance_values(schema: StateSchema) -> list[NamedValue]:
     agents = schema["agent_position"]
     if agents.features not in POSITION_FEATURES:
         return []
-    metric = "manhattan" if _is_grid(agents) else "distance"
+    metric = "manhattan" if is_grid(agents) else "distance"
     metric_text = "grid steps (manhattan)" if metric == "manhattan" else "straight-line distance"
     values = []
     for f in schema:
@@ -269,13 +270,15 @@ def tfcaf_header(info: EnvInfo, **extra: Any) -> str:
     return "# qllm-tfcaf: " + json.dumps({**header, **extra}, sort_keys=False)
 
 
-def assemble(named: NamedState, written: WrittenCode, docstring: str = "") -> str:
+def assemble(
+    named: NamedState, written: WrittenCode, docstring: str = "", template_id: str = TEMPLATE_ID
+) -> str:
     """The complete TFCAF file: header, the LLM's definitions, then the generated template."""
     info = named.info
     doc = docstring or f"Training-free credit assignment function for {info.task}."
     bias = "" if written.defines_bias else "\n\ndef state_bias(s):\n    return 0.0\n"
     return (
-        f"{tfcaf_header(info)}\n"
+        f"{tfcaf_header(info, template=template_id)}\n"
         f'"""{doc}"""\n\n'
         "import math\n\nimport torch\n\n"
         f"N_AGENTS = {info.n_agents}\n\n"
@@ -307,7 +310,7 @@ def named_state_values(named: NamedState, row: Sequence[float]) -> dict[str, Any
     for v in named.values:
         if v.slice is None:  # derived: agent_to_<entity>_distance
             other = s[v.key.removeprefix("agent_to_").removesuffix("_distance") + "_position"]
-            metric = _manhattan if _is_grid(named.schema["agent_position"]) else _euclid
+            metric = _manhattan if is_grid(named.schema["agent_position"]) else _euclid
             agents = s["agent_position"]
             if isinstance(other, tuple):  # a single entity
                 s[v.key] = [metric(a, other) for a in agents]

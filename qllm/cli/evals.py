@@ -10,7 +10,13 @@ from rich.markdown import Markdown
 from rich.table import Table
 
 from qllm.cli.common import console
-from qllm.cli.generate import CoderBaseUrlOption, CoderOption, EvaluatorBaseUrlOption, EvaluatorOption
+from qllm.cli.generate import (
+    CoderBaseUrlOption,
+    CoderOption,
+    EvaluatorBaseUrlOption,
+    EvaluatorOption,
+    ModeOption,
+)
 from qllm.evals.compare import compare, markdown_report, plot_comparison
 from qllm.evals.runner import EvalModels, run_suite
 from qllm.evals.store import DEFAULT_STORE, CaseResult, ResultsStore, StoreError, resolve_run
@@ -39,6 +45,7 @@ def evals_run(
     coder_base_url: CoderBaseUrlOption = None,
     evaluator_base_url: EvaluatorBaseUrlOption = None,
     prompt_version: Annotated[str, typer.Option(help="Prompt version under qllm/prompts/.")] = "v1",
+    mode: ModeOption = None,
     label: Annotated[str, typer.Option(help="A name for this eval run in listings.")] = "",
     store: StoreOption = DEFAULT_STORE,
     runs_dir: Annotated[Path, typer.Option(help="Where generation run folders go.")] = Path("runs/evals"),
@@ -50,8 +57,9 @@ def evals_run(
         raise _fail(str(exc)) from None
     console.print(f"suite [bold]{chosen.name}[/bold]: {chosen.runs} generation runs ({chosen.description})")
     models = EvalModels(
-        coder or "local", evaluator or "local", coder_base_url, evaluator_base_url, prompt_version
-    )
+        coder or "local", evaluator or "local", coder_base_url, evaluator_base_url, prompt_version,
+        mode or "auto",
+    )  # fmt: skip
 
     def progress(case: EvalCase, seed: int, result: CaseResult) -> None:
         semantic = result.scores.get("semantic_score")
@@ -73,10 +81,10 @@ def evals_run(
 @app.command("list")
 def evals_list(store: StoreOption = DEFAULT_STORE) -> None:
     """Every stored eval run."""
-    table = Table("id", "created", "suite", "coder", "evaluator", "prompts", "commit", "label")
+    table = Table("id", "created", "suite", "coder", "evaluator", "mode", "prompts", "commit", "label")
     for run in ResultsStore(store).runs():
-        table.add_row(str(run.id), run.created, run.suite, run.coder, run.evaluator, run.prompt_version,
-                      run.git_commit, run.label)  # fmt: skip
+        table.add_row(str(run.id), run.created, run.suite, run.coder, run.evaluator, run.mode,
+                      run.prompt_version, run.git_commit, run.label)  # fmt: skip
     console.print(table)
 
 

@@ -35,6 +35,13 @@ CoderBaseUrlOption = Annotated[str | None, typer.Option(help="OpenAI-compatible 
 EvaluatorBaseUrlOption = Annotated[
     str | None, typer.Option(help="OpenAI-compatible endpoint for the evaluator.")
 ]
+ModeOption = Annotated[
+    str | None,
+    typer.Option(
+        help="What the coder writes: `code` (the function), `spec` (a credit spec that qllm compiles), "
+        "or `auto` (spec for the built-in local model, code otherwise). [default: auto]"
+    ),
+]
 CandidatesOption = Annotated[
     int | None, typer.Option("--candidates", "-k", min=1, help="K: candidates per round.")
 ]
@@ -125,6 +132,7 @@ def generate_command(
     evaluator: EvaluatorOption = None,
     coder_base_url: CoderBaseUrlOption = None,
     evaluator_base_url: EvaluatorBaseUrlOption = None,
+    mode: ModeOption = None,
     candidates: CandidatesOption = None,
     rounds: RoundsOption = None,
     repairs: Annotated[int | None, typer.Option(min=0, help="Repair attempts per failed candidate.")] = None,
@@ -153,7 +161,7 @@ def generate_command(
         settings = generation_settings(
             task, config, notes, coder=coder, evaluator=evaluator, coder_base_url=coder_base_url,
             evaluator_base_url=evaluator_base_url, candidates=candidates, rounds=rounds, repairs=repairs,
-            early_stop=early_stop, seed=seed, prompt_version=prompt_version,
+            early_stop=early_stop, seed=seed, prompt_version=prompt_version, mode=mode,
         )  # fmt: skip
     outcome = run_generation(settings, runs_dir, resume)
     if outcome.status != RunStatus.SUCCEEDED:

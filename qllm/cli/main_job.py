@@ -20,6 +20,7 @@ from qllm.cli.generate import (
     CandidatesOption,
     CoderOption,
     EvaluatorOption,
+    ModeOption,
     RoundsOption,
     generation_settings,
     run_generation,
@@ -75,6 +76,7 @@ def run_command(
     task: Annotated[str, typer.Option("--task", "-t", help="Task name (see `qllm tasks list`).")] = MAIN_TASK,
     coder: CoderOption = None,
     evaluator: EvaluatorOption = None,
+    mode: ModeOption = None,
     candidates: CandidatesOption = None,
     rounds: RoundsOption = None,
     steps: Annotated[
@@ -97,6 +99,7 @@ def run_command(
         None,
         coder=coder,
         evaluator=evaluator,
+        mode=mode,
         candidates=candidates,
         rounds=rounds,
         seed=seed,

@@ -129,7 +129,7 @@ def markdown_report(run: EvalRun) -> str:
         f"# Eval run {run.id if run.id is not None else ''}: {run.label}",
         "",
         f"- suite `{run.suite}`, {len(run.results)} generation runs, created {run.created}",
-        f"- coder `{run.coder}`, evaluator `{run.evaluator}`",
+        f"- coder `{run.coder}`, evaluator `{run.evaluator}`, mode `{run.mode}`",
         f"- prompts `{run.prompt_version}` ("
         + ", ".join(f"{k} {v[:8]}" for k, v in sorted(run.prompt_hashes.items()))
         + ")",

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qllm.agents import GenerationRun, GenerationSettings, Models
+from qllm.agents.modes import resolve_mode
 from qllm.envs.recording import load_recording
 from qllm.envs.tasks import make_env
 from qllm.evals.scorers import ProbeJudge, RunRecord, error_kinds, score_run
 from qllm.evals.semantics import probes_for
 from qllm.evals.store import CaseResult, EvalRun, ResultsStore
 from qllm.evals.suites import EvalCase, EvalSuite
+from qllm.llm.providers import ModelSpec
 from qllm.prompts import PromptLibrary
 from qllm.sandbox import Sandbox, ValidationInputs
 
@@ -29,6 +31,11 @@ class EvalModels:
     coder_base_url: str | None = None
     evaluator_base_url: str | None = None
     prompt_version: str = "v1"
+    mode: str = "auto"
+    """``code``, ``spec`` or ``auto`` (see :mod:`qllm.agents.modes`)."""
+
+    def resolved_mode(self) -> str:
+        return resolve_mode(self.mode, ModelSpec.parse(self.coder, self.coder_base_url))
 
 
 def score_generation_run(
@@ -56,10 +63,11 @@ def run_suite(
     ``chat_models`` supplies chat models per run instead of building them from ``models`` (tests).
     """
     prompts = PromptLibrary(models.prompt_version)
+    mode = models.resolved_mode()
     evaluation = EvalRun(
-        label=label or f"{suite.name} {models.coder} / {models.evaluator} prompts {models.prompt_version}",
+        label=label or f"{suite.name} {models.coder}/{models.evaluator} {mode} {models.prompt_version}",
         suite=suite.name, coder=models.coder, evaluator=models.evaluator,
-        prompt_version=models.prompt_version, prompt_hashes=prompts.hashes(),
+        prompt_version=models.prompt_version, prompt_hashes=prompts.hashes(), mode=mode,
     )  # fmt: skip
     eval_id = store.start(evaluation)
     folder = runs_dir / f"eval-{eval_id}"
@@ -70,7 +78,7 @@ def run_suite(
                     task=case.task, seed=seed, candidates=case.candidates, rounds=case.rounds,
                     repairs=case.repairs, notes=case.notes, coder=models.coder, evaluator=models.evaluator,
                     coder_base_url=models.coder_base_url, evaluator_base_url=models.evaluator_base_url,
-                    prompt_version=models.prompt_version,
+                    prompt_version=models.prompt_version, mode=mode,
                 )  # fmt: skip
                 started = time.perf_counter()
                 run = GenerationRun.create(settings, folder)

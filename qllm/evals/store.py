@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS eval_runs (
     prompt_version TEXT NOT NULL,
     prompt_hashes TEXT NOT NULL,
     qllm_version TEXT NOT NULL,
-    git_commit TEXT NOT NULL
+    git_commit TEXT NOT NULL,
+    mode TEXT NOT NULL DEFAULT 'code'
 );
 CREATE TABLE IF NOT EXISTS case_results (
     eval_id INTEGER NOT NULL REFERENCES eval_runs(id),
@@ -88,6 +89,8 @@ class EvalRun:
     evaluator: str
     prompt_version: str
     prompt_hashes: dict[str, str]
+    mode: str = "code"
+    """What the coder wrote (``code`` or ``spec``); runs stored before modes existed were ``code``."""
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     qllm_version: str = __version__
     git_commit: str = field(default_factory=git_commit)
@@ -104,6 +107,13 @@ class EvalRun:
         return cls(**data)
 
 
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Bring a store written by an older qllm up to date (columns are only ever added, with defaults)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(eval_runs)")}
+    if "mode" not in columns:
+        db.execute("ALTER TABLE eval_runs ADD COLUMN mode TEXT NOT NULL DEFAULT 'code'")
+
+
 class ResultsStore:
     """Eval runs in SQLite (created on first use)."""
 
@@ -116,6 +126,7 @@ class ResultsStore:
         connection = sqlite3.connect(self.path)
         try:
             connection.executescript(SCHEMA)
+            _add_missing_columns(connection)
             yield connection
             connection.commit()
         finally:
@@ -125,9 +136,9 @@ class ResultsStore:
         with self._connect() as db:
             cursor = db.execute(
                 "INSERT INTO eval_runs (label, suite, created, coder, evaluator, prompt_version,"
-                " prompt_hashes, qllm_version, git_commit) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " prompt_hashes, qllm_version, git_commit, mode) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run.label, run.suite, run.created, run.coder, run.evaluator, run.prompt_version,
-                 json.dumps(run.prompt_hashes, sort_keys=True), run.qllm_version, run.git_commit),
+                 json.dumps(run.prompt_hashes, sort_keys=True), run.qllm_version, run.git_commit, run.mode),
             )  # fmt: skip
             run.id = int(cursor.lastrowid or 0)
         return run.id
@@ -161,9 +172,9 @@ class ResultsStore:
 
     @staticmethod
     def _run(row: tuple[Any, ...]) -> EvalRun:
-        run_id, label, suite, created, coder, evaluator, version, hashes, qllm_version, commit = row
+        run_id, label, suite, created, coder, evaluator, version, hashes, qllm_version, commit, mode = row
         return EvalRun(
-            label=label, suite=suite, coder=coder, evaluator=evaluator, prompt_version=version,
+            label=label, suite=suite, coder=coder, evaluator=evaluator, prompt_version=version, mode=mode,
             prompt_hashes=json.loads(hashes), created=created, qllm_version=qllm_version, git_commit=commit,
             id=run_id,
         )  # fmt: skip

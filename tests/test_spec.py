@@ -1,0 +1,141 @@
+"""Spec mode: per-agent quantities from the schema, compiling a credit spec, and the graph in spec mode."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from graph_fakes import evaluation, generate, scripted
+from pydantic import ValidationError
+
+from qllm.agents import RunStatus
+from qllm.agents.artifact import METADATA_FILE
+from qllm.agents.modes import CodeMode, SpecMode, resolve_mode, writing_mode
+from qllm.agents.spec import SPEC_TEMPLATE_ID, CreditSpec, compile_spec, per_agent_quantities, spec_model
+from qllm.agents.template import NamedState, assemble, keep_definitions
+from qllm.envs.recording import record
+from qllm.envs.tasks import make_env
+from qllm.evals.scorers import ProbeJudge
+from qllm.evals.semantics import probes_for
+from qllm.llm.providers import ModelSpec
+from qllm.sandbox import Sandbox, ValidationInputs
+
+
+def quantities(task: str) -> list:
+    return per_agent_quantities(NamedState.for_task(make_env(task).info))
+
+
+def spec(*terms: tuple[str, str, str]) -> CreditSpec:
+    return CreditSpec(
+        reasoning="test",
+        terms=[{"quantity": q, "effect": e, "strength": s} for q, e, s in terms],
+    )
+
+
+def tfcaf(task: str, credit: CreditSpec) -> str:
+    named = NamedState.for_task(make_env(task).info)
+    code = compile_spec(credit, per_agent_quantities(named))
+    return assemble(named, keep_definitions(code), template_id=SPEC_TEMPLATE_ID)
+
+
+@pytest.mark.parametrize(
+    ("task", "expected"),
+    [
+        ("lbf-2s-10x10-3p-3f", {"agent_level", "last_action[LOAD]", "nearest_food_distance"}),
+        ("mpe-spread-3", {"agent_velocity[vx]", "nearest_landmark_distance"}),
+        ("mpe-tag", {"prey_distance", "nearest_obstacle_distance"}),
+        ("rware-tiny-2ag", {"agent_carrying[carrying_requested_shelf]", "nearest_goal_distance"}),
+        ("matrix-climbing", {"last_action[action_0]", "last_action[action_2]"}),
+    ],
+)
+def test_quantities_come_from_the_schema(task: str, expected: set[str]) -> None:
+    names = {q.name for q in quantities(task)}
+    assert expected <= names
+    assert not any(name.endswith("_position") for name in names)  # raw coordinates are left out
+
+
+def test_the_spec_schema_admits_only_listed_quantities_and_a_few_terms() -> None:
+    model = spec_model(quantities("lbf-2s-10x10-3p-3f"))
+    good = {"quantity": "agent_level", "effect": "raises", "strength": "weak"}
+    assert model.model_validate({"reasoning": "r", "terms": [good]}).terms[0].quantity == "agent_level"
+    with pytest.raises(ValidationError):
+        model.model_validate({"reasoning": "r", "terms": [{**good, "quantity": "agent_position"}]})
+    with pytest.raises(ValidationError):
+        model.model_validate({"reasoning": "r", "terms": [good] * 5})
+    enum = json.dumps(model.model_json_schema())  # what llama.cpp turns into a grammar
+    assert "nearest_food_distance" in enum and "last_action[LOAD]" in enum
+
+
+def probe_score(tmp_path: Path, task: str, credit: CreditSpec) -> float | None:
+    path = tmp_path / f"{task}-{abs(hash(credit.model_dump_json()))}.py"
+    path.write_text(tfcaf(task, credit))
+    env = make_env(task)
+    inputs = ValidationInputs.from_recording(record(task, 2, seed=0))
+    with Sandbox() as sandbox:
+        return ProbeJudge(sandbox, probes_for(env), inputs).score(path)
+
+
+def test_a_compiled_spec_assigns_credit_the_way_it_says(tmp_path: Path) -> None:
+    """The LBF probes favour an agent loading next to food over an idle one far away."""
+    sensible = spec(
+        ("nearest_food_distance", "lowers", "strong"), ("last_action[LOAD]", "raises", "moderate")
+    )
+    backwards = spec(
+        ("nearest_food_distance", "raises", "strong"), ("last_action[LOAD]", "lowers", "moderate")
+    )
+    assert probe_score(tmp_path, "lbf-2s-10x10-3p-3f", sensible) == 1.0
+    assert probe_score(tmp_path, "lbf-2s-10x10-3p-3f", backwards) == 0.0
+
+
+def test_own_actions_are_decoded_from_the_joint_action(tmp_path: Path) -> None:
+    """Matrix probes favour the agent that can reach the optimum (0, 0) alone: the one not playing 0."""
+    assert (
+        probe_score(tmp_path, "matrix-climbing", spec(("last_action[action_0]", "lowers", "strong"))) == 1.0
+    )
+    assert (
+        probe_score(tmp_path, "matrix-climbing", spec(("last_action[action_0]", "raises", "strong"))) == 0.0
+    )
+
+
+def test_auto_mode_writes_specs_for_the_local_model_and_code_for_others() -> None:
+    assert resolve_mode("auto", ModelSpec.parse("local")) == "spec"
+    assert resolve_mode("auto", ModelSpec.parse("openai:gpt-4o-mini")) == "code"
+    assert resolve_mode("code", ModelSpec.parse("local")) == "code"
+    named = NamedState.for_task(make_env("mpe-spread-3").info)
+    assert isinstance(writing_mode("spec", named), SpecMode)
+    assert isinstance(writing_mode("code", named), CodeMode)
+
+
+SPEC_REPLY = json.dumps(
+    {
+        "reasoning": "the agent that last played the optimal action matters",
+        "terms": [{"quantity": "last_action[action_0]", "effect": "raises", "strength": "moderate"}],
+    }
+)
+UNKNOWN_QUANTITY = json.dumps(
+    {"reasoning": "r", "terms": [{"quantity": "agent_mood", "effect": "raises", "strength": "weak"}]}
+)
+
+
+def test_the_graph_in_spec_mode_compiles_validates_and_repairs(tmp_path: Path) -> None:
+    coder = scripted([UNKNOWN_QUANTITY, SPEC_REPLY, SPEC_REPLY])
+    outcome = generate(tmp_path, coder, scripted([evaluation(choice=1)]), mode="spec")
+
+    assert outcome.status == RunStatus.SUCCEEDED
+    first = outcome.state.candidates[0]
+    assert [a.result.ok for a in first.attempts] == [False, True]
+    assert "agent_mood" in coder.prompts[1] and "listed quantity names" in coder.prompts[1]
+    assert "last_action[action_0]" in coder.prompts[0]  # the quantity table is in the prompt
+    metadata = json.loads((outcome.run_dir / METADATA_FILE).read_text())
+    assert metadata["template"] == SPEC_TEMPLATE_ID and metadata["mode"] == "spec"
+    assert "last_action[action_0] raises credit (moderate)" in metadata["written_code"]
+
+
+def test_round_two_shows_the_best_spec_and_the_tips(tmp_path: Path) -> None:
+    coder = scripted([SPEC_REPLY] * 4)
+    evaluator = scripted([evaluation(choice=1, tips="prefer the agent that must change"), evaluation()])
+    generate(tmp_path, coder, evaluator, mode="spec", rounds=2, repairs=0)
+    improve = coder.prompts[2]
+    assert "The best answer so far" in improve and "prefer the agent that must change" in improve
+    assert '"quantity": "last_action[action_0]"' in improve
