@@ -9,6 +9,7 @@ slot and has no trainable parameters.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -109,25 +110,73 @@ class CreditFunctionError(RuntimeError):
     """A validated credit function that raised on a state it was not validated on."""
 
 
+class StateCredit:
+    """Memoised ``(w(s), b(s))`` of a credit function that is linear in Q: ``Q_tot = w(s) . Q + b(s)``.
+
+    Generated functions loop over states in (restricted) Python, which would dominate training time if
+    every batch recomputed them. But their weights depend on the state alone, and a replay buffer holds
+    each state for many updates, so each distinct state is computed once: ``b`` from ``Q = 0`` and ``w``
+    as the gradient with respect to ``Q``. ``max_states`` bounds the memory (the memo starts over when full).
+    """
+
+    def __init__(self, credit_function: CreditFunction, n_agents: int, max_states: int = 500_000) -> None:
+        self.credit_function, self.n_agents, self.max_states = credit_function, n_agents, max_states
+        self.memo: dict[bytes, torch.Tensor] = {}
+        """State row bytes -> ``[w_1..w_n, b]``."""
+
+    def __call__(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``w [R, n]`` and ``b [R]`` for ``states [R, S]``."""
+        rows = states.detach().cpu().contiguous()
+        keys = [row.numpy().tobytes() for row in rows]
+        missing = list(dict.fromkeys(k for k in keys if k not in self.memo))
+        if missing:
+            if len(self.memo) + len(missing) > self.max_states:
+                self.memo.clear()
+            index = {k: i for i, k in enumerate(keys)}
+            self._compute(missing, rows[[index[k] for k in missing]])
+        stacked = torch.stack([self.memo[k] for k in keys]).to(states.device, states.dtype)
+        return stacked[:, :-1], stacked[:, -1]
+
+    def _compute(self, keys: list[bytes], states: torch.Tensor) -> None:
+        with torch.enable_grad():  # targets are computed under no_grad
+            zeros = torch.zeros(states.shape[0], self.n_agents, dtype=states.dtype, requires_grad=True)
+            q_tot = self.credit_function(zeros, states)
+            (weights,) = torch.autograd.grad(q_tot.sum(), zeros)
+        values = torch.cat([weights, q_tot.detach().reshape(-1, 1)], dim=1)
+        self.memo.update(zip(keys, values, strict=True))
+
+
 class TFCAF(nn.Module):
     """A training-free credit assignment function (QLLM, Eq. 3): a fixed function of (Q, state) with no
-    trainable parameters. The function must come from ``Sandbox.load`` (validated, then restricted)."""
+    trainable parameters. The function must come from ``Sandbox.load`` (validated, then restricted).
+
+    ``state_linear`` declares the function linear in Q with weights that depend on the state only (what
+    qllm's templates generate); its ``(w, b)`` are then memoised per state (:class:`StateCredit`), after
+    checking on the first batch that the memoised form gives the function's own values (if it does not,
+    with a warning, the function is called directly as for any other file).
+    """
 
     def __init__(
-        self, n_agents: int, state_dim: int, credit_function: CreditFunction | None = None, **_: object
+        self,
+        n_agents: int,
+        state_dim: int,
+        credit_function: CreditFunction | None = None,
+        state_linear: bool = False,
+        **_: object,
     ):
         super().__init__()
         if credit_function is None:
             raise ValueError("the tfcaf mixer needs a credit function (--tfcaf FILE)")
         self.n_agents, self.state_dim = n_agents, state_dim
         self.credit_function = credit_function
+        self.state_credit = StateCredit(credit_function, n_agents) if state_linear else None
+        self.checked = False
 
     def forward(self, agent_qs: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         lead = agent_qs.shape[:-1]
+        qs, rows = agent_qs.reshape(-1, self.n_agents), states.reshape(-1, self.state_dim)
         try:
-            q_tot = self.credit_function(
-                agent_qs.reshape(-1, self.n_agents), states.reshape(-1, self.state_dim)
-            )
+            q_tot = self._mix(qs, rows)
         except Exception as exc:
             # Validation covers recorded states only; training meets new ones. Say so, not a bare traceback.
             raise CreditFunctionError(
@@ -135,6 +184,24 @@ class TFCAF(nn.Module):
                 f"covered: {type(exc).__name__}: {exc}"
             ) from exc
         return q_tot.reshape(*lead, 1)
+
+    def _mix(self, qs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        if self.state_credit is None:
+            return self.credit_function(qs, rows)
+        weights, bias = self.state_credit(rows)
+        q_tot = (weights * qs).sum(dim=1, keepdim=True) + bias.unsqueeze(1)
+        if not self.checked:
+            self.checked = True
+            direct = self.credit_function(qs, rows)
+            if not torch.allclose(q_tot, direct, rtol=1e-4, atol=1e-4):
+                warnings.warn(
+                    "the credit function's header declares it linear in Q (Q_tot = w(s) . Q + b(s)), but "
+                    "it is not: its weights are not memoised, and training is slower",
+                    stacklevel=2,
+                )
+                self.state_credit = None
+                return direct
+        return q_tot
 
 
 MIXERS: dict[str, type[nn.Module]] = {"iql": IQL, "vdn": VDN, "qmix": QMIX, "qatten": Qatten, "tfcaf": TFCAF}

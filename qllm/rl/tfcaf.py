@@ -26,6 +26,9 @@ from qllm.sandbox import (
 from qllm.sandbox.restricted import LoadedCandidate
 
 HEADER = "# qllm-tfcaf:"
+STATE_LINEAR_TEMPLATES = frozenset({"agent-weight/v1", "credit-spec/v1"})
+"""Templates (see :mod:`qllm.agents.template`) whose functions are ``Q_tot = w(s) . Q + b(s)`` by
+construction: their weights can be computed once per state (:class:`qllm.rl.mixers.StateCredit`)."""
 VALIDATION_EPISODES = 20
 
 
@@ -42,6 +45,14 @@ def read_header(source: str) -> dict[str, Any]:
     except ValueError as exc:
         raise TFCAFError(f"malformed {HEADER} header: {exc}") from None
     return header if isinstance(header, dict) else {}
+
+
+def is_state_linear(path: Path) -> bool:
+    """Whether the file's header names a template whose functions are linear in Q (checked in training)."""
+    try:
+        return read_header(read_candidate_file(path)).get("template") in STATE_LINEAR_TEMPLATES
+    except (CandidateFileError, TFCAFError):
+        return False
 
 
 def load_tfcaf(path: Path, info: EnvInfo, monotonic: bool = True) -> LoadedCandidate:

@@ -34,7 +34,7 @@ from qllm.rl.logger import MetricsLogger, plot_learning_curve
 from qllm.rl.maddpg import MADDPGLearner
 from qllm.rl.mixers import MIXERS
 from qllm.rl.runner import GREEDY, EpsilonGreedy, ParallelRunner
-from qllm.rl.tfcaf import load_tfcaf
+from qllm.rl.tfcaf import is_state_linear, load_tfcaf
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -102,9 +102,10 @@ def _q_networks(config: TrainConfig, info: EnvInfo) -> tuple[RNNAgent, torch.nn.
     agent = build_agent(config, info)
     if config.mixer not in MIXERS:
         raise ValueError(f"unknown mixer {config.mixer!r}; choose from {', '.join(MIXERS)}")
-    credit_function = None
+    credit_function, state_linear = None, False
     if config.mixer == "tfcaf" and config.tfcaf:
         credit_function = load_tfcaf(Path(config.tfcaf), info, monotonic=config.tfcaf_monotonic).function
+        state_linear = is_state_linear(Path(config.tfcaf))
     mixer = MIXERS[config.mixer](
         info.n_agents,
         info.state_dim,
@@ -112,6 +113,7 @@ def _q_networks(config: TrainConfig, info: EnvInfo) -> tuple[RNNAgent, torch.nn.
         hypernet_embed=config.hypernet_embed,
         heads=config.attention_heads,
         credit_function=credit_function,
+        state_linear=state_linear,
     )
     return agent, mixer
 
