@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from qllm.evals.compare import compare, markdown_report
 from qllm.evals.runner import EvalModels, run_suite, score_generation_run
 from qllm.evals.scorers import SCORERS, ProbeJudge
 from qllm.evals.semantics import probes_for
-from qllm.evals.store import CaseResult, EvalRun, ResultsStore, StoreError, resolve_run
+from qllm.evals.store import SCHEMA, CaseResult, EvalRun, ResultsStore, StoreError, resolve_run
 from qllm.evals.suites import EvalCase, EvalSuite, SuiteError, available_suites, load_suite
 from qllm.sandbox import Sandbox, ValidationInputs
 
@@ -223,3 +224,27 @@ def test_run_suite_stores_every_case_and_the_cli_compares_them(tmp_path: Path) -
     assert exported.exit_code == 0 and (tmp_path / "a.md").read_text().startswith("# Eval run")
     missing = runner.invoke(app, ["evals", "show", "42", *common], env=env)
     assert missing.exit_code == 2 and "no eval run 42" in missing.output
+
+    # Rescoring recomputes scores from the run folders (here after they were lost from the store).
+    original = store.get(a.id).results[0]
+    store.update_scores(a.id, CaseResult(**{**vars(original), "scores": {}, "error_kinds": {}}))
+    assert store.get(a.id).results[0].scores == {}
+    rescored = runner.invoke(app, ["evals", "rescore", str(a.id), *common], env=env)
+    assert rescored.exit_code == 0, rescored.output
+    assert store.get(a.id).results[0].scores == original.scores
+    assert original.scores["semantic_pass"] in (0.0, 1.0) and original.scores["run_minutes"] > 0
+
+
+def test_a_store_written_before_modes_existed_reads_as_code_mode(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript(SCHEMA.replace(",\n    mode TEXT NOT NULL DEFAULT 'code'", ""))
+        db.execute(
+            "INSERT INTO eval_runs VALUES (1, 'old', 'smoke', 't', 'local', 'local', 'v1', '{}', '0', 'c')"
+        )
+    store = ResultsStore(path)
+    assert [(r.label, r.mode) for r in store.runs()] == [("old", "code")]
+    new = EvalRun(label="new", suite="smoke", coder="local", evaluator="local", prompt_version="v1",
+                  prompt_hashes={}, mode="spec")  # fmt: skip
+    store.start(new)
+    assert [r.mode for r in store.runs()] == ["code", "spec"]

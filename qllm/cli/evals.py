@@ -18,7 +18,7 @@ from qllm.cli.generate import (
     ModeOption,
 )
 from qllm.evals.compare import compare, markdown_report, plot_comparison
-from qllm.evals.runner import EvalModels, run_suite
+from qllm.evals.runner import EvalModels, rescore, run_suite
 from qllm.evals.store import DEFAULT_STORE, CaseResult, ResultsStore, StoreError, resolve_run
 from qllm.evals.suites import EvalCase, SuiteError, available_suites, load_suite
 from qllm.llm.providers import ProviderError
@@ -86,6 +86,19 @@ def evals_list(store: StoreOption = DEFAULT_STORE) -> None:
         table.add_row(str(run.id), run.created, run.suite, run.coder, run.evaluator, run.mode,
                       run.prompt_version, run.git_commit, run.label)  # fmt: skip
     console.print(table)
+
+
+@app.command("rescore")
+def evals_rescore(
+    eval_id: Annotated[int, typer.Argument(help="Eval id in the store.")],
+    store: StoreOption = DEFAULT_STORE,
+) -> None:
+    """Score an eval run's generation runs again with the current scorers (their folders must exist)."""
+    try:
+        evaluation = rescore(eval_id, ResultsStore(store))
+    except (StoreError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(Markdown(markdown_report(evaluation)))
 
 
 @app.command("show")

@@ -9,6 +9,7 @@ counts, tokens, seconds and cost (``0.50`` = 50% worse). Neutral scorers are sho
 from __future__ import annotations
 
 import math
+import statistics
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,16 +25,17 @@ class Aggregate:
     mean: float | None
     half_width: float
     n: int
+    median: float | None = None
 
     @classmethod
     def of(cls, values: list[float]) -> Aggregate:
         if not values:
             return cls(None, 0.0, 0)
-        mean = sum(values) / len(values)
+        mean, median = sum(values) / len(values), statistics.median(values)
         if len(values) < 2:
-            return cls(mean, 0.0, 1)
+            return cls(mean, 0.0, 1, median)
         sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-        return cls(mean, Z95 * sd / math.sqrt(len(values)), len(values))
+        return cls(mean, Z95 * sd / math.sqrt(len(values)), len(values), median)
 
     def text(self) -> str:
         if self.mean is None:
@@ -49,6 +51,10 @@ def aggregate(run: EvalRun, name: str, unseen: bool | None = None) -> Aggregate:
         if r.scores.get(name) is not None and (unseen is None or r.unseen == unseen)
     ]
     return Aggregate.of([float(v) for v in values if v is not None])
+
+
+def max_minutes(run: EvalRun) -> float:
+    return max((r.scores.get("run_minutes") or 0.0 for r in run.results), default=0.0)
 
 
 def error_kind_totals(run: EvalRun) -> Counter[str]:
@@ -155,6 +161,9 @@ def markdown_report(run: EvalRun) -> str:
             f"| {r.task}{' (unseen)' if r.unseen else ''} | {r.seed} | {r.status} | {semantic} | {first} | "
             f"{r.scores.get('tokens') or 0:.0f} | {r.wall_s:.0f} |"
         )
+    minutes = aggregate(run, "run_minutes")
+    if minutes.median is not None:
+        lines += ["", f"Median minutes per run: {minutes.median:.1f} (longest {max_minutes(run):.1f})."]
     kinds = error_kind_totals(run)
     lines += ["", "Sandbox errors over all failed attempts: " + (
         ", ".join(f"{k} {v}" for k, v in kinds.most_common()) or "none"

@@ -48,6 +48,17 @@ def score_generation_run(
     return score_run(record, judge), record
 
 
+def rescore(eval_id: int, store: ResultsStore) -> EvalRun:
+    """Score an eval run's generation run folders again with today's scorers (new scorers, fixed probes)."""
+    evaluation = store.get(eval_id)
+    with Sandbox() as sandbox:
+        for result in evaluation.results:
+            scores, record = score_generation_run(Path(result.run_dir), result.task, sandbox)
+            result.scores, result.error_kinds = scores, error_kinds(record)
+            store.update_scores(eval_id, result)
+    return evaluation
+
+
 def run_suite(
     suite: EvalSuite,
     models: EvalModels,

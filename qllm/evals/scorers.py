@@ -54,6 +54,8 @@ class RunRecord:
     candidates: list[CandidateRecord]
     decisions: list[dict[str, Any]]
     calls: list[dict[str, Any]]
+    seconds: float
+    """From the run's first trace event to its last (a resumed run counts its pause too)."""
 
     @classmethod
     def load(cls, run_dir: Path) -> RunRecord:
@@ -77,6 +79,7 @@ class RunRecord:
             candidates=candidates,
             decisions=[e for e in events if e["event"] == "decision"],
             calls=[e for e in events if e["event"] == "llm_call"],
+            seconds=events[-1]["time"] - events[0]["time"] if events else 0.0,
         )
 
     @property
@@ -190,6 +193,22 @@ def semantic_score(run: RunRecord, judge: ProbeJudge) -> float | None:
     return judge.score(run.artifact) if run.artifact is not None else None
 
 
+SEMANTIC_PASS = 0.5
+"""A function passes the semantic checks when it is right on more than this share of the probes: a fixed
+preference for one agent is right on about half of them, whatever the state."""
+
+
+@scorer(
+    "semantic_pass",
+    "higher",
+    "1 if the final function is right on more than half of the semantic probes, else 0",
+    share=True,
+)
+def semantic_pass(run: RunRecord, judge: ProbeJudge) -> float | None:
+    score = semantic_score(run, judge)
+    return None if score is None else float(score > SEMANTIC_PASS)
+
+
 @scorer(
     "evaluator_consistency",
     "higher",
@@ -213,6 +232,11 @@ def evaluator_consistency(run: RunRecord, judge: ProbeJudge) -> float | None:
 @scorer("tokens", "lower", "LLM tokens read and written in the run")
 def tokens(run: RunRecord, judge: ProbeJudge) -> float:
     return float(sum(c["usage"]["input_tokens"] + c["usage"]["output_tokens"] for c in run.calls))
+
+
+@scorer("run_minutes", "lower", "minutes from the run's start to its end")
+def run_minutes(run: RunRecord, judge: ProbeJudge) -> float:
+    return run.seconds / 60
 
 
 @scorer("llm_seconds", "lower", "seconds spent waiting for LLM replies")

@@ -151,6 +151,15 @@ class ResultsStore:
                  result.wall_s, json.dumps(result.scores, sort_keys=True), json.dumps(result.error_kinds)),
             )  # fmt: skip
 
+    def update_scores(self, eval_id: int, result: CaseResult) -> None:
+        """Replace the stored scores of one case result (after rescoring its run folder)."""
+        with self._connect() as db:
+            db.execute(
+                "UPDATE case_results SET scores = ?, error_kinds = ? WHERE eval_id = ? AND run_dir = ?",
+                (json.dumps(result.scores, sort_keys=True), json.dumps(result.error_kinds), eval_id,
+                 result.run_dir),
+            )  # fmt: skip
+
     def runs(self) -> list[EvalRun]:
         """Every eval run, oldest first, without their case results."""
         with self._connect() as db:
