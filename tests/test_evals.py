@@ -15,7 +15,7 @@ from qllm.agents.template import NamedState, assemble, keep_definitions
 from qllm.cli import app
 from qllm.envs.recording import record
 from qllm.envs.tasks import make_env
-from qllm.evals.compare import compare, markdown_report
+from qllm.evals.compare import compare, markdown_report, markdown_table
 from qllm.evals.runner import EvalModels, run_suite, score_generation_run
 from qllm.evals.scorers import SCORERS, ProbeJudge
 from qllm.evals.semantics import probes_for
@@ -248,3 +248,27 @@ def test_a_store_written_before_modes_existed_reads_as_code_mode(tmp_path: Path)
                   prompt_hashes={}, mode="spec")  # fmt: skip
     store.start(new)
     assert [r.mode for r in store.runs()] == ["code", "spec"]
+
+
+def test_the_table_puts_eval_runs_side_by_side(tmp_path: Path) -> None:
+    def run(label: str, semantic: list[float]) -> EvalRun:
+        results = [
+            CaseResult(
+                "matrix-climbing",
+                k,
+                False,
+                "succeeded",
+                "",
+                1.0,
+                {"semantic_score": s, "run_minutes": 2.0 + k},
+                {},
+            )
+            for k, s in enumerate(semantic)
+        ]
+        return EvalRun(label=label, suite="smoke", coder="local", evaluator="local", prompt_version="v1",
+                       prompt_hashes={}, results=results)  # fmt: skip
+
+    table = markdown_table([run("before", [0.0, 0.5]), run("after", [1.0, 1.0])])
+    assert "| semantic_score ↑ | 0.25 ± 0.49 | 1 ± 0 |" in table
+    assert "| median run minutes | 2.50 | 2.50 |" in table
+    assert "- #2: after" in table

@@ -29,6 +29,8 @@ from qllm.files import read_toml
 from qllm.prompts import PromptLibrary
 from qllm.sandbox import CheckOptions, LoadedCandidate, Sandbox, ValidationInputs, ValidationResult
 
+SELECTIONS = ("evaluator", "consensus")
+
 ENV_VARS = {
     "coder": "QLLM_CODER",
     "evaluator": "QLLM_EVALUATOR",
@@ -79,6 +81,10 @@ class GenerationSettings:
     monotonic: bool = True
     """Require non-negative weights (the IGM condition); the template guarantees it."""
     prompt_version: str = "v1"
+    selection: str = "evaluator"
+    """How each round's best candidate is chosen: ``evaluator`` (the evaluator LLM reads the candidates
+    and gives tips) or ``consensus`` (the candidate whose measured weights the others agree with most;
+    no evaluator call, see :mod:`qllm.agents.selection`)."""
     mode: str = "auto"
     """What the coder writes: ``code`` (the function), ``spec`` (a credit spec we compile), or ``auto``
     (``spec`` for the built-in local model, ``code`` for every other provider)."""
@@ -89,6 +95,8 @@ class GenerationSettings:
         for name in ("candidates", "rounds", "retry_attempts", "record_episodes", "max_tokens"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.selection not in SELECTIONS:
+            raise SettingsError(f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
         if self.mode not in MODES:
             raise SettingsError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.repairs < 0:

@@ -27,6 +27,7 @@ from qllm.agents import artifact
 from qllm.agents.context import GenerationContext
 from qllm.agents.extract import ExtractionError, extract_json
 from qllm.agents.messages import evaluator_messages, evaluator_retry_messages
+from qllm.agents.selection import consensus
 from qllm.agents.spec import SpecError
 from qllm.agents.state import (
     Attempt,
@@ -148,6 +149,8 @@ def evaluate(state: GenerationState, runtime: Ctx) -> dict[str, Any]:
         )
         ctx.trace.record("decision", **decision.model_dump(mode="json"))
         return {**advance, "decisions": [decision]}
+    if ctx.settings.selection == "consensus":
+        return {**advance, **_choose_by_consensus(ctx, state, contenders)}
     messages = evaluator_messages(ctx.prompts, ctx.task_prompt, ctx.named, ctx.inputs, contenders)
     evaluation, problem = _ask_evaluator(ctx, f"r{state.round}-eval", messages, len(contenders))
     if evaluation is None:
@@ -161,11 +164,24 @@ def evaluate(state: GenerationState, runtime: Ctx) -> dict[str, Any]:
         chosen = contenders[evaluation.choice - 1]
         decision = Decision(
             round=state.round, chosen=chosen.id, contenders=[c.id for c in contenders], source="evaluator",
-            evaluation=evaluation,
+            evaluation=evaluation, satisfied=evaluation.satisfied,
         )  # fmt: skip
         tips = evaluation.tips
     ctx.trace.record("decision", **decision.model_dump(mode="json"))
     return {**advance, "decisions": [decision], "best": chosen, "tips": tips}
+
+
+def _choose_by_consensus(
+    ctx: GenerationContext, state: GenerationState, contenders: list[Candidate]
+) -> dict[str, Any]:
+    """The contender the others agree with most (no LLM call; the tips stay as they were)."""
+    agreed = consensus(contenders)
+    decision = Decision(
+        round=state.round, chosen=agreed.chosen.id, contenders=[c.id for c in contenders],
+        source="consensus", note=agreed.note(), satisfied=agreed.unanimous,
+    )  # fmt: skip
+    ctx.trace.record("decision", **decision.model_dump(mode="json"))
+    return {"decisions": [decision], "best": agreed.chosen}
 
 
 def _state_dependence(candidate: Candidate) -> float:
@@ -201,14 +217,14 @@ STATE_DEPENDENCE = 1e-3
 
 
 def after_evaluate(state: GenerationState, runtime: Ctx) -> list[Send] | Literal["finish"]:
-    """Another round, or finish after L rounds or when the evaluator is satisfied with a function
-    whose weights actually depend on the state (a weak evaluator is often satisfied with less)."""
+    """Another round, or finish after L rounds or when the chooser is satisfied (the evaluator says so, or
+    consensus is unanimous) with a function whose weights actually depend on the state (a weak evaluator
+    is often satisfied with less)."""
     settings = runtime.context.settings
     last = state.decisions[-1] if state.decisions else None
     satisfied = bool(
         last is not None
-        and last.evaluation is not None
-        and last.evaluation.satisfied
+        and last.satisfied
         and state.best is not None
         and _state_dependence(state.best) > STATE_DEPENDENCE
     )

@@ -65,7 +65,7 @@ class Evaluation(BaseModel):
     satisfied: bool = Field(default=False, description="true if the chosen function needs no further work")
 
 
-DecisionSource = Literal["evaluator", "fallback", "no-valid-candidate"]
+DecisionSource = Literal["evaluator", "consensus", "fallback", "no-valid-candidate"]
 
 
 class Decision(BaseModel):
@@ -79,7 +79,9 @@ class Decision(BaseModel):
     source: DecisionSource
     evaluation: Evaluation | None = None
     note: str = ""
-    """Why the evaluator was not used or not followed, when it was not."""
+    """Why the evaluator was not used or not followed, when it was not; or how consensus was reached."""
+    satisfied: bool = False
+    """No further round is needed: the evaluator said so, or consensus was unanimous."""
 
 
 class RunStatus(StrEnum):

@@ -16,8 +16,9 @@ from qllm.cli.generate import (
     EvaluatorBaseUrlOption,
     EvaluatorOption,
     ModeOption,
+    SelectionOption,
 )
-from qllm.evals.compare import compare, markdown_report, plot_comparison
+from qllm.evals.compare import compare, markdown_report, markdown_table, plot_comparison
 from qllm.evals.runner import EvalModels, rescore, run_suite
 from qllm.evals.store import DEFAULT_STORE, CaseResult, ResultsStore, StoreError, resolve_run
 from qllm.evals.suites import EvalCase, SuiteError, available_suites, load_suite
@@ -46,6 +47,7 @@ def evals_run(
     evaluator_base_url: EvaluatorBaseUrlOption = None,
     prompt_version: Annotated[str, typer.Option(help="Prompt version under qllm/prompts/.")] = "v1",
     mode: ModeOption = None,
+    selection: SelectionOption = None,
     label: Annotated[str, typer.Option(help="A name for this eval run in listings.")] = "",
     store: StoreOption = DEFAULT_STORE,
     runs_dir: Annotated[Path, typer.Option(help="Where generation run folders go.")] = Path("runs/evals"),
@@ -58,7 +60,7 @@ def evals_run(
     console.print(f"suite [bold]{chosen.name}[/bold]: {chosen.runs} generation runs ({chosen.description})")
     models = EvalModels(
         coder or "local", evaluator or "local", coder_base_url, evaluator_base_url, prompt_version,
-        mode or "auto",
+        mode or "auto", selection,
     )  # fmt: skip
 
     def progress(case: EvalCase, seed: int, result: CaseResult) -> None:
@@ -129,6 +131,27 @@ def evals_export(
     out.write_text(evaluation.to_json())
     out.with_suffix(".md").write_text(markdown_report(evaluation))
     console.print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+@app.command("table")
+def evals_table(
+    runs: Annotated[list[str], typer.Argument(help="Eval ids or exported JSON files, in column order.")],
+    unseen: Annotated[
+        bool | None, typer.Option("--unseen/--seen", help="Only unseen (or only seen) tasks.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the table here.")] = None,
+    store: StoreOption = DEFAULT_STORE,
+) -> None:
+    """Several eval runs side by side, one column each (e.g. before and after each lever), as Markdown."""
+    try:
+        chosen = [resolve_run(r, ResultsStore(store)) for r in runs]
+    except StoreError as exc:
+        raise _fail(str(exc)) from None
+    text = markdown_table(chosen, unseen)
+    console.print(Markdown(text))
+    if out is not None:
+        out.write_text(text)
+        console.print(f"written to {out}")
 
 
 @app.command("compare")

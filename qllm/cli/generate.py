@@ -42,6 +42,13 @@ ModeOption = Annotated[
         "or `auto` (spec for the built-in local model, code otherwise). [default: auto]"
     ),
 ]
+SelectionOption = Annotated[
+    str | None,
+    typer.Option(
+        help="How each round's best candidate is chosen: `evaluator` (the evaluator LLM) or `consensus` "
+        "(the one whose measured weights the others agree with most). [default: evaluator]"
+    ),
+]
 CandidatesOption = Annotated[
     int | None, typer.Option("--candidates", "-k", min=1, help="K: candidates per round.")
 ]
@@ -133,6 +140,7 @@ def generate_command(
     coder_base_url: CoderBaseUrlOption = None,
     evaluator_base_url: EvaluatorBaseUrlOption = None,
     mode: ModeOption = None,
+    selection: SelectionOption = None,
     candidates: CandidatesOption = None,
     rounds: RoundsOption = None,
     repairs: Annotated[int | None, typer.Option(min=0, help="Repair attempts per failed candidate.")] = None,
@@ -162,6 +170,7 @@ def generate_command(
             task, config, notes, coder=coder, evaluator=evaluator, coder_base_url=coder_base_url,
             evaluator_base_url=evaluator_base_url, candidates=candidates, rounds=rounds, repairs=repairs,
             early_stop=early_stop, seed=seed, prompt_version=prompt_version, mode=mode,
+            selection=selection,
         )  # fmt: skip
     outcome = run_generation(settings, runs_dir, resume)
     if outcome.status != RunStatus.SUCCEEDED:

@@ -129,6 +129,26 @@ def _two_decimals(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def markdown_table(runs: list[EvalRun], unseen: bool | None = None) -> str:
+    """Several eval runs side by side (e.g. one per lever): each scorer's mean ± 95% CI per run, the
+    median minutes per run, and what each run was."""
+    header = "| scorer | " + " | ".join(f"#{r.id or i + 1}" for i, r in enumerate(runs)) + " |"
+    lines = [header, "|---" * (len(runs) + 1) + "|"]
+    for scorer in SCORERS.values():
+        arrow = {"higher": " ↑", "lower": " ↓", "neutral": ""}[scorer.direction]
+        cells = [aggregate(r, scorer.name, unseen).text() for r in runs]
+        lines.append(f"| {scorer.name}{arrow} | " + " | ".join(cells) + " |")
+    medians = [aggregate(r, "run_minutes", unseen).median for r in runs]
+    lines.append("| median run minutes | " + " | ".join(_two_decimals(m) for m in medians) + " |")
+    lines.append("")
+    lines += [
+        f"- #{r.id or i + 1}: {r.label} (suite `{r.suite}`, {len(r.results)} runs, mode `{r.mode}`, "
+        f"commit {r.git_commit})"
+        for i, r in enumerate(runs)
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def markdown_report(run: EvalRun) -> str:
     """One eval run as Markdown: provenance, scorers (all tasks, seen, unseen), per-task rows, errors."""
     lines = [

@@ -33,6 +33,8 @@ class EvalModels:
     prompt_version: str = "v1"
     mode: str = "auto"
     """``code``, ``spec`` or ``auto`` (see :mod:`qllm.agents.modes`)."""
+    selection: str | None = None
+    """``evaluator`` or ``consensus``; ``None`` for the settings' default."""
 
     def resolved_mode(self) -> str:
         return resolve_mode(self.mode, ModelSpec.parse(self.coder, self.coder_base_url))
@@ -90,6 +92,7 @@ def run_suite(
                     repairs=case.repairs, notes=case.notes, coder=models.coder, evaluator=models.evaluator,
                     coder_base_url=models.coder_base_url, evaluator_base_url=models.evaluator_base_url,
                     prompt_version=models.prompt_version, mode=mode,
+                    **({"selection": models.selection} if models.selection else {}),
                 )  # fmt: skip
                 started = time.perf_counter()
                 run = GenerationRun.create(settings, folder)

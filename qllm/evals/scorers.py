@@ -212,13 +212,13 @@ def semantic_pass(run: RunRecord, judge: ProbeJudge) -> float | None:
 @scorer(
     "evaluator_consistency",
     "higher",
-    "share of evaluator choices that have the best semantic score among the contenders",
+    "share of choices (evaluator or consensus) that have the best semantic score among the contenders",
     share=True,
 )
 def evaluator_consistency(run: RunRecord, judge: ProbeJudge) -> float | None:
     verdicts = []
     for decision in run.decisions:
-        if decision["source"] != "evaluator" or len(decision["contenders"]) < 2:
+        if decision["source"] not in ("evaluator", "consensus") or len(decision["contenders"]) < 2:
             continue
         scores = {
             cid: judge.score(run.candidate(cid).source_path(run.run_dir)) for cid in decision["contenders"]
