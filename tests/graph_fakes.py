@@ -74,7 +74,10 @@ def settings(**overrides: Any) -> GenerationSettings:
         "repairs": 1,
         "record_episodes": 3,
         "retry_initial_s": 0.01,
-        "mode": "code",  # the fakes stand in for a strong model writing code; spec mode sets it
+        # The fakes stand in for a strong model writing code and judging it; spec mode and consensus
+        # are set by the tests that use them.
+        "mode": "code",
+        "selection": "evaluator",
     }
     return GenerationSettings(**{**base, **overrides})
 

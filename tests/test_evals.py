@@ -198,10 +198,20 @@ def test_run_suite_stores_every_case_and_the_cli_compares_them(tmp_path: Path) -
         return Models(scripted([BAD_KEY, BAD_KEY]), scripted([]))
 
     a = run_suite(
-        suite, EvalModels(mode="code"), store, tmp_path / "runs", label="good", chat_models=good_models
+        suite,
+        EvalModels(mode="code", selection="evaluator"),
+        store,
+        tmp_path / "runs",
+        label="good",
+        chat_models=good_models,
     )
     b = run_suite(
-        suite, EvalModels(mode="code"), store, tmp_path / "runs", label="bad", chat_models=bad_models
+        suite,
+        EvalModels(mode="code", selection="evaluator"),
+        store,
+        tmp_path / "runs",
+        label="bad",
+        chat_models=bad_models,
     )
     assert [r.status for r in store.get(a.id).results] == ["succeeded", "succeeded"]
     assert [r.status for r in store.get(b.id).results] == ["failed", "failed"]

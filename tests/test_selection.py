@@ -9,9 +9,10 @@ import pytest
 from graph_fakes import GOOD, generate, scripted
 
 from qllm.agents import RunStatus
-from qllm.agents.selection import agreement, consensus
+from qllm.agents.selection import agreement, consensus, resolve_selection
 from qllm.agents.state import Attempt, Candidate
 from qllm.agents.trace import read_events
+from qllm.llm.providers import ModelSpec
 from qllm.sandbox import ValidationResult, WeightReport
 from qllm.sandbox.result import AgentWeightStats
 
@@ -59,9 +60,18 @@ def test_consensus_keeps_the_majority_reading_and_is_unanimous_only_when_all_agr
 SPEC_REPLY = json.dumps(
     {
         "reasoning": "the agent that last played the optimal action matters",
-        "terms": [{"quantity": "last_action[action_0]", "effect": "raises", "strength": "moderate"}],
+        "terms": [
+            {"quantity": "last_action[action_0]", "effect": "raises", "strength": "moderate"},
+            {"quantity": "last_action[action_1]", "effect": "lowers", "strength": "weak"},
+        ],
     }
 )
+
+
+def test_auto_selection_is_consensus_only_for_the_local_evaluator() -> None:
+    assert resolve_selection("auto", ModelSpec.parse("local")) == "consensus"
+    assert resolve_selection("auto", ModelSpec.parse("openai:gpt-4o-mini")) == "evaluator"
+    assert resolve_selection("evaluator", ModelSpec.parse("local")) == "evaluator"
 
 
 def test_consensus_makes_no_evaluator_call_and_stops_when_unanimous(tmp_path: Path) -> None:

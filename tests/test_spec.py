@@ -61,11 +61,14 @@ def test_quantities_come_from_the_schema(task: str, expected: set[str]) -> None:
 def test_the_spec_schema_admits_only_listed_quantities_and_a_few_terms() -> None:
     model = spec_model(quantities("lbf-2s-10x10-3p-3f"))
     good = {"quantity": "agent_level", "effect": "raises", "strength": "weak"}
-    assert model.model_validate({"reasoning": "r", "terms": [good]}).terms[0].quantity == "agent_level"
+    other = {"quantity": "nearest_food_distance", "effect": "lowers", "strength": "strong"}
+    assert model.model_validate({"reasoning": "r", "terms": [good, other]}).terms[0].quantity == "agent_level"
     with pytest.raises(ValidationError):
-        model.model_validate({"reasoning": "r", "terms": [{**good, "quantity": "agent_position"}]})
+        model.model_validate({"reasoning": "r", "terms": [good, {**good, "quantity": "agent_position"}]})
     with pytest.raises(ValidationError):
         model.model_validate({"reasoning": "r", "terms": [good] * 5})
+    with pytest.raises(ValidationError):  # at least two signals
+        model.model_validate({"reasoning": "r", "terms": [good]})
     enum = json.dumps(model.model_json_schema())  # what llama.cpp turns into a grammar
     assert "nearest_food_distance" in enum and "last_action[LOAD]" in enum
 
@@ -113,7 +116,10 @@ def test_auto_mode_writes_specs_for_the_local_model_and_code_for_others() -> Non
 SPEC_REPLY = json.dumps(
     {
         "reasoning": "the agent that last played the optimal action matters",
-        "terms": [{"quantity": "last_action[action_0]", "effect": "raises", "strength": "moderate"}],
+        "terms": [
+            {"quantity": "last_action[action_0]", "effect": "raises", "strength": "moderate"},
+            {"quantity": "last_action[action_1]", "effect": "lowers", "strength": "weak"},
+        ],
     }
 )
 UNKNOWN_QUANTITY = json.dumps(
@@ -132,7 +138,8 @@ def test_the_graph_in_spec_mode_compiles_validates_and_repairs(tmp_path: Path) -
     assert "last_action[action_0]" in coder.prompts[0]  # the quantity table is in the prompt
     metadata = json.loads((outcome.run_dir / METADATA_FILE).read_text())
     assert metadata["template"] == SPEC_TEMPLATE_ID and metadata["mode"] == "spec"
-    assert "last_action[action_0] raises credit (moderate)" in metadata["written_code"]
+    assert outcome.artifact is not None  # the spec stays readable in the credit function file itself
+    assert "last_action[action_0] raises credit (moderate)" in outcome.artifact.read_text()
 
 
 def test_round_two_shows_the_best_spec_and_the_tips(tmp_path: Path) -> None:

@@ -67,7 +67,13 @@ def _fake(replies: list[str], first_tokens: int) -> GenericFakeChatModel:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     settings = GenerationSettings(
-        task="matrix-climbing", candidates=2, rounds=2, repairs=1, record_episodes=2, mode="code"
+        task="matrix-climbing",
+        candidates=2,
+        rounds=2,
+        repairs=1,
+        record_episodes=2,
+        mode="code",
+        selection="evaluator",
     )
     run = GenerationRun.create(settings, tmp_path_factory.mktemp("runs"))
     outcome = run.execute(Models(_fake(CODER_REPLIES, 100), _fake(EVALUATOR_REPLIES, 500)))

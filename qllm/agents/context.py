@@ -29,7 +29,7 @@ from qllm.files import read_toml
 from qllm.prompts import PromptLibrary
 from qllm.sandbox import CheckOptions, LoadedCandidate, Sandbox, ValidationInputs, ValidationResult
 
-SELECTIONS = ("evaluator", "consensus")
+SELECTIONS = ("auto", "evaluator", "consensus")
 
 ENV_VARS = {
     "coder": "QLLM_CODER",
@@ -81,10 +81,11 @@ class GenerationSettings:
     monotonic: bool = True
     """Require non-negative weights (the IGM condition); the template guarantees it."""
     prompt_version: str = "v1"
-    selection: str = "evaluator"
+    selection: str = "auto"
     """How each round's best candidate is chosen: ``evaluator`` (the evaluator LLM reads the candidates
-    and gives tips) or ``consensus`` (the candidate whose measured weights the others agree with most;
-    no evaluator call, see :mod:`qllm.agents.selection`)."""
+    and gives tips), ``consensus`` (the candidate whose measured weights the others agree with most;
+    no evaluator call, see :mod:`qllm.agents.selection`), or ``auto`` (consensus when the evaluator is
+    the built-in local model, the evaluator otherwise)."""
     mode: str = "auto"
     """What the coder writes: ``code`` (the function), ``spec`` (a credit spec we compile), or ``auto``
     (``spec`` for the built-in local model, ``code`` for every other provider)."""
@@ -153,6 +154,8 @@ class GenerationContext:
     """What the coder must write, with the named state fields: the same for every coder call of the run."""
     mode: WritingMode
     """How coder prompts are built and replies become code (``code`` or ``spec``)."""
+    selection: str
+    """``evaluator`` or ``consensus``: the settings' choice, with ``auto`` resolved."""
     prompts: PromptLibrary
     coder: ChatRole
     evaluator: ChatRole

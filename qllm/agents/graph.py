@@ -149,7 +149,7 @@ def evaluate(state: GenerationState, runtime: Ctx) -> dict[str, Any]:
         )
         ctx.trace.record("decision", **decision.model_dump(mode="json"))
         return {**advance, "decisions": [decision]}
-    if ctx.settings.selection == "consensus":
+    if ctx.selection == "consensus":
         return {**advance, **_choose_by_consensus(ctx, state, contenders)}
     messages = evaluator_messages(ctx.prompts, ctx.task_prompt, ctx.named, ctx.inputs, contenders)
     evaluation, problem = _ask_evaluator(ctx, f"r{state.round}-eval", messages, len(contenders))

@@ -13,6 +13,7 @@ They differ in the prompts, in the reply's format and in how a reply becomes cod
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal, Protocol
@@ -38,6 +39,7 @@ from qllm.llm.providers import ModelSpec
 from qllm.prompts import PromptLibrary
 from qllm.sandbox import ValidationInputs
 
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f]")
 ModeName = Literal["auto", "code", "spec"]
 MODES: tuple[str, ...] = ("auto", "code", "spec")
 
@@ -128,7 +130,8 @@ class SpecMode:
         return [("system", prompts.render("spec_system")), ("human", human)]
 
     def to_code(self, reply: str) -> str:
-        spec = extract_json(reply, self.reply_schema)
+        # A grammar-made string may hold a raw newline: strict JSON refuses it, as whitespace it is harmless.
+        spec = extract_json(CONTROL_CHARACTERS.sub(" ", reply), self.reply_schema)
         return compile_spec(spec, list(self.quantities))
 
 

@@ -28,6 +28,7 @@ from qllm.agents.graph import build_graph
 from qllm.agents.llm import ChatRole, LLMCaller
 from qllm.agents.messages import task_prompt
 from qllm.agents.modes import resolve_mode, writing_mode
+from qllm.agents.selection import resolve_selection
 from qllm.agents.state import CHECKPOINTED_TYPES, GenerationState, RunStatus
 from qllm.agents.template import NamedState
 from qllm.agents.trace import Listener, Trace
@@ -131,6 +132,7 @@ class GenerationRun:
             episode=recording,
             task_prompt=task_text, prompts=prompts,
             contract_prompt=mode.contract(prompts, named, inputs), mode=mode,
+            selection=resolve_selection(s.selection, evaluator_spec),
             coder=_role("coder", coder_spec, models.coder),
             evaluator=_role("evaluator", evaluator_spec, models.evaluator),
             llm=LLMCaller(trace, seed=s.seed), trace=trace, sandbox=sandbox,

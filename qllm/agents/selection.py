@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from qllm.agents.state import Candidate
+from qllm.llm.providers import ModelSpec
 from qllm.sandbox import WeightReport
 
 EQUAL = 1e-6
@@ -53,6 +54,14 @@ class Consensus:
     def note(self) -> str:
         ranked = ", ".join(f"{cid} {s:.2f}" for cid, s in sorted(self.support.items(), key=lambda kv: -kv[1]))
         return f"mean agreement of each contender's weights with the others': {ranked}"
+
+
+def resolve_selection(name: str, evaluator: ModelSpec) -> str:
+    """``auto`` -> ``consensus`` when the evaluator is the built-in local model (a weak judge: measured in
+    ``qllm/evals/reference/local-levers.md``), ``evaluator`` otherwise; other names unchanged."""
+    if name == "auto":
+        return "consensus" if evaluator.provider == "local" else "evaluator"
+    return name
 
 
 def consensus(contenders: Sequence[Candidate]) -> Consensus:

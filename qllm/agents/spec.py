@@ -28,6 +28,7 @@ quantity gets up to e^2 = 7.4 times the credit of an average one.
 from __future__ import annotations
 
 import re
+import textwrap
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,7 +38,9 @@ from qllm.agents.template import NamedState, is_grid
 
 SPEC_TEMPLATE_ID = "credit-spec/v1"
 STRENGTHS: dict[str, float] = {"weak": 0.5, "moderate": 1.0, "strong": 2.0}
-MAX_TERMS = 4
+MIN_TERMS, MAX_TERMS = 2, 4
+"""At least two signals: measured, a small model asked for 1-4 often named a single field that is equal
+for every agent in most states (e.g. ``agent_level``), which makes the weights equal there."""
 MAX_REASONING = 240
 """Characters: the grammar bounds the free text so a rambling reply cannot run out of tokens."""
 JOINT_ACTION_FEATURE = re.compile(r"a(\d+)=(\d+)")
@@ -133,7 +136,9 @@ def _distance_quantities(named: NamedState) -> list[Quantity]:
 
 def per_agent_quantities(named: NamedState) -> list[Quantity]:
     """Every quantity a credit spec may name for this task, derived from its state schema."""
-    return [*_field_quantities(named), *_joint_action_quantities(named), *_distance_quantities(named)]
+    # Relations first (distances to the things agents act on), then each agent's own fields: small models
+    # lean towards the first items of a list, and where an agent is matters in most tasks.
+    return [*_distance_quantities(named), *_field_quantities(named), *_joint_action_quantities(named)]
 
 
 class SpecError(ValueError):
@@ -154,6 +159,7 @@ class CreditSpec(BaseModel):
         description="One or two sentences: which agents matter in this task, and when.",
     )
     terms: list[CreditTerm] = Field(min_length=1, max_length=MAX_TERMS)
+    """At least one term in general; the schema given to the coder asks for at least ``MIN_TERMS``."""
 
 
 def spec_model(quantities: list[Quantity]) -> type[CreditSpec]:
@@ -167,7 +173,7 @@ def spec_model(quantities: list[Quantity]) -> type[CreditSpec]:
     return create_model(
         "CreditSpec",
         __base__=CreditSpec,
-        terms=(list[term], Field(min_length=1, max_length=MAX_TERMS)),  # type: ignore[valid-type]
+        terms=(list[term], Field(min_length=min(MIN_TERMS, len(names)), max_length=MAX_TERMS)),  # type: ignore[valid-type]
     )
 
 
@@ -192,14 +198,7 @@ def compile_spec(spec: CreditSpec, quantities: list[Quantity]) -> str:
     if unknown:
         raise SpecError(f"unknown quantities {unknown}; choose from: {', '.join(by_name)}")
     used = list(dict.fromkeys(t.quantity for t in spec.terms))
-    comments = [f"#   {t.quantity} {t.effect} credit ({t.strength})" for t in spec.terms]
-    reasoning = " ".join(spec.reasoning.split())
-    lines = [
-        f"# Credit spec written by the coder LLM, compiled by qllm template {SPEC_TEMPLATE_ID}:",
-        *comments,
-        f"# Reasoning: {reasoning}",
-        "",
-    ]
+    lines: list[str] = []
     for k, name in enumerate(used):
         q = by_name[name]
         lines += [
@@ -209,13 +208,26 @@ def compile_spec(spec: CreditSpec, quantities: list[Quantity]) -> str:
             "",
             "",
         ]
-    lines += [RELATIVE_HELPER, "def agent_weight(s, i):", "    score = 0.0"]
+    lines += [RELATIVE_HELPER, "def agent_weight(s, i):", *_docstring(spec), "    score = 0.0"]
     for t in spec.terms:
         sign = "+" if t.effect == "raises" else "-"
         helper = _python_name(used.index(t.quantity))
         lines.append(f"    score {sign}= {STRENGTHS[t.strength]} * relative(s, i, {helper})")
     lines.append("    return math.exp(score)")
     return "\n".join(lines) + "\n"
+
+
+def _docstring(spec: CreditSpec) -> list[str]:
+    """The spec itself, as ``agent_weight``'s docstring (it stays with the function in the TFCAF file)."""
+    reasoning = " ".join(spec.reasoning.replace("\\", "/").replace('"', "'").split())
+    return [
+        f'    """Credit spec written by the coder LLM, compiled by qllm template {SPEC_TEMPLATE_ID}:',
+        "",
+        *[f"    {t.quantity} {t.effect} credit ({t.strength})" for t in spec.terms],
+        "",
+        *textwrap.wrap(f"Reasoning: {reasoning}", width=100, initial_indent="    ", subsequent_indent="    "),
+        '    """',
+    ]
 
 
 def quantity_table(quantities: list[Quantity]) -> str:

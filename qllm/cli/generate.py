@@ -45,8 +45,9 @@ ModeOption = Annotated[
 SelectionOption = Annotated[
     str | None,
     typer.Option(
-        help="How each round's best candidate is chosen: `evaluator` (the evaluator LLM) or `consensus` "
-        "(the one whose measured weights the others agree with most). [default: evaluator]"
+        help="How each round's best candidate is chosen: `evaluator` (the evaluator LLM), `consensus` "
+        "(the one whose measured weights the others agree with most) or `auto` (consensus for the "
+        "built-in local evaluator, evaluator otherwise). [default: auto]"
     ),
 ]
 CandidatesOption = Annotated[
