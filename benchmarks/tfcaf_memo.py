@@ -9,7 +9,8 @@ env steps per second and the ratio to QMIX measured in the same run:
 - ``tfcaf memoised``: a credit-spec function with its template header (what ``qllm generate`` writes);
 - ``tfcaf direct``: the same file without the header, so every batch calls the function on every row.
 
-The function is compiled from a fixed spec (nearest food distance lowers credit, LOAD raises it): no LLM.
+The function is compiled from a fixed spec (more credit to agents near food and to those that loaded):
+no LLM.
 
 Run:  .venv/bin/python benchmarks/tfcaf_memo.py [--task lbf-2s-10x10-3p-3f] [--steps 10000]
 """
@@ -29,8 +30,8 @@ from qllm.rl import preset, train
 SPEC = CreditSpec(
     reasoning="agents next to food that load matter",
     terms=[
-        {"quantity": "nearest_food_distance", "effect": "lowers", "strength": "strong"},
-        {"quantity": "last_action[LOAD]", "effect": "raises", "strength": "moderate"},
+        {"quantity": "nearest_food_distance", "more_credit_to": "lowest", "strength": "strong"},
+        {"quantity": "last_action[LOAD]", "more_credit_to": "highest", "strength": "moderate"},
     ],
 )
 

@@ -61,8 +61,8 @@ SPEC_REPLY = json.dumps(
     {
         "reasoning": "the agent that last played the optimal action matters",
         "terms": [
-            {"quantity": "last_action[action_0]", "effect": "raises", "strength": "moderate"},
-            {"quantity": "last_action[action_1]", "effect": "lowers", "strength": "weak"},
+            {"quantity": "last_action[action_0]", "more_credit_to": "highest", "strength": "moderate"},
+            {"quantity": "last_action[action_1]", "more_credit_to": "lowest", "strength": "weak"},
         ],
     }
 )

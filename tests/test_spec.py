@@ -32,7 +32,7 @@ def quantities(task: str) -> list:
 def spec(*terms: tuple[str, str, str]) -> CreditSpec:
     return CreditSpec(
         reasoning="test",
-        terms=[{"quantity": q, "effect": e, "strength": s} for q, e, s in terms],
+        terms=[{"quantity": q, "more_credit_to": e, "strength": s} for q, e, s in terms],
     )
 
 
@@ -60,8 +60,8 @@ def test_quantities_come_from_the_schema(task: str, expected: set[str]) -> None:
 
 def test_the_spec_schema_admits_only_listed_quantities_and_a_few_terms() -> None:
     model = spec_model(quantities("lbf-2s-10x10-3p-3f"))
-    good = {"quantity": "agent_level", "effect": "raises", "strength": "weak"}
-    other = {"quantity": "nearest_food_distance", "effect": "lowers", "strength": "strong"}
+    good = {"quantity": "agent_level", "more_credit_to": "highest", "strength": "weak"}
+    other = {"quantity": "nearest_food_distance", "more_credit_to": "lowest", "strength": "strong"}
     assert model.model_validate({"reasoning": "r", "terms": [good, other]}).terms[0].quantity == "agent_level"
     with pytest.raises(ValidationError):
         model.model_validate({"reasoning": "r", "terms": [good, {**good, "quantity": "agent_position"}]})
@@ -85,10 +85,10 @@ def probe_score(tmp_path: Path, task: str, credit: CreditSpec) -> float | None:
 def test_a_compiled_spec_assigns_credit_the_way_it_says(tmp_path: Path) -> None:
     """The LBF probes favour an agent loading next to food over an idle one far away."""
     sensible = spec(
-        ("nearest_food_distance", "lowers", "strong"), ("last_action[LOAD]", "raises", "moderate")
+        ("nearest_food_distance", "lowest", "strong"), ("last_action[LOAD]", "highest", "moderate")
     )
     backwards = spec(
-        ("nearest_food_distance", "raises", "strong"), ("last_action[LOAD]", "lowers", "moderate")
+        ("nearest_food_distance", "highest", "strong"), ("last_action[LOAD]", "lowest", "moderate")
     )
     assert probe_score(tmp_path, "lbf-2s-10x10-3p-3f", sensible) == 1.0
     assert probe_score(tmp_path, "lbf-2s-10x10-3p-3f", backwards) == 0.0
@@ -97,10 +97,10 @@ def test_a_compiled_spec_assigns_credit_the_way_it_says(tmp_path: Path) -> None:
 def test_own_actions_are_decoded_from_the_joint_action(tmp_path: Path) -> None:
     """Matrix probes favour the agent that can reach the optimum (0, 0) alone: the one not playing 0."""
     assert (
-        probe_score(tmp_path, "matrix-climbing", spec(("last_action[action_0]", "lowers", "strong"))) == 1.0
+        probe_score(tmp_path, "matrix-climbing", spec(("last_action[action_0]", "lowest", "strong"))) == 1.0
     )
     assert (
-        probe_score(tmp_path, "matrix-climbing", spec(("last_action[action_0]", "raises", "strong"))) == 0.0
+        probe_score(tmp_path, "matrix-climbing", spec(("last_action[action_0]", "highest", "strong"))) == 0.0
     )
 
 
@@ -117,13 +117,13 @@ SPEC_REPLY = json.dumps(
     {
         "reasoning": "the agent that last played the optimal action matters",
         "terms": [
-            {"quantity": "last_action[action_0]", "effect": "raises", "strength": "moderate"},
-            {"quantity": "last_action[action_1]", "effect": "lowers", "strength": "weak"},
+            {"quantity": "last_action[action_0]", "more_credit_to": "highest", "strength": "moderate"},
+            {"quantity": "last_action[action_1]", "more_credit_to": "lowest", "strength": "weak"},
         ],
     }
 )
 UNKNOWN_QUANTITY = json.dumps(
-    {"reasoning": "r", "terms": [{"quantity": "agent_mood", "effect": "raises", "strength": "weak"}]}
+    {"reasoning": "r", "terms": [{"quantity": "agent_mood", "more_credit_to": "highest", "strength": "weak"}]}
 )
 
 
@@ -139,7 +139,10 @@ def test_the_graph_in_spec_mode_compiles_validates_and_repairs(tmp_path: Path) -
     metadata = json.loads((outcome.run_dir / METADATA_FILE).read_text())
     assert metadata["template"] == SPEC_TEMPLATE_ID and metadata["mode"] == "spec"
     assert outcome.artifact is not None  # the spec stays readable in the credit function file itself
-    assert "last_action[action_0] raises credit (moderate)" in outcome.artifact.read_text()
+    assert (
+        "more credit to agents with the highest last_action[action_0] (moderate)"
+        in outcome.artifact.read_text()
+    )
 
 
 def test_round_two_shows_the_best_spec_and_the_tips(tmp_path: Path) -> None:
@@ -161,7 +164,7 @@ def test_templates_that_are_linear_in_q_are_the_ones_the_trainer_memoises() -> N
 def test_memoised_weights_give_the_functions_own_values_and_compute_each_state_once(tmp_path: Path) -> None:
     task = "lbf-2s-10x10-3p-3f"
     path = tmp_path / "tfcaf.py"
-    path.write_text(tfcaf(task, spec(("nearest_food_distance", "lowers", "strong"))))
+    path.write_text(tfcaf(task, spec(("nearest_food_distance", "lowest", "strong"))))
     info = make_env(task).info
     function = load_tfcaf(path, info).function
     states_seen: list[int] = []

@@ -5,8 +5,9 @@ into a TFCAF, so validation, evaluation, artifacts and training never know which
 They differ in the prompts, in the reply's format and in how a reply becomes code:
 
 - ``code``: the coder writes ``agent_weight`` itself (strong models; the paper's setting).
-- ``spec``: the coder picks per-agent quantities and says whether each raises or lowers credit, as
-  JSON constrained by a schema (a grammar for the local model); :mod:`qllm.agents.spec` compiles it.
+- ``spec``: the coder picks per-agent quantities and says whether the agents with the highest or the
+  lowest value of each get more credit, as JSON constrained by a schema (a grammar for the local
+  model); :mod:`qllm.agents.spec` compiles it.
 
 ``auto`` picks ``spec`` for the built-in local model and ``code`` for every other provider.
 """

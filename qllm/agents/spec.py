@@ -1,11 +1,11 @@
-"""Structured credit specs: the LLM says which per-agent quantities raise or lower credit; we write code.
+"""Structured credit specs: the LLM says which per-agent quantities earn agents credit; we write the code.
 
 A small model writes valid Python most of the time but often wrong Python (facts.md: 25-71% of its
 ``agent_weight`` functions were semantically right). Choosing among named quantities is an easier task
 than programming, and with a JSON schema whose quantity names are an enum, llama.cpp's grammar makes
 every reply well-formed. So in *spec mode* the coder answers with a :class:`CreditSpec`::
 
-    {"reasoning": "...", "terms": [{"quantity": "nearest_food_distance", "effect": "lowers",
+    {"reasoning": "...", "terms": [{"quantity": "nearest_food_distance", "more_credit_to": "lowest",
                                     "strength": "strong"}, ...]}
 
 and :func:`compile_spec` turns it into an ordinary ``agent_weight(s, i)``, which the code template
@@ -147,7 +147,10 @@ class SpecError(ValueError):
 
 class CreditTerm(BaseModel):
     quantity: str
-    effect: Literal["raises", "lowers"]
+    more_credit_to: Literal["highest", "lowest"]
+    """Which agents get more credit: those with the highest value of the quantity, or the lowest. (Asked as
+    "raises"/"lowers", the local model wrote "closer agents deserve more credit" in its reasoning and then
+    "distance raises credit" in all 18 candidates of two runs: naming the agents avoids the flip.)"""
     strength: Literal["weak", "moderate", "strong"]
 
 
@@ -210,7 +213,7 @@ def compile_spec(spec: CreditSpec, quantities: list[Quantity]) -> str:
         ]
     lines += [RELATIVE_HELPER, "def agent_weight(s, i):", *_docstring(spec), "    score = 0.0"]
     for t in spec.terms:
-        sign = "+" if t.effect == "raises" else "-"
+        sign = "+" if t.more_credit_to == "highest" else "-"
         helper = _python_name(used.index(t.quantity))
         lines.append(f"    score {sign}= {STRENGTHS[t.strength]} * relative(s, i, {helper})")
     lines.append("    return math.exp(score)")
@@ -223,7 +226,10 @@ def _docstring(spec: CreditSpec) -> list[str]:
     return [
         f'    """Credit spec written by the coder LLM, compiled by qllm template {SPEC_TEMPLATE_ID}:',
         "",
-        *[f"    {t.quantity} {t.effect} credit ({t.strength})" for t in spec.terms],
+        *[
+            f"    more credit to agents with the {t.more_credit_to} {t.quantity} ({t.strength})"
+            for t in spec.terms
+        ],
         "",
         *textwrap.wrap(f"Reasoning: {reasoning}", width=100, initial_indent="    ", subsequent_indent="    "),
         '    """',
