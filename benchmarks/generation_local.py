@@ -6,7 +6,7 @@ model). Per run: final status, LLM calls, tokens in/out, wall time, attempts, an
 attempts that passed the sandbox. Per task: the share of runs that ended with a valid artifact.
 
 Run:  .venv/bin/python benchmarks/generation_local.py [--tasks matrix-climbing,mpe-spread-3]
-          [--seeds 3] [--coder local] [--evaluator local] [--json out.json]
+          [--seeds 3] [--coder local] [--evaluator local] [--mode auto] [--json out.json]
 Run folders are kept under --runs-dir (default runs/bench-generation) for inspection with
 ``qllm trace show``.
 """
@@ -61,6 +61,8 @@ def main() -> None:
     parser.add_argument("--evaluator", default="local")
     parser.add_argument("--candidates", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--mode", default="auto", help="code, spec or auto (as qllm generate --mode)")
+    parser.add_argument("--selection", default="auto", help="evaluator, consensus or auto")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/bench-generation"))
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
     args = parser.parse_args()
@@ -74,7 +76,7 @@ def main() -> None:
         for seed in range(args.seeds):
             settings = GenerationSettings(
                 task=task, seed=seed, coder=args.coder, evaluator=args.evaluator,
-                candidates=args.candidates, rounds=args.rounds,
+                candidates=args.candidates, rounds=args.rounds, mode=args.mode, selection=args.selection,
             )  # fmt: skip
             row = measure(settings, args.runs_dir)
             rows.append(row)
