@@ -191,3 +191,17 @@ def test_weaker_backends_run_the_same_checks(backend: str, lbf_inputs: Validatio
         reached = sandbox.probe(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)")
         server.close()
         assert reached.ok is (backend == "process")
+
+
+def test_a_runtime_error_shows_the_failing_line_and_the_values_there(lbf_inputs: ValidationInputs) -> None:
+    """What a repair prompt gets: the failing line, then each variable's value (tensors by shape)."""
+    source = (
+        "def credit_assignment(agents_q, state):\n"
+        "    levels = state[:, 4:6]\n"
+        "    scale = 2.0\n"
+        "    return (levels @ agents_q).sum(dim=1, keepdim=True) * scale\n"
+    )
+    result = check(source, lbf_inputs)
+    assert not result.ok and result.error_kind == "runtime"
+    assert "return (levels @ agents_q)" in result.traceback
+    assert "levels = tensor of shape [" in result.traceback and "scale = 2.0 (float)" in result.traceback
