@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from graph_fakes import evaluation, generate, scripted
+from graph_fakes import evaluation, generate, scripted, settings
 from pydantic import ValidationError
 
-from qllm.agents import RunStatus
+from qllm.agents import GenerationRun, RunStatus
 from qllm.agents.artifact import METADATA_FILE
 from qllm.agents.modes import CodeMode, SpecMode, resolve_mode, writing_mode
+from qllm.agents.run import SETTINGS_FILE
 from qllm.agents.spec import SPEC_TEMPLATE_ID, CreditSpec, compile_spec, per_agent_quantities, spec_model
 from qllm.agents.template import TEMPLATE_ID, NamedState, assemble, keep_definitions
 from qllm.envs.recording import record
@@ -197,3 +198,13 @@ def test_a_function_falsely_declared_linear_is_called_directly() -> None:
         out = mixer(q, torch.rand(4, 3))
     assert torch.allclose(out, squares(q, None))
     assert torch.allclose(mixer(q, torch.rand(4, 3)), squares(q, None))
+
+
+def test_a_run_folder_from_before_modes_resumes_as_code_judged_by_the_evaluator(tmp_path: Path) -> None:
+    run = GenerationRun.create(settings(mode="auto", selection="auto"), tmp_path)
+    path = run.run_dir / SETTINGS_FILE
+    saved = json.loads(path.read_text())
+    del saved["mode"], saved["selection"]
+    path.write_text(json.dumps(saved))
+    reopened = GenerationRun.open(run.run_dir).settings
+    assert (reopened.mode, reopened.selection) == ("code", "evaluator")

@@ -21,6 +21,7 @@ from langgraph.types import RetryPolicy
 
 from qllm.agents.llm import ChatRole, LLMCaller, TransientLLMError
 from qllm.agents.modes import MODES, WritingMode
+from qllm.agents.selection import SELECTIONS
 from qllm.agents.template import NamedState
 from qllm.agents.trace import Trace
 from qllm.envs.recording import Recording
@@ -28,8 +29,6 @@ from qllm.envs.tasks import TaskSpec
 from qllm.files import read_toml
 from qllm.prompts import PromptLibrary
 from qllm.sandbox import CheckOptions, LoadedCandidate, Sandbox, ValidationInputs, ValidationResult
-
-SELECTIONS = ("auto", "evaluator", "consensus")
 
 ENV_VARS = {
     "coder": "QLLM_CODER",

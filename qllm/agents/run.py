@@ -106,7 +106,9 @@ class GenerationRun:
         if not path.is_file():
             raise RunFolderError(f"{run_dir} is not a generation run folder (no {SETTINGS_FILE})")
         saved = json.loads(path.read_text())
-        saved.setdefault("mode", "code")  # folders from before modes existed were all written as code
+        # Folders from before these settings existed were all written as code and judged by the evaluator.
+        saved.setdefault("mode", "code")
+        saved.setdefault("selection", "evaluator")
         return cls(run_dir, GenerationSettings.from_dict(saved))
 
     def _context(self, trace: Trace, sandbox: Sandbox, models: Models | None) -> GenerationContext:

@@ -25,6 +25,8 @@ from qllm.sandbox import WeightReport
 
 EQUAL = 1e-6
 """Distance from the equal share below which a state's weights count as equal."""
+SELECTIONS = ("auto", "evaluator", "consensus")
+"""How a round's best candidate can be chosen (``GenerationSettings.selection``)."""
 UNANIMOUS = 0.9
 """Agreement with every other contender above which another round is not expected to change much."""
 
