@@ -98,28 +98,29 @@ def _joint_action_quantities(named: NamedState) -> list[Quantity]:
             quantities.append(
                 Quantity(
                     f"last_action[{name}]",
-                    f's["{f.name}"][j] for j in {columns!r}[i]',
+                    f'sum(s["{f.name}"][j] for j in {columns!r}[i])',
                     f"1 if agent i played {name} at the previous step, else 0",
                 )
             )
-    return [Quantity(q.name, f"sum({q.expression})", q.meaning) for q in quantities]
+    return quantities
 
 
 def _distance_quantities(named: NamedState) -> list[Quantity]:
-    grid = "agent_position" in named.schema.names and is_grid(named.schema["agent_position"])
     quantities = []
     for v in named.values:
-        if not (v.key.startswith("agent_to_") and v.key.endswith("_distance")):
+        if v.distance_to is None:
             continue
-        entity = v.key.removeprefix("agent_to_").removesuffix("_distance")
-        positions = named.schema[f"{entity}_position"]
+        # Distances exist only beside agent_position (see template._distance_values).
+        grid = is_grid(named.schema["agent_position"])
+        positions = named.schema[v.distance_to]
+        entity = v.distance_to.removesuffix("_position")
         if positions.count == 1:
             quantities.append(
                 Quantity(f"{entity}_distance", f's["{v.key}"][i]', f"distance from agent i to the {entity}")
             )
             continue
         present = (
-            f'j in range({positions.count}) if min(s["{entity}_position"][j]) >= 0'
+            f'j in range({positions.count}) if min(s["{v.distance_to}"][j]) >= 0'
             if grid
             else (f"j in range({positions.count})")
         )

@@ -53,6 +53,8 @@ class NamedValue:
     """Type and meaning, one line, for the prompt."""
     slice: tuple[int, int] | None
     """The flat-state slice it reads, or ``None`` for a derived value."""
+    distance_to: str | None = None
+    """For a derived ``agent_to_<entity>_distance``: the positions field of the other entity."""
 
 
 def is_grid(f: StateField) -> bool:
@@ -101,7 +103,7 @@ def _distance_values(schema: StateSchema) -> list[NamedValue]:
                 f"derived: {key}[i][j] is the {metric_text} from agent i to {entity} j "
                 f"({agents.count} lists of {f.count} numbers)."
             )
-        values.append(NamedValue(key, expression, text, None))
+        values.append(NamedValue(key, expression, text, None, distance_to=f.name))
     return values
 
 
@@ -308,8 +310,8 @@ def named_state_values(named: NamedState, row: Sequence[float]) -> dict[str, Any
         else:
             s[f.name] = values if k == 1 else rows
     for v in named.values:
-        if v.slice is None:  # derived: agent_to_<entity>_distance
-            other = s[v.key.removeprefix("agent_to_").removesuffix("_distance") + "_position"]
+        if v.distance_to is not None:
+            other = s[v.distance_to]
             metric = _manhattan if is_grid(named.schema["agent_position"]) else _euclid
             agents = s["agent_position"]
             if isinstance(other, tuple):  # a single entity
