@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal, Protocol
+from typing import Protocol
 
 from pydantic import BaseModel
 
@@ -41,7 +41,6 @@ from qllm.prompts import PromptLibrary
 from qllm.sandbox import ValidationInputs
 
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f]")
-ModeName = Literal["auto", "code", "spec"]
 MODES: tuple[str, ...] = ("auto", "code", "spec")
 
 
@@ -168,7 +167,6 @@ def writing_mode(name: str, named: NamedState) -> WritingMode:
 __all__ = [
     "MODES",
     "CodeMode",
-    "ModeName",
     "SpecError",
     "SpecMode",
     "WritingMode",
