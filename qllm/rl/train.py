@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from qllm.envs import EnvInfo
+from qllm.envs import EnvInfo, make_env
 from qllm.rl.agent import RNNAgent, build_agent
 from qllm.rl.buffer import EpisodeBatch, ReplayBuffer
 from qllm.rl.coma import COMALearner
@@ -131,9 +131,11 @@ LEARNERS: dict[str, Callable[[TrainConfig, EnvInfo, torch.device], Learner]] = {
 """Learner factories by ``TrainConfig.algo``; each builds its networks on ``device``."""
 
 
-def new_run_dir(config: TrainConfig, runs_dir: Path) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = runs_dir / f"{config.task}__{config.preset}__{config.seed}__{stamp}"
+def new_run_dir(config: TrainConfig, runs_dir: Path, name: str | None = None) -> Path:
+    """A new run folder under ``runs_dir``: ``name``, or ``{task}__{preset}__{seed}__{time}``."""
+    if name is None:
+        name = f"{config.task}__{config.preset}__{config.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = runs_dir / name
     run_dir.mkdir(parents=True, exist_ok=False)
     (run_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
     return run_dir
@@ -170,8 +172,10 @@ def train(
     runs_dir: Path = Path("runs"),
     resume: Path | None = None,
     on_progress: Callable[[Progress], None] | None = None,
+    run_name: str | None = None,
 ) -> TrainResult:
-    """Train with ``config`` in a new run folder, or continue the run folder ``resume``."""
+    """Train with ``config`` in a new run folder (named ``run_name`` if given), or continue the run
+    folder ``resume``."""
     # --- set-up (everything that can refuse the config happens before a run folder exists) ----------
     if resume is not None:
         check_resumable(resume, config)
@@ -184,7 +188,7 @@ def train(
     if config.algo not in LEARNERS:
         raise ValueError(f"unknown algo {config.algo!r}; choose from {', '.join(LEARNERS)}")
     learner = LEARNERS[config.algo](config, runner.info, device)
-    run_dir = resume if resume is not None else new_run_dir(config, runs_dir)
+    run_dir = resume if resume is not None else new_run_dir(config, runs_dir, run_name)
     buffer = None if learner.on_policy else ReplayBuffer(config.buffer_size, runner.info)
     at = Counters(next_checkpoint=config.checkpoint_interval)
     if resume is not None:
@@ -332,19 +336,26 @@ def evaluate_agent(
     return float(values.mean()), float(values.std()) if len(returns) > 1 else 0.0
 
 
-def evaluate_run(run_dir: Path, episodes: int = 100) -> tuple[float, float]:
-    """Greedy test return of a finished run's final model (or its latest checkpoint)."""
+def load_trained_agent(run_dir: Path) -> tuple[TrainConfig, RNNAgent, torch.device]:
+    """A run's config and its trained agent network: the final model, else the latest checkpoint."""
     config = load_run_config(run_dir)
     device = pick_device(config.device)
-    runner = ParallelRunner(config.task, min(episodes, EVAL_ENVS))
-    agent = build_agent(config, runner.info)  # acting needs no mixer (and no TFCAF validation)
+    env = make_env(config.task)
+    env.close()
+    agent = build_agent(config, env.info)  # acting needs no mixer (and no TFCAF validation)
     final = run_dir / FINAL_MODEL
     if final.is_file():
         agent.load_state_dict(torch.load(final, map_location=device)["agent"])
     else:
         state = torch.load(latest_checkpoint(run_dir), map_location=device, weights_only=False)
         agent.load_state_dict(state["learner"]["agent"])
-    agent.to(device)
+    return config, agent.to(device), device
+
+
+def evaluate_run(run_dir: Path, episodes: int = 100) -> tuple[float, float]:
+    """Greedy test return of a finished run's final model (or its latest checkpoint)."""
+    config, agent, device = load_trained_agent(run_dir)
+    runner = ParallelRunner(config.task, min(episodes, EVAL_ENVS))
     try:
         return evaluate_agent(agent, runner, config, device, episodes)
     finally:
