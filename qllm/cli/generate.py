@@ -25,11 +25,11 @@ GENERATE_RUNS = Path("runs/generate")
 CoderOption = Annotated[
     str | None,
     typer.Option(
-        help="Coder model: `local` (built-in) or PROVIDER:MODEL, e.g. openai:gpt-4o-mini. [default: local]"
+        help="Coder model: `local` (built-in) or PROVIDER:MODEL, e.g. openai:gpt-4o-mini. \\[default: local]"
     ),
 ]
 EvaluatorOption = Annotated[
-    str | None, typer.Option(help="Evaluator model, same form as --coder. [default: local]")
+    str | None, typer.Option(help="Evaluator model, same form as --coder. \\[default: local]")
 ]
 CoderBaseUrlOption = Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint for the coder.")]
 EvaluatorBaseUrlOption = Annotated[
@@ -39,7 +39,7 @@ ModeOption = Annotated[
     str | None,
     typer.Option(
         help="What the coder writes: `code` (the function), `spec` (a credit spec that qllm compiles), "
-        "or `auto` (spec for the built-in local model, code otherwise). [default: auto]"
+        "or `auto` (spec for the built-in local model, code otherwise). \\[default: auto]"
     ),
 ]
 SelectionOption = Annotated[
@@ -47,7 +47,7 @@ SelectionOption = Annotated[
     typer.Option(
         help="How each round's best candidate is chosen: `evaluator` (the evaluator LLM), `consensus` "
         "(the one whose measured weights the others agree with most) or `auto` (consensus for the "
-        "built-in local evaluator, evaluator otherwise). [default: auto]"
+        "built-in local evaluator, evaluator otherwise). \\[default: auto]"
     ),
 ]
 CandidatesOption = Annotated[
@@ -83,7 +83,7 @@ def describe_event(event: Event) -> str | None:
     return None
 
 
-def _print_event(event: Event) -> None:
+def print_event(event: Event) -> None:
     line = describe_event(event)
     if line is not None:
         console.print(line, highlight=False)
@@ -103,7 +103,7 @@ def run_generation(
         f"{s.repairs} repairs each; coder {s.coder}, evaluator {s.evaluator}\nRun folder: {run.run_dir}"
     )
     try:
-        outcome = run.execute(listener=_print_event)
+        outcome = run.execute(listener=print_event)
     except (ProviderError, PromptError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         console.print(f"Fix it and resume with: qllm generate --resume {run.run_dir}")
