@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from qllm import __version__
-from qllm.cli import data, evals, generate, llm, main_job, sandbox, tasks, trace, training
+from qllm.cli import data, evals, generate, llm, main_job, sandbox, sweep, tasks, trace, training
 from qllm.cli.common import console
 
 app = typer.Typer(
@@ -32,6 +32,8 @@ app.command("train")(training.train_command)
 app.command("evaluate")(training.evaluate_command)
 app.command("generate")(generate.generate_command)
 app.command("run")(main_job.run_command)
+app.command("sweep")(sweep.sweep_command)
+app.command("report")(sweep.report_command)
 
 
 def _version(value: bool) -> None:

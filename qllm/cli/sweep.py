@@ -1,0 +1,262 @@
+"""`qllm sweep` and `qllm report`: train tasks x presets x seeds on Ray, and report them as the paper does."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from qllm.agents import SettingsError
+from qllm.agents.context import GenerationSettings
+from qllm.cli.common import console
+from qllm.cli.generate import (
+    CandidatesOption,
+    CoderOption,
+    EvaluatorOption,
+    ModeOption,
+    RoundsOption,
+    print_event,
+)
+from qllm.llm.providers import ProviderError
+from qllm.rl.tfcaf import TFCAFError
+from qllm.sweep.execute import Executor, InlineExecutor, RunRecord, SweepStatus, run_sweep
+from qllm.sweep.plan import LEDGER_FILE, SWEEP_FILE, SweepError, SweepPlan, canonical_task
+from qllm.sweep.report import NoFinishedRunError, write_report
+
+PAPER_TASKS = "lbf-2s-10x10-3p-3f,mpe-spread-3,matrix-climbing"
+PAPER_PRESETS = "qllm,qmix,vdn,qatten,riit,riit-qllm"
+
+
+def _names(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _setting(text: str) -> tuple[str, Any]:
+    """``name=value``; the value is read as JSON when it parses (numbers, booleans), else as a string."""
+    name, sep, raw = text.partition("=")
+    if not sep or not name.strip():
+        raise typer.BadParameter(f"expected NAME=VALUE, got {text!r}", param_hint="--set")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return name.strip(), value
+
+
+def _task_steps(pairs: list[str]) -> dict[str, int]:
+    budgets = {}
+    for pair in pairs:
+        task, sep, steps = pair.partition("=")
+        if not sep or not steps.isdigit():
+            raise typer.BadParameter(f"expected TASK=STEPS, got {pair!r}", param_hint="--task-steps")
+        budgets[canonical_task(task)] = int(steps)
+    return budgets
+
+
+def _credit_files(pairs: list[str]) -> dict[str, str]:
+    files = {}
+    for pair in pairs:
+        task, sep, path = pair.partition("=")
+        if not sep or not Path(path).is_file():
+            raise typer.BadParameter(
+                f"expected TASK=FILE with an existing file, got {pair!r}", param_hint="--tfcaf"
+            )
+        files[canonical_task(task)] = str(Path(path).resolve())
+    return files
+
+
+def _new_plan(
+    tasks: str | None,
+    mixers: str | None,
+    seeds: int | None,
+    steps: int | None,
+    task_steps: list[str],
+    settings: list[str],
+    tfcaf: list[str],
+    generation: dict[str, Any],
+) -> SweepPlan:
+    try:
+        generation_settings = GenerationSettings.resolve({"task": "matrix-climbing", **generation})
+        return SweepPlan(
+            tasks=tuple(canonical_task(t) for t in _names(tasks or PAPER_TASKS)),
+            presets=_names(mixers or PAPER_PRESETS),
+            seeds=tuple(range(seeds or 3)),
+            steps=steps or 100_000,
+            task_steps=_task_steps(task_steps),
+            overrides=dict(_setting(s) for s in settings),
+            credit_files=_credit_files(tfcaf),
+            generation={k: v for k, v in generation_settings.to_dict().items() if k != "task"},
+        )
+    except (SweepError, SettingsError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _open_plan(sweep_dir: Path, given: dict[str, Any]) -> SweepPlan:
+    """The saved plan of an existing sweep; options that would change it are refused, not ignored."""
+    try:
+        plan = SweepPlan.load(sweep_dir)
+    except SweepError as exc:
+        raise typer.BadParameter(str(exc), param_hint="SWEEP") from None
+    changed = sorted(name for name, value in given.items() if value)
+    if changed:
+        raise typer.BadParameter(
+            f"{sweep_dir} already holds a sweep ({SWEEP_FILE}); options {changed} would change it. "
+            f"Resume it as planned with `qllm sweep {sweep_dir}`, or start a new sweep in another folder."
+        )
+    return plan
+
+
+def _executor(local: bool, address: str | None, workers: int | None) -> Executor:
+    if local:
+        return InlineExecutor()
+    from qllm.sweep.ray_executor import RayExecutor  # noqa: PLC0415 - Ray starts only when it is used
+
+    return RayExecutor(address=address, workers=workers)
+
+
+def sweep_command(
+    sweep_dir: Annotated[Path, typer.Argument(help="Sweep folder: created, or resumed if it exists.")],
+    tasks: Annotated[
+        str | None, typer.Option(help=f"Comma-separated tasks. \\[default: {PAPER_TASKS}]")
+    ] = None,
+    mixers: Annotated[
+        str | None,
+        typer.Option(help=f"Comma-separated presets (`qllm train --help`). \\[default: {PAPER_PRESETS}]"),
+    ] = None,
+    seeds: Annotated[
+        int | None, typer.Option(min=1, help="Seeds per task and preset: 0..N-1. \\[default: 3]")
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Environment steps per run. \\[default: 100000]")
+    ] = None,
+    task_steps: Annotated[
+        list[str] | None, typer.Option(help="TASK=STEPS: a task's own budget (repeatable).")
+    ] = None,
+    setting: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="NAME=VALUE training setting applied to every preset (repeatable)."),
+    ] = None,
+    tfcaf: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="TASK=FILE credit function for the tfcaf presets (repeatable); others are generated."
+        ),
+    ] = None,
+    coder: CoderOption = None,
+    evaluator: EvaluatorOption = None,
+    mode: ModeOption = None,
+    candidates: CandidatesOption = None,
+    rounds: RoundsOption = None,
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster address (the sweep folder must be on a shared file system)."),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Runs at once on the local Ray instance. \\[default: CPU count]")
+    ] = None,
+    retries: Annotated[int, typer.Option(min=0, help="Retries of a failed run before it is reported.")] = 1,
+    local: Annotated[
+        bool,
+        typer.Option("--local", help="Train in this process, one run at a time, without Ray (debugging)."),
+    ] = False,
+) -> None:
+    """Train every task x preset x seed: credit functions first (generated once per task for the tfcaf
+    presets), then the runs on Ray. Interrupt it at any time; the same command resumes it without
+    repeating a finished run. Then: `qllm report SWEEP`."""
+    generation = {
+        "coder": coder,
+        "evaluator": evaluator,
+        "mode": mode,
+        "candidates": candidates,
+        "rounds": rounds,
+    }
+    given = {
+        "tasks": tasks,
+        "mixers": mixers,
+        "seeds": seeds,
+        "steps": steps,
+        "task_steps": task_steps,
+        "set": setting,
+        "tfcaf": tfcaf,
+    }
+    if (sweep_dir / SWEEP_FILE).is_file():
+        plan = _open_plan(sweep_dir, given | generation)
+        console.print(f"Resuming the sweep in {sweep_dir}")
+    else:
+        plan = _new_plan(
+            tasks, mixers, seeds, steps, task_steps or [], setting or [], tfcaf or [], generation
+        )
+        plan.save(sweep_dir)
+    console.print(
+        f"{len(plan.tasks)} tasks x {len(plan.presets)} presets x {len(plan.seeds)} seeds = "
+        f"{len(plan.runs())} runs, {sum(plan.steps_for(k.task) for k in plan.runs()):,} environment steps"
+    )
+    executor = _executor(local, address, workers)
+    try:
+        status = _run_with_progress(sweep_dir, executor, retries)
+    except (SweepError, ProviderError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        console.print(f"\ninterrupted; resume with: qllm sweep {sweep_dir}")
+        raise typer.Exit(130) from None
+    finally:
+        executor.close()
+    console.print(f"[green]{len(status.done)} runs done[/green]; report: qllm report {sweep_dir}")
+    if status.failed:
+        console.print(
+            f"[red]{len(status.failed)} failed[/red]: {', '.join(status.failed)} "
+            f"(errors in {sweep_dir / LEDGER_FILE})"
+        )
+        raise typer.Exit(1)
+
+
+def _describe(record: RunRecord) -> str:
+    if record.status == "done":
+        return f"  done   {record.run}: greedy test return {record.final_return:.3g} ({record.seconds:.0f} s)"
+    return f"  [red]failed[/red] {record.run} (attempt {record.attempt}): {record.error}"
+
+
+def _run_with_progress(sweep_dir: Path, executor: Executor, retries: int) -> SweepStatus:
+    columns = (
+        TextColumn("[bold]sweep"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}% | {task.fields[runs]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("sweep", total=None, runs="")
+
+        def update(status: SweepStatus) -> None:
+            for record in status.ended[len(shown) :]:
+                shown.append(record)
+                progress.console.print(_describe(record), highlight=False)
+            runs = f"{len(status.done)}/{status.total_runs} runs done, {len(status.running)} to go"
+            if status.failed:
+                runs += f", [red]{len(status.failed)} failed[/red]"
+            progress.update(bar, total=status.steps_total, completed=status.steps_done, runs=runs)
+
+        shown: list[RunRecord] = []
+        return run_sweep(sweep_dir, executor, retries=retries, on_update=update, listener=print_event)
+
+
+def report_command(
+    sweep_dir: Annotated[Path, typer.Argument(help="Sweep folder written by `qllm sweep`.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for report.md and its PNGs. \\[default: SWEEP/report]")
+    ] = None,
+) -> None:
+    """Learning curves with 95% bands, final returns with 95% CIs, credit function against learned mixer,
+    the mpe-spread-N series, and what each credit function does over an episode: Markdown and PNGs."""
+    try:
+        path = write_report(sweep_dir, out)
+    except (SweepError, TFCAFError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="SWEEP") from None
+    except NoFinishedRunError as exc:
+        console.print(f"[yellow]{exc}[/yellow]")
+        raise typer.Exit(1) from None
+    console.print(f"Report: {path}")
