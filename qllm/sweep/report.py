@@ -18,6 +18,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from scipy import stats
 
 from qllm.rl.logger import METRICS_FILE, read_metrics, series
 from qllm.sweep.credit import credit_file
-from qllm.sweep.execute import Ledger, is_finished
+from qllm.sweep.execute import Ledger, RunRecord, is_finished
 from qllm.sweep.interpret import EPISODES, credit_episode, plot_credit_episode
 from qllm.sweep.plan import EVALUATIONS_PER_RUN, RUNS_DIR, RunKey, SweepPlan
 
@@ -300,8 +301,8 @@ def budget_section(results: SweepResults, ledger: Ledger) -> str:
         f"({len(plan.tasks)} tasks x {len(plan.presets)} presets x {len(plan.seeds)} seeds).",
         f"- **Budget per run** (environment steps): {budgets}.",
         f"- **Settings**: each preset's own (`qllm/rl/config.py`), with these for every preset: {overrides}.",
-        f"- **Training time**: {sum(r.seconds for r in done) / 3600:.2f} hours of runs in all; "
-        f"mean per run: {times}.",
+        f"- **Training time**: {sum(r.seconds for r in done) / 3600:.2f} hours of runs in all"
+        f"{_wall_time(done)}; mean per run: {times}.",
     ]
     failed = sorted(
         {r.run for r in ledger.records() if r.status == "failed"} - {k.name for k in results.curves}
@@ -309,6 +310,15 @@ def budget_section(results: SweepResults, ledger: Ledger) -> str:
     if failed:
         lines.append(f"- **Failed** (see `ledger.jsonl`): {', '.join(failed)}.")
     return "\n".join(lines) + "\n"
+
+
+def _wall_time(done: Sequence[RunRecord]) -> str:
+    """``, in H hours of wall time`` from the first run's start to the last one's end (ledger times)."""
+    if not done:
+        return ""
+    ends = [datetime.strptime(r.finished, "%Y-%m-%dT%H:%M:%S%z").timestamp() for r in done]
+    starts = [end - r.seconds for end, r in zip(ends, done, strict=True)]
+    return f", in {(max(ends) - min(starts)) / 3600:.2f} hours of wall time"
 
 
 def credit_section(sweep_dir: Path, results: SweepResults, out_dir: Path) -> str:
