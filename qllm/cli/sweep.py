@@ -18,6 +18,7 @@ from qllm.cli.generate import (
     EvaluatorOption,
     ModeOption,
     RoundsOption,
+    SelectionOption,
     print_event,
 )
 from qllm.llm.providers import ProviderError
@@ -148,6 +149,7 @@ def sweep_command(
     coder: CoderOption = None,
     evaluator: EvaluatorOption = None,
     mode: ModeOption = None,
+    selection: SelectionOption = None,
     candidates: CandidatesOption = None,
     rounds: RoundsOption = None,
     address: Annotated[
@@ -170,6 +172,7 @@ def sweep_command(
         "coder": coder,
         "evaluator": evaluator,
         "mode": mode,
+        "selection": selection,
         "candidates": candidates,
         "rounds": rounds,
     }

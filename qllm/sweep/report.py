@@ -105,10 +105,6 @@ class SweepResults:
     def final(self, task: str, preset: str) -> list[float]:
         return [curve.final for curve in self.seeds_of(task, preset)]
 
-    @property
-    def missing(self) -> int:
-        return len(self.plan.runs()) - len(self.curves)
-
 
 def load_results(sweep_dir: Path) -> SweepResults:
     plan = SweepPlan.load(sweep_dir)
@@ -284,7 +280,7 @@ def reproduce_command(plan: SweepPlan, sweep_dir: Path) -> str:
         g = plan.generation
         parts.append(
             f"--coder {g['coder']} --evaluator {g['evaluator']} --mode {g['mode']} "
-            f"--candidates {g['candidates']} --rounds {g['rounds']}"
+            f"--selection {g['selection']} --candidates {g['candidates']} --rounds {g['rounds']}"
         )
     return " \\\n    ".join(parts)
 
@@ -292,7 +288,8 @@ def reproduce_command(plan: SweepPlan, sweep_dir: Path) -> str:
 def budget_section(results: SweepResults, ledger: Ledger) -> str:
     plan = results.plan
     done = [r for r in ledger.records() if r.status == "done"]
-    per_preset = {p: [r.seconds for r in done if r.run.split("__")[1] == p] for p in plan.presets}
+    presets = {key.name: key.preset for key in plan.runs()}
+    per_preset = {p: [r.seconds for r in done if presets.get(r.run) == p] for p in plan.presets}
     times = ", ".join(f"{p} {np.mean(s):.0f} s" for p, s in per_preset.items() if s)
     budgets = ", ".join(f"{t} {plan.steps_for(t):,}" for t in plan.tasks)
     overrides = ", ".join(f"`{k}={v}`" for k, v in plan.overrides.items()) or "none"
