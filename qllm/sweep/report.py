@@ -139,6 +139,11 @@ def _pyplot():
     return plt
 
 
+def _thousands(value: float, _position: int) -> str:
+    """Axis ticks in thousands of steps (``150k``): full numbers overlap on a third of a page."""
+    return f"{value / 1000:g}k" if value else "0"
+
+
 def plot_curves(results: SweepResults, out: Path) -> Path:
     """One panel per task: each preset's mean greedy test return with its 95% band."""
     plt = _pyplot()
@@ -155,6 +160,7 @@ def plot_curves(results: SweepResults, out: Path) -> Path:
             (line,) = ax.plot(steps, mean, label=f"{preset} ({len(curves)})", linewidth=2)
             ax.fill_between(steps, mean - half, mean + half, color=line.get_color(), alpha=0.15)
         ax.set_title(task)
+        ax.xaxis.set_major_formatter(_thousands)
         ax.set_xlabel("environment steps")
         ax.set_ylabel("greedy test return")
         ax.grid(alpha=0.3)
