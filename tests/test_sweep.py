@@ -184,7 +184,7 @@ def test_a_sweep_on_ray_stopped_with_ctrl_c_resumes_and_completes(tmp_path: Path
     """The real thing: `qllm sweep` on a local Ray instance, interrupted, then run again."""
     sweep = tmp_path / "sweep"
     command = [sys.executable, "-m", "qllm.cli", "sweep", str(sweep)]
-    plan = ["--tasks", "matrix-climbing", "--mixers", "vdn,qmix", "--seeds", "2", "--steps", "1500"]
+    plan = ["--tasks", "matrix-climbing", "--mixers", "vdn,qmix", "--seeds", "2", "--steps", "6000"]
     settings = [f"--set={name}={value}" for name, value in TINY.items()]
     first = subprocess.Popen(
         [*command, *plan, *settings, "--workers", "1"],
@@ -193,8 +193,10 @@ def test_a_sweep_on_ray_stopped_with_ctrl_c_resumes_and_completes(tmp_path: Path
         start_new_session=True,
     )
     deadline = time.monotonic() + 120
+    # One worker trains the runs one after another, each for a few seconds: stopping right after the
+    # first one ends lands in the middle of the second.
     while _ledger_lines(sweep) < 1 and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.05)
     os.killpg(first.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
     output = first.communicate(timeout=60)[0].decode()
     finished = {p.parent.name: p.stat().st_mtime_ns for p in (sweep / RUNS_DIR).glob(f"*/{FINAL_MODEL}")}
