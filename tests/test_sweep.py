@@ -297,3 +297,23 @@ def test_a_sweep_in_progress_is_reported_from_its_finished_runs(small_sweep: Pat
 
     assert "**Runs**: 7 of 8 finished" in report
     assert "| qllm | " in report and "(1 seed)" in report  # the unfinished seed is left out, and said
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tasks", "lbf-nope"], "unknown task 'lbf-nope'"),
+        (["--tasks", ","], "at least one task"),
+        (["--mixers", "qmix,qmixx"], "unknown presets"),
+        (["--set", "lr"], "NAME=VALUE"),
+        (["--tfcaf", "matrix-climbing=/no/such/file.py"], "TASK=FILE"),
+    ],
+)
+def test_a_bad_new_sweep_is_a_usage_error_and_leaves_no_folder(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    result = CliRunner().invoke(
+        app, ["sweep", str(tmp_path / "sweep"), *args, "--local"], env={"COLUMNS": "250"}
+    )
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "sweep").exists()

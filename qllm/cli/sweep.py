@@ -80,9 +80,13 @@ def _new_plan(
     generation: dict[str, Any],
 ) -> SweepPlan:
     try:
-        generation_settings = GenerationSettings.resolve({"task": "matrix-climbing", **generation})
+        plan_tasks = tuple(canonical_task(t) for t in _names(tasks or PAPER_TASKS))
+        if not plan_tasks:
+            raise SweepError("a sweep needs at least one task")
+        # Resolved once (flags, environment, defaults) for every task; each generation run sets its task.
+        generation_settings = GenerationSettings.resolve({"task": plan_tasks[0], **generation})
         return SweepPlan(
-            tasks=tuple(canonical_task(t) for t in _names(tasks or PAPER_TASKS)),
+            tasks=plan_tasks,
             presets=_names(mixers or PAPER_PRESETS),
             seeds=tuple(range(seeds or 3)),
             steps=steps or 100_000,
@@ -115,7 +119,10 @@ def _executor(local: bool, address: str | None, workers: int | None) -> Executor
         return InlineExecutor()
     from qllm.sweep.ray_executor import RayExecutor  # noqa: PLC0415 - Ray starts only when it is used
 
-    return RayExecutor(address=address, workers=workers)
+    try:
+        return RayExecutor(address=address, workers=workers)
+    except (ConnectionError, RuntimeError, ValueError) as exc:  # what ray.init raises for a bad address
+        raise typer.BadParameter(f"cannot start or reach Ray: {exc}", param_hint="--address") from None
 
 
 def sweep_command(
