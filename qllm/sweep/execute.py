@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from qllm.agents import Models
 from qllm.agents.trace import Listener
@@ -47,8 +47,7 @@ class RunRecord:
 
     run: str
     attempt: int
-    status: str
-    """``done`` or ``failed``."""
+    status: Literal["done", "failed"]
     seconds: float
     final_return: float | None = None
     error: str | None = None
