@@ -33,8 +33,22 @@ from qllm.sweep.plan import EVALUATIONS_PER_RUN, RUNS_DIR, RunKey, SweepPlan
 REPORT_DIR = "report"
 REPORT_FILE = "report.md"
 CONFIDENCE = 0.95
-CREDIT_BASELINES = {"qllm": "qmix", "riit-qllm": "riit"}
-"""Each credit-function preset and the preset it is compared with (the paper's QMIX-based pairs)."""
+
+
+@dataclass(frozen=True)
+class CreditPair:
+    """A credit-function preset, the learned-mixer preset it is compared with, and what else differs."""
+
+    credit: str
+    baseline: str
+    note: str
+
+
+CREDIT_PAIRS = (
+    CreditPair("qllm", "qmix", "`qllm` uses the QLLM authors' RL settings and `qmix` EPyMARL's"),
+    CreditPair("riit-qllm", "riit", "`riit-qllm` and `riit` share every setting but the mixer"),
+)
+"""The paper's QMIX-based comparisons."""
 SCALING_TASK = re.compile(r"mpe-spread-(\d+)$")
 
 
@@ -240,27 +254,28 @@ def verdict(difference: Estimate, name: str) -> str:
     return "no clear difference"
 
 
-def pairs_table(results: SweepResults) -> str | None:
+def pairs_section(results: SweepResults) -> str | None:
     """Markdown: each credit-function preset against its learned-mixer counterpart, per task."""
     plan = results.plan
-    pairs = [(c, b) for c, b in CREDIT_BASELINES.items() if c in plan.presets and b in plan.presets]
+    pairs = [p for p in CREDIT_PAIRS if p.credit in plan.presets and p.baseline in plan.presets]
     rows = []
     for task in plan.tasks:
-        for credit, baseline in pairs:
-            ours, theirs = results.final(task, credit), results.final(task, baseline)
+        for pair in pairs:
+            ours, theirs = results.final(task, pair.credit), results.final(task, pair.baseline)
             if ours and theirs:
                 difference = difference_ci(ours, theirs)
                 rows.append(
-                    f"| {task} | {credit} vs {baseline} | {mean_ci(ours)} | {mean_ci(theirs)} | "
-                    f"{_signed(difference)} | {verdict(difference, credit)} |"
+                    f"| {task} | {pair.credit} vs {pair.baseline} | {mean_ci(ours)} | {mean_ci(theirs)} | "
+                    f"{_signed(difference)} | {verdict(difference, pair.credit)} |"
                 )
     if not rows:
         return None
-    header = (
-        f"| task | pair | credit function | learned mixer | difference ({CONFIDENCE:.0%} CI, Welch) | "
-        "verdict |\n|---|---|---|---|---|---|\n"
+    notes = "; ".join(pair.note for pair in pairs)
+    return (
+        f"## Credit function against a learned mixer\n\n{notes}. A verdict needs the interval of the "
+        f"difference to exclude 0.\n\n| task | pair | credit function | learned mixer | difference "
+        f"({CONFIDENCE:.0%} CI, Welch) | verdict |\n|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
     )
-    return header + "\n".join(rows) + "\n"
 
 
 def _signed(difference: Estimate) -> str:
@@ -373,14 +388,9 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None) -> Path:
         f"## Learning curves\n\n![learning curves]({curves.name})\n",
         f"## Final greedy test return (mean ± {CONFIDENCE:.0%} CI over seeds)\n\n{final_table(results)}",
     ]
-    pairs = pairs_table(results)
+    pairs = pairs_section(results)
     if pairs:
-        sections.append(
-            "## Credit function against a learned mixer\n\n"
-            "`riit-qllm` and `riit` share every setting but the mixer; `qllm` uses the QLLM authors' RL "
-            "settings and `qmix` EPyMARL's. A verdict needs the interval of the difference to exclude 0.\n\n"
-            + pairs
-        )
+        sections.append(pairs)
     scaling = plot_scaling(results, out_dir / "scaling.png")
     if scaling is not None:
         sections.append(f"## High-dimensional series (mpe-spread-N)\n\n![return against N]({scaling.name})\n")
