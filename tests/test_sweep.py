@@ -180,8 +180,9 @@ def _ledger_lines(sweep: Path) -> int:
     return len(Ledger(sweep).records())
 
 
-def test_a_sweep_on_ray_stopped_with_ctrl_c_resumes_and_completes(tmp_path: Path) -> None:
-    """The real thing: `qllm sweep` on a local Ray instance, interrupted, then run again."""
+def test_a_sweep_on_ray_stopped_with_kill_resumes_and_completes(tmp_path: Path) -> None:
+    """The real thing: `qllm sweep` on a local Ray instance, stopped by `kill` (SIGTERM, which a sweep
+    in the background receives even where SIGINT is ignored), then run again."""
     sweep = tmp_path / "sweep"
     command = [sys.executable, "-m", "qllm.cli", "sweep", str(sweep)]
     plan = ["--tasks", "matrix-climbing", "--mixers", "vdn,qmix", "--seeds", "2", "--steps", "6000"]
@@ -197,7 +198,7 @@ def test_a_sweep_on_ray_stopped_with_ctrl_c_resumes_and_completes(tmp_path: Path
     # first one ends lands in the middle of the second.
     while _ledger_lines(sweep) < 1 and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    os.killpg(first.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+    os.kill(first.pid, signal.SIGTERM)
     output = first.communicate(timeout=60)[0].decode()
     finished = {p.parent.name: p.stat().st_mtime_ns for p in (sweep / RUNS_DIR).glob(f"*/{FINAL_MODEL}")}
     assert first.returncode == 130 and "resume with: qllm sweep" in output, output

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -114,6 +117,18 @@ def _open_plan(sweep_dir: Path, given: dict[str, Any]) -> SweepPlan:
     return plan
 
 
+@contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """Stop on SIGTERM (`kill`, job schedulers) as on Ctrl-C: Ray shuts down and the sweep can resume.
+
+    Ctrl-C alone is not enough: a sweep started in the background by a script ignores SIGINT."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _executor(local: bool, address: str | None, workers: int | None) -> Executor:
     if local:
         return InlineExecutor()
@@ -206,7 +221,8 @@ def sweep_command(
     )
     executor = _executor(local, address, workers)
     try:
-        status = _run_with_progress(sweep_dir, executor, retries)
+        with _stop_on_sigterm():
+            status = _run_with_progress(sweep_dir, executor, retries)
     except (SweepError, ProviderError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
