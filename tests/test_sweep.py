@@ -155,7 +155,7 @@ def test_a_failing_run_is_retried_then_reported_and_the_others_finish(tmp_path: 
 
     again = run_sweep(sweep, InlineExecutor(), retries=0)  # running the sweep again tries it again
     assert again.failed == ["matrix-climbing__qllm__0"] and again.done == ["matrix-climbing__vdn__0"]
-    assert Ledger(sweep).attempts("matrix-climbing__qllm__0") == 3
+    assert Ledger(sweep).attempts()["matrix-climbing__qllm__0"] == 3
 
 
 def test_a_missing_credit_function_is_generated_once_with_the_graph(tmp_path: Path) -> None:

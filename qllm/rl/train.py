@@ -158,13 +158,16 @@ def check_resumable(run_dir: Path, config: TrainConfig) -> None:
         raise RunError(f"{run_dir} was trained with different settings; resume it with its own config")
 
 
+def checkpoints(run_dir: Path) -> list[Path]:
+    """A run's checkpoints, oldest first (none for a run that never saved one)."""
+    return sorted((run_dir / CHECKPOINT_DIR).glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+
+
 def latest_checkpoint(run_dir: Path) -> Path:
-    checkpoints = sorted(
-        (run_dir / CHECKPOINT_DIR).glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1])
-    )
-    if not checkpoints:
+    saved = checkpoints(run_dir)
+    if not saved:
         raise RunError(f"{run_dir} has no checkpoint to resume from")
-    return checkpoints[-1]
+    return saved[-1]
 
 
 def train(

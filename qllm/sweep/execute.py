@@ -15,6 +15,7 @@ import json
 import shutil
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any, Literal, Protocol
 from qllm.agents import Models
 from qllm.agents.trace import Listener
 from qllm.rl.config import TrainConfig
-from qllm.rl.train import CHECKPOINT_DIR, FINAL_MODEL, Progress, train
+from qllm.rl.train import CHECKPOINT_DIR, FINAL_MODEL, Progress, checkpoints, train
 from qllm.sweep.credit import prepare_credit_functions
 from qllm.sweep.plan import LEDGER_FILE, RUNS_DIR, RunKey, SweepPlan
 
@@ -89,7 +90,7 @@ def train_job(job: RunJob, report: ProgressReport | None = None) -> RunRecord:
 
 def _train(job: RunJob, run_dir: Path, report: ProgressReport | None) -> float:
     config = TrainConfig.from_dict(job.config)
-    resume = run_dir if any((run_dir / CHECKPOINT_DIR).glob("step_*.pt")) else None
+    resume = run_dir if checkpoints(run_dir) else None
     if resume is None and run_dir.exists():
         shutil.rmtree(run_dir)  # started, but saved nothing to continue from
     on_progress = None if report is None else _throttled(job.name, report)
@@ -149,8 +150,9 @@ class Ledger:
             return []
         return [RunRecord(**json.loads(line)) for line in self.path.read_text().splitlines() if line.strip()]
 
-    def attempts(self, run: str) -> int:
-        return sum(1 for record in self.records() if record.run == run)
+    def attempts(self) -> Counter[str]:
+        """Attempts recorded per run."""
+        return Counter(record.run for record in self.records())
 
 
 @dataclass
@@ -196,13 +198,14 @@ def run_sweep(
     credit_files = prepare_credit_functions(sweep_dir, plan, models=models, listener=listener)
     ledger = Ledger(sweep_dir)
     status = SweepStatus(budgets={key.name: plan.steps_for(key.task) for key in plan.runs()})
+    attempts = ledger.attempts()
     for key in plan.runs():
         run_dir = sweep_dir / RUNS_DIR / key.name
         if is_finished(run_dir):
             shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
             status.done.append(key.name)
             continue
-        executor.submit(_job(plan, key, run_dir, credit_files, ledger.attempts(key.name) + 1))
+        executor.submit(_job(plan, key, run_dir, credit_files, attempts[key.name] + 1))
         status.running[key.name] = 0
     _notify(on_update, status)
     tries = dict.fromkeys(status.running, 1)  # attempts in this call; the ledger numbers them across calls
