@@ -45,9 +45,10 @@ def test_all_candidates_valid_writes_a_loadable_artifact(tmp_path: Path) -> None
     assert metadata["state_slices"] == {"last_joint_action": [0, 9]}
     assert set(metadata["prompt_hashes"]) >= {"coder_system", "contract", "repair", "evaluator", "task"}
     assert len(metadata["episode_weights"]["weights"]) == 26  # 25 steps + the initial state
-    # The artifact is a complete TFCAF: the trainer's loader accepts it for the task.
+    # The artifact is a complete TFCAF: the trainer's loader accepts it for the task, and the sandbox
+    # measures it linear in Q, so training computes its credit in the sandbox.
     loaded = load_tfcaf(outcome.artifact, make_env("matrix-climbing").info)
-    assert callable(loaded.function)
+    assert loaded.linear_in_q
 
 
 def test_failed_candidate_is_repaired_with_a_fresh_prompt_holding_the_error(tmp_path: Path) -> None:

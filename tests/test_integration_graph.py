@@ -45,4 +45,4 @@ def test_the_local_model_writes_a_validated_function_for_the_climbing_game(
     # Sampling is seeded per call, so this run is reproducible on a given build of the model server.
     assert outcome.status == RunStatus.SUCCEEDED, outcome.reason
     assert outcome.artifact is not None
-    assert callable(load_tfcaf(outcome.artifact, make_env("matrix-climbing").info).function)
+    assert load_tfcaf(outcome.artifact, make_env("matrix-climbing").info).linear_in_q

@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from qllm.envs import make_env
 from qllm.rl import RunError, preset, train
 from qllm.rl.agent import RNNAgent, agent_inputs
 from qllm.rl.buffer import EpisodeBatch, ReplayBuffer
 from qllm.rl.learner import QLearner, td_lambda_targets
-from qllm.rl.mixers import MIXERS, TFCAF
+from qllm.rl.mixers import MIXERS, TFCAF, LinearCredit
 from qllm.rl.runner import ParallelRunner, select_actions
-from qllm.rl.train import CHECKPOINT_DIR, FINAL_MODEL, build_networks
+from qllm.rl.train import CHECKPOINT_DIR, FINAL_MODEL, build_mixer
 
 # --- TD(lambda) targets, checked against hand computation ------------------------------------------
 
@@ -109,8 +110,8 @@ def test_exploration_and_targets_respect_available_actions() -> None:
     assert (~batch.avail_actions[batch.avail_actions.any(-1)]).any(), "need states with unavailable actions"
     # Make every unavailable action look best to the online net; targets must not change.
     with torch.no_grad():
-        values = learner._state_values(q_all, inputs, batch)
-        boosted = learner._state_values(q_all + (~batch.avail_actions) * 1e3, inputs, batch)
+        values = learner._state_values(q_all, inputs, batch, batch.state)
+        boosted = learner._state_values(q_all + (~batch.avail_actions) * 1e3, inputs, batch, batch.state)
     assert torch.equal(values, boosted)
 
 
@@ -134,7 +135,23 @@ def test_soft_target_update_moves_by_tau() -> None:
     assert torch.allclose(learner.target_agent.fc1.weight, expected)
 
 
-def test_tfcaf_mixer_has_no_parameters_and_passes_gradients(tmp_path: Path) -> None:
+def test_a_credit_function_not_linear_in_q_mixes_in_process_with_gradients(tmp_path: Path) -> None:
+    path = tmp_path / "softmax.py"
+    path.write_text(
+        "import torch\n\n\ndef credit_assignment(agents_q, state):\n"
+        "    w = torch.softmax(agents_q, dim=1) * agents_q.shape[1]\n"
+        "    return (w * agents_q).sum(dim=1, keepdim=True)\n"
+    )
+    config = preset("qllm", task="lbf-8x8-2p-2f", tfcaf=str(path), tfcaf_monotonic=False)
+    info = make_env(config.task).info
+    mixer, credit = build_mixer(config, info)
+    assert isinstance(mixer, TFCAF) and credit is None and len(list(mixer.parameters())) == 0
+    q = torch.randn(3, 5, 2, requires_grad=True)
+    mixer(q, torch.rand(3, 5, info.state_dim)).sum().backward()
+    assert q.grad is not None and q.grad.abs().sum() > 0
+
+
+def test_a_credit_function_linear_in_q_trains_on_credit_from_the_sandbox(tmp_path: Path) -> None:
     path = tmp_path / "softmax.py"
     path.write_text(
         "import torch\n\n\ndef credit_assignment(agents_q, state):\n"
@@ -142,12 +159,21 @@ def test_tfcaf_mixer_has_no_parameters_and_passes_gradients(tmp_path: Path) -> N
         "    return (w * agents_q).sum(dim=1, keepdim=True)\n"
     )
     config = preset("qllm", task="lbf-8x8-2p-2f", tfcaf=str(path))
-    runner = ParallelRunner(config.task, 1)
-    _, mixer = build_networks(config, runner)
-    assert isinstance(mixer, TFCAF) and len(list(mixer.parameters())) == 0
+    info = make_env(config.task).info
+    mixer, credit = build_mixer(config, info)
+    assert isinstance(mixer, LinearCredit) and credit is not None
+    try:
+        states = torch.rand(3, 5, info.state_dim)
+        stored = credit(states)
+    finally:
+        credit.close()
+    assert stored.shape == (3, 5, info.n_agents + 1)
+    expected = torch.softmax(states[..., : info.n_agents], dim=-1) * info.n_agents
+    assert torch.allclose(stored[..., :-1], expected, atol=1e-6)
+    assert torch.allclose(stored[..., -1], torch.zeros(3, 5))
     q = torch.randn(3, 5, 2, requires_grad=True)
-    mixer(q, torch.rand(3, 5, runner.info.state_dim)).sum().backward()
-    assert q.grad is not None and (q.grad > 0).all()
+    mixer(q, stored).sum().backward()
+    assert torch.allclose(q.grad, expected, atol=1e-6)
 
 
 # --- exact resume -----------------------------------------------------------------------------------

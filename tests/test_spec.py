@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from graph_fakes import evaluation, generate, scripted, settings
 from pydantic import ValidationError
 
@@ -15,14 +14,12 @@ from qllm.agents.artifact import METADATA_FILE
 from qllm.agents.modes import CodeMode, SpecMode, resolve_mode, writing_mode
 from qllm.agents.run import SETTINGS_FILE
 from qllm.agents.spec import SPEC_TEMPLATE_ID, CreditSpec, compile_spec, per_agent_quantities, spec_model
-from qllm.agents.template import TEMPLATE_ID, NamedState, assemble, keep_definitions
+from qllm.agents.template import NamedState, assemble, keep_definitions
 from qllm.envs.recording import record
 from qllm.envs.tasks import make_env
 from qllm.evals.scorers import ProbeJudge
 from qllm.evals.semantics import probes_for
 from qllm.llm.providers import ModelSpec
-from qllm.rl.mixers import TFCAF
-from qllm.rl.tfcaf import STATE_LINEAR_TEMPLATES, is_state_linear, load_tfcaf
 from qllm.sandbox import Sandbox, ValidationInputs
 
 
@@ -153,51 +150,6 @@ def test_round_two_shows_the_best_spec_and_the_tips(tmp_path: Path) -> None:
     improve = coder.prompts[2]
     assert "The best answer so far" in improve and "prefer the agent that must change" in improve
     assert '"quantity": "last_action[action_0]"' in improve
-
-
-# --- training with a generated function: weights memoised per state ---------------------------------
-
-
-def test_templates_that_are_linear_in_q_are_the_ones_the_trainer_memoises() -> None:
-    assert {TEMPLATE_ID, SPEC_TEMPLATE_ID} == STATE_LINEAR_TEMPLATES
-
-
-def test_memoised_weights_give_the_functions_own_values_and_compute_each_state_once(tmp_path: Path) -> None:
-    task = "lbf-2s-10x10-3p-3f"
-    path = tmp_path / "tfcaf.py"
-    path.write_text(tfcaf(task, spec(("nearest_food_distance", "lowest", "strong"))))
-    info = make_env(task).info
-    function = load_tfcaf(path, info).function
-    states_seen: list[int] = []
-
-    def counting(agents_q, state):
-        states_seen.append(state.shape[0])
-        return function(agents_q, state)
-
-    assert is_state_linear(path)
-    memoised = TFCAF(info.n_agents, info.state_dim, counting, state_linear=True)
-    plain = TFCAF(info.n_agents, info.state_dim, function)
-    states = ValidationInputs.from_recording(record(task, 2, seed=1)).states[:20].reshape(4, 5, -1)
-    q = torch.randn(4, 5, info.n_agents)
-    assert torch.allclose(memoised(q, states), plain(q, states), atol=1e-5)
-    calls = len(states_seen)
-    q2 = torch.randn(4, 5, info.n_agents, requires_grad=True)
-    assert torch.allclose(memoised(q2, states), plain(q2, states), atol=1e-5)
-    assert len(states_seen) == calls  # the same states again: nothing recomputed
-    memoised(q2, states).sum().backward()
-    assert q2.grad is not None and (q2.grad >= 0).all()
-
-
-def test_a_function_falsely_declared_linear_is_called_directly() -> None:
-    def squares(agents_q, state):
-        return (agents_q**2).sum(dim=1, keepdim=True)
-
-    mixer = TFCAF(2, 3, squares, state_linear=True)
-    q = torch.randn(4, 2)
-    with pytest.warns(UserWarning, match="not memoised"):
-        out = mixer(q, torch.rand(4, 3))
-    assert torch.allclose(out, squares(q, None))
-    assert torch.allclose(mixer(q, torch.rand(4, 3)), squares(q, None))
 
 
 def test_a_run_folder_from_before_modes_resumes_as_code_judged_by_the_evaluator(tmp_path: Path) -> None:

@@ -28,9 +28,10 @@ from qllm.cli.generate import (
 from qllm.cli.training import train_with_progress
 from qllm.envs.describe import describe_task
 from qllm.rl import TrainResult, preset
+from qllm.rl.credit import CreditFunctionError
 from qllm.rl.logger import plot_comparison
-from qllm.rl.mixers import CreditFunctionError
 from qllm.rl.tfcaf import TFCAFError
+from qllm.rl.train import TrainingError
 
 MAIN_TASK = "lbf-8x8-2p-2f"
 
@@ -116,7 +117,7 @@ def run_command(
         return
     try:
         results = _train_pair(spec.name, outcome.artifact, steps, seed, run_dir)
-    except (TFCAFError, CreditFunctionError) as exc:
+    except (TFCAFError, CreditFunctionError, TrainingError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     report = _report(run_dir, spec.name, outcome, results, steps)

@@ -11,10 +11,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from qllm.cli.common import DEFAULT_TASK, TaskOption, console, task_spec
 from qllm.rl import PRESETS, RunError, TrainConfig, TrainResult, evaluate_run, preset, train
-from qllm.rl.mixers import CreditFunctionError
+from qllm.rl.credit import CreditFunctionError
 from qllm.rl.tfcaf import TFCAFError
 from qllm.rl.train import Progress as TrainProgress
-from qllm.rl.train import load_run_config
+from qllm.rl.train import TrainingError, load_run_config
 
 
 def train_with_progress(config: TrainConfig, runs_dir: Path, resume: Path | None) -> TrainResult:
@@ -69,6 +69,14 @@ def train_command(
     ] = None,
     eval_episodes: Annotated[int | None, typer.Option(min=1, help="Episodes per evaluation.")] = None,
     checkpoint_interval: Annotated[int | None, typer.Option(min=1, help="Steps between checkpoints.")] = None,
+    credit_call_budget: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1,
+            help="Seconds one call of the credit function may take (in the sandbox, or in this process for "
+            "a function not linear in Q) before training stops with an error (default 10).",
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     runs_dir: Annotated[Path, typer.Option(help="Where run folders are created.")] = Path("runs"),
     resume: Annotated[
@@ -93,6 +101,7 @@ def train_command(
             "eval_interval": eval_interval,
             "eval_episodes": eval_episodes,
             "checkpoint_interval": checkpoint_interval,
+            "credit_call_budget_s": credit_call_budget,
         }
         config = preset(
             mixer,
@@ -109,8 +118,11 @@ def train_command(
             )
     try:
         result = train_with_progress(config, runs_dir, resume)
-    except (RunError, TFCAFError, CreditFunctionError) as exc:
+    except (RunError, TFCAFError) as exc:
         raise typer.BadParameter(str(exc)) from None
+    except (TrainingError, CreditFunctionError) as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     console.print(
         f"[green]Done[/green]: {result.t_env} steps, greedy test return {result.final_test_return:.3f}\n"
         f"Run folder: {result.run_dir}\nLearning curve: {result.plot}"

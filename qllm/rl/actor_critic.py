@@ -102,6 +102,8 @@ class ActorCriticLearner:
     on_policy: ClassVar[bool]
     targets: TargetNetworks
     """Set by the subclass: which networks have target copies differs (COMA: the critic only)."""
+    credit = None
+    """Their critics learn from the state itself: no credit function, no credit to store."""
 
     def __init__(self, config: TrainConfig, info: EnvInfo, critic: nn.Module, device: torch.device) -> None:
         self.config, self.n_actions = config, info.n_actions

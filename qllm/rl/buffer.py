@@ -33,10 +33,17 @@ class EpisodeBatch:
     """``[B, T]`` float (1.0 where the step ended the episode in a terminal state)."""
     filled: torch.Tensor
     """``[B, T]`` float (1.0 where the step happened)."""
+    credit: torch.Tensor
+    """``[B, T+1, C]`` float: each state's credit ``[w_1..w_n, b]`` under a credit function linear in Q
+    (``C = n + 1``, computed in the sandbox, :mod:`qllm.rl.credit`); ``C = 0`` when training has none."""
 
     @classmethod
     def zeros(
-        cls, episodes: int, info: EnvInfo, factory: Callable[..., torch.Tensor] = torch.zeros
+        cls,
+        episodes: int,
+        info: EnvInfo,
+        factory: Callable[..., torch.Tensor] = torch.zeros,
+        credit_width: int = 0,
     ) -> EpisodeBatch:
         """An all-padding batch shaped for ``info``'s task (uninitialised with ``factory=torch.empty``)."""
         limit, n = info.episode_limit, info.n_agents
@@ -48,6 +55,7 @@ class EpisodeBatch:
             reward=factory(episodes, limit),
             terminated=factory(episodes, limit),
             filled=factory(episodes, limit),
+            credit=factory(episodes, limit + 1, credit_width),
         )
 
     def to(self, device: torch.device) -> EpisodeBatch:
@@ -58,7 +66,7 @@ class EpisodeBatch:
 
     def truncate(self, steps: int) -> EpisodeBatch:
         """Keep the first ``steps`` steps (and ``steps + 1`` states)."""
-        per_state = {"obs", "state", "avail_actions"}
+        per_state = {"obs", "state", "avail_actions", "credit"}
         return EpisodeBatch(
             **{
                 f.name: getattr(self, f.name)[:, : steps + 1 if f.name in per_state else steps]
@@ -74,11 +82,11 @@ class EpisodeBatch:
 class ReplayBuffer:
     """A ring buffer of ``capacity`` episodes."""
 
-    def __init__(self, capacity: int, info: EnvInfo) -> None:
+    def __init__(self, capacity: int, info: EnvInfo, credit_width: int = 0) -> None:
         self.capacity = capacity
         # Uninitialised on purpose: every insert writes whole episodes (padding included), and untouched
         # pages cost no memory, so a 5000-episode RWARE buffer holds only what was collected so far.
-        self.storage = EpisodeBatch.zeros(capacity, info, factory=torch.empty)
+        self.storage = EpisodeBatch.zeros(capacity, info, factory=torch.empty, credit_width=credit_width)
         self.size = 0
         self.position = 0
 
@@ -107,4 +115,5 @@ class ReplayBuffer:
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.size, self.position = int(state["size"]), int(state["position"])
         for f in fields(self.storage):
-            getattr(self.storage, f.name)[: self.size] = state[f.name]
+            if f.name in state:  # checkpoints from before credit was stored have none (it is relabelled)
+                getattr(self.storage, f.name)[: self.size] = state[f.name]

@@ -37,6 +37,10 @@ class TrainConfig:
     """Path of the credit-function file for the tfcaf mixer (validated in the sandbox before use)."""
     tfcaf_monotonic: bool = True
     """Require the credit function's weights to be non-negative (IGM), as the paper's functions are."""
+    credit_call_budget_s: float = 10.0
+    """Wall-clock seconds one call of the credit function may take in training: computing the credit of
+    a batch of new states in the sandbox, or mixing a batch in this process (functions not linear in Q).
+    A call over budget stops training with an error instead of hanging it."""
     device: str = "auto"
     """auto (CUDA when available), cpu or cuda."""
     threads: int = 1

@@ -28,10 +28,13 @@ from torch import nn
 from qllm.rl.agent import RNNAgent, episode_inputs
 from qllm.rl.buffer import EpisodeBatch
 from qllm.rl.config import TrainConfig
+from qllm.rl.mixers import Mixer
 from qllm.rl.runner import ActionSelector, EpsilonGreedy
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
+
+    from qllm.rl.credit import SandboxCredit
 
 
 class Learner(Protocol):
@@ -41,6 +44,9 @@ class Learner(Protocol):
     """The acting network (Q-values or policy logits): rollouts, evaluation and the final model use it."""
     on_policy: ClassVar[bool]
     """Learn once from the episodes just collected (no replay buffer) instead of from replay."""
+    credit: SandboxCredit | None
+    """What labels each collected state with its credit before it is stored (a credit function linear
+    in Q, computed in the sandbox); None when the learner needs no credit."""
 
     def behaviour(self, t_env: int) -> ActionSelector:
         """How to act while collecting training episodes after ``t_env`` environment steps."""
@@ -129,13 +135,34 @@ def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
     return error.pow(2).sum() / mask.sum()
 
 
+class NonFiniteError(RuntimeError):
+    """A NaN or infinity in a quantity of an update; the update is not applied."""
+
+    def __init__(self, quantity: str, count: int, total: int) -> None:
+        super().__init__(f"{quantity} is NaN or infinite ({count} of {total} values)")
+        self.quantity = quantity
+
+
+def require_finite(quantity: str, values: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+    """Raise :class:`NonFiniteError` naming ``quantity`` if any of ``values`` (where ``mask`` is set, for
+    padded episodes) is NaN or infinite: training on it would silently ruin every network it reaches."""
+    if mask is not None:
+        values = values[mask.expand_as(values).bool()]
+    finite = torch.isfinite(values)
+    if not bool(finite.all()):
+        raise NonFiniteError(quantity, int((~finite).sum()), values.numel())
+
+
 def gradient_step(
     optimiser: torch.optim.Optimizer, loss: torch.Tensor, parameters: Iterable[nn.Parameter], clip: float
 ) -> float:
-    """Backpropagate ``loss``, clip the gradient norm of ``parameters`` and step; returns the norm."""
+    """Backpropagate ``loss``, clip the gradient norm of ``parameters`` and step; returns the norm.
+    A non-finite loss or gradient norm raises :class:`NonFiniteError` before any parameter changes."""
+    require_finite("the loss", loss)
     optimiser.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(parameters, clip)
+    require_finite("the gradient norm", grad_norm)
     optimiser.step()
     return float(grad_norm)
 
@@ -193,8 +220,18 @@ class QLearner:
 
     on_policy: ClassVar[bool] = False
 
-    def __init__(self, agent: RNNAgent, mixer: nn.Module, n_actions: int, config: TrainConfig) -> None:
+    def __init__(
+        self,
+        agent: RNNAgent,
+        mixer: Mixer,
+        n_actions: int,
+        config: TrainConfig,
+        credit: SandboxCredit | None = None,
+    ) -> None:
+        if mixer.reads_credit and credit is None:
+            raise ValueError(f"the {type(mixer).__name__} mixer needs the credit of each state")
         self.agent, self.mixer, self.n_actions, self.config = agent, mixer, n_actions, config
+        self.credit = credit
         self.targets = TargetNetworks(config, agent, mixer)
         self.target_agent, self.target_mixer = self.targets.networks
         self.parameters = [*agent.parameters(), *mixer.parameters()]
@@ -223,13 +260,16 @@ class QLearner:
         inputs = episode_inputs(batch, self.n_actions)  # [B, T+1, n, D]
         q = self.agent.unroll(inputs)  # [B, T+1, n, A]
         q_taken = q[:, :-1].gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)  # [B, T, n]
-        q_tot = self.mixer(q_taken, batch.state[:, :-1])  # [B, T, k]
+        mixing = batch.credit if self.mixer.reads_credit else batch.state  # [B, T+1, S or n+1]
+        q_tot = self.mixer(q_taken, mixing[:, :-1])  # [B, T, k]
+        mask = batch.filled.unsqueeze(-1).expand_as(q_tot)
+        require_finite("Q_tot", q_tot.detach(), mask)
         with torch.no_grad():
-            values = self._state_values(q.detach(), inputs, batch)  # [B, T+1, k]
+            values = self._state_values(q.detach(), inputs, batch, mixing)  # [B, T+1, k]
             targets = td_lambda_targets(
                 rewards, batch.terminated, batch.filled, values, gamma=cfg.gamma, td_lambda=cfg.td_lambda
             )
-        mask = batch.filled.unsqueeze(-1).expand_as(q_tot)
+            require_finite("the TD target", targets, mask)
         loss = masked_mse(q_tot, targets, mask)
         with torch.no_grad():
             stats = {
@@ -238,7 +278,9 @@ class QLearner:
             }
         return loss, stats
 
-    def _state_values(self, q: torch.Tensor, inputs: torch.Tensor, batch: EpisodeBatch) -> torch.Tensor:
+    def _state_values(
+        self, q: torch.Tensor, inputs: torch.Tensor, batch: EpisodeBatch, mixing: torch.Tensor
+    ) -> torch.Tensor:
         target_q = self.target_agent.unroll(inputs).masked_fill(~batch.avail_actions, -torch.inf)
         if self.config.double_q:
             best = q.masked_fill(~batch.avail_actions, -torch.inf).argmax(dim=-1, keepdim=True)
@@ -247,7 +289,7 @@ class QLearner:
             chosen = target_q.max(dim=-1).values
         # Padded states have no available action (-inf everywhere): they are never used, zero them.
         chosen = torch.where(torch.isfinite(chosen), chosen, torch.zeros_like(chosen))
-        return self.target_mixer(chosen, batch.state)
+        return self.target_mixer(chosen, mixing)
 
     def state_dict(self) -> dict[str, object]:
         return {

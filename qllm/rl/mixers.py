@@ -4,22 +4,33 @@ One signature for all, as in EPyMARL's ``modules/mixers``: ``mixer(agent_qs, sta
 ``agent_qs [B, T, n]`` (the chosen actions' Q-values), ``states [B, T, S]`` and ``q_tot [B, T, k]``,
 where ``k`` is 1 for a team value and ``n`` for IQL (each agent learns its own Q from the team reward).
 The learner looks mixers up by name in :data:`MIXERS`; a generated credit function fills the ``tfcaf``
-slot and has no trainable parameters.
+slot and has no trainable parameters. A credit function linear in Q mixes from the credit stored with
+each state instead of the state (:class:`LinearCredit`).
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qllm.rl.credit import CreditFunctionError
+from qllm.sandbox.restricted import time_limited
+
 CreditFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class IQL(nn.Module):
+class Mixer(nn.Module):
+    """``forward(agent_qs, states) -> q_tot``, the one signature of every mixer."""
+
+    reads_credit: ClassVar[bool] = False
+    """The second input is the credit stored with each state (``[..., n + 1]``), not the state."""
+
+
+class IQL(Mixer):
     """No mixing: each agent's own Q-value is trained on the team reward."""
 
     def __init__(self, n_agents: int, state_dim: int, **_: object) -> None:
@@ -29,7 +40,7 @@ class IQL(nn.Module):
         return agent_qs
 
 
-class VDN(nn.Module):
+class VDN(Mixer):
     """Value decomposition networks (Sunehag et al. 2018): Q_tot = sum_i Q_i."""
 
     def __init__(self, n_agents: int, state_dim: int, **_: object) -> None:
@@ -39,7 +50,7 @@ class VDN(nn.Module):
         return agent_qs.sum(dim=-1, keepdim=True)
 
 
-class QMIX(nn.Module):
+class QMIX(Mixer):
     """QMIX (Rashid et al. 2018): a monotonic mixing network whose weights come from hypernetworks of
     the state; absolute values keep dQ_tot/dQ_i >= 0."""
 
@@ -70,7 +81,7 @@ class QMIX(nn.Module):
         return q_tot.view(*lead, 1)
 
 
-class Qatten(nn.Module):
+class Qatten(Mixer):
     """Qatten (Yang et al. 2020): Q_tot = sum_h sum_i lambda_{h,i}(s) Q_i + c(s), with per-head attention
     weights lambda from state queries against agent-feature keys; monotonic by construction."""
 
@@ -106,102 +117,60 @@ class Qatten(nn.Module):
         return q_tot.view(*lead, 1)
 
 
-class CreditFunctionError(RuntimeError):
-    """A validated credit function that raised on a state it was not validated on."""
+class LinearCredit(Mixer):
+    """A credit function linear in Q as data: ``Q_tot = w(s) . Q + b(s)``, with each state's ``[w, b]``
+    computed in the sandbox when the state was collected (:mod:`qllm.rl.credit`) and stored beside it.
+    Its second input is that stored credit ``[..., n + 1]``, not the state; no trainable parameters."""
+
+    reads_credit: ClassVar[bool] = True
+
+    def __init__(self, n_agents: int, state_dim: int, **_: object) -> None:
+        super().__init__()
+        self.n_agents = n_agents
+
+    def forward(self, agent_qs: torch.Tensor, credit: torch.Tensor) -> torch.Tensor:
+        weights, bias = credit[..., : self.n_agents], credit[..., self.n_agents :]
+        return (weights * agent_qs).sum(dim=-1, keepdim=True) + bias
 
 
-class StateCredit:
-    """Memoised ``(w(s), b(s))`` of a credit function that is linear in Q: ``Q_tot = w(s) . Q + b(s)``.
-
-    Generated functions loop over states in (restricted) Python, which would dominate training time if
-    every batch recomputed them. But their weights depend on the state alone, and a replay buffer holds
-    each state for many updates, so each distinct state is computed once: ``b`` from ``Q = 0`` and ``w``
-    as the gradient with respect to ``Q``. ``max_states`` bounds the memory (the memo starts over when full).
-    """
-
-    def __init__(self, credit_function: CreditFunction, n_agents: int, max_states: int = 500_000) -> None:
-        self.credit_function, self.n_agents, self.max_states = credit_function, n_agents, max_states
-        self.memo: dict[bytes, torch.Tensor] = {}
-        """State row bytes -> ``[w_1..w_n, b]``."""
-
-    def __call__(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``w [R, n]`` and ``b [R]`` for ``states [R, S]``."""
-        rows = states.detach().cpu().contiguous()
-        keys = [row.numpy().tobytes() for row in rows]
-        missing = list(dict.fromkeys(k for k in keys if k not in self.memo))
-        if missing:
-            if len(self.memo) + len(missing) > self.max_states:
-                self.memo.clear()
-            index = {k: i for i, k in enumerate(keys)}
-            self._compute(missing, rows[[index[k] for k in missing]])
-        stacked = torch.stack([self.memo[k] for k in keys]).to(states.device, states.dtype)
-        return stacked[:, :-1], stacked[:, -1]
-
-    def _compute(self, keys: list[bytes], states: torch.Tensor) -> None:
-        with torch.enable_grad():  # targets are computed under no_grad
-            zeros = torch.zeros(states.shape[0], self.n_agents, dtype=states.dtype, requires_grad=True)
-            q_tot = self.credit_function(zeros, states)
-            (weights,) = torch.autograd.grad(q_tot.sum(), zeros)
-        values = torch.cat([weights, q_tot.detach().reshape(-1, 1)], dim=1)
-        self.memo.update(zip(keys, values, strict=True))
-
-
-class TFCAF(nn.Module):
-    """A training-free credit assignment function (QLLM, Eq. 3): a fixed function of (Q, state) with no
-    trainable parameters. The function must come from ``Sandbox.load`` (validated, then restricted).
-
-    ``state_linear`` declares the function linear in Q with weights that depend on the state only (what
-    qllm's templates generate); its ``(w, b)`` are then memoised per state (:class:`StateCredit`), after
-    checking on the first batch that the memoised form gives the function's own values (if it does not,
-    with a warning, the function is called directly as for any other file).
-    """
+class TFCAF(Mixer):
+    """A training-free credit assignment function (QLLM, Eq. 3) that is not linear in Q (hand-written
+    files): called in this process on every batch, as ``Sandbox.load`` restricted it, within
+    ``call_budget_s`` per call. Functions linear in Q train through :class:`LinearCredit` instead."""
 
     def __init__(
         self,
         n_agents: int,
         state_dim: int,
         credit_function: CreditFunction | None = None,
-        state_linear: bool = False,
+        call_budget_s: float = 10.0,
         **_: object,
     ):
         super().__init__()
         if credit_function is None:
             raise ValueError("the tfcaf mixer needs a credit function (--tfcaf FILE)")
         self.n_agents, self.state_dim = n_agents, state_dim
-        self.credit_function = credit_function
-        self.state_credit = StateCredit(credit_function, n_agents) if state_linear else None
-        self.checked = False
+        self.credit_function = time_limited(credit_function, call_budget_s)
 
     def forward(self, agent_qs: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         lead = agent_qs.shape[:-1]
         qs, rows = agent_qs.reshape(-1, self.n_agents), states.reshape(-1, self.state_dim)
         try:
-            q_tot = self._mix(qs, rows)
+            q_tot = self.credit_function(qs, rows)
         except Exception as exc:
             # Validation covers recorded states only; training meets new ones. Say so, not a bare traceback.
             raise CreditFunctionError(
-                f"the credit function failed on a state met during training, which validation had not "
-                f"covered: {type(exc).__name__}: {exc}"
+                f"the credit function failed on {rows.shape[0]} states met during training: "
+                f"{type(exc).__name__}: {exc}"
             ) from exc
+        if not torch.isfinite(q_tot).all():
+            bad = int((~torch.isfinite(q_tot)).sum())
+            raise CreditFunctionError(
+                f"the credit function returned NaN or infinite values for {bad} of {rows.shape[0]} states"
+            )
         return q_tot.reshape(*lead, 1)
 
-    def _mix(self, qs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        if self.state_credit is None:
-            return self.credit_function(qs, rows)
-        weights, bias = self.state_credit(rows)
-        q_tot = (weights * qs).sum(dim=1, keepdim=True) + bias.unsqueeze(1)
-        if not self.checked:
-            self.checked = True
-            direct = self.credit_function(qs, rows)
-            if not torch.allclose(q_tot, direct, rtol=1e-4, atol=1e-4):
-                warnings.warn(
-                    "the credit function's header declares it linear in Q (Q_tot = w(s) . Q + b(s)), but "
-                    "it is not: its weights are not memoised, and training is slower",
-                    stacklevel=2,
-                )
-                self.state_credit = None
-                return direct
-        return q_tot
 
-
-MIXERS: dict[str, type[nn.Module]] = {"iql": IQL, "vdn": VDN, "qmix": QMIX, "qatten": Qatten, "tfcaf": TFCAF}
+MIXERS: dict[str, type[Mixer]] = {"iql": IQL, "vdn": VDN, "qmix": QMIX, "qatten": Qatten, "tfcaf": TFCAF}
+"""Mixers by ``TrainConfig.mixer``. For ``tfcaf`` the trainer uses :class:`LinearCredit` instead when the
+sandbox measured the function linear in Q."""

@@ -1,15 +1,19 @@
-"""Load a training-free credit assignment function (TFCAF) file for training, through the sandbox.
+"""Validate a training-free credit assignment function (TFCAF) file for training, in the sandbox.
 
-The file is validated in the isolated sandbox against real recorded states of the task, and only then
-loaded into this process (under RestrictedPython) by :meth:`qllm.sandbox.Sandbox.load`: nothing else
-ever executes generated code. A file may declare what it was written for in a first-line header,
-``# qllm-tfcaf: {"task": "lbf-8x8-2p-2f", "state_dim": 24}``; a mismatch with the task is refused
-before anything runs.
+The file is validated in the isolated sandbox against real recorded states of the task. The verdict
+says what training needs: a function linear in Q (every function qllm writes) trains on the weights and
+bias the sandbox computes per state, and never runs in the trainer's process; any other function is
+loaded into this process under RestrictedPython, with a per-call time budget.
+
+A file may declare what it was written for in a first-line header,
+``# qllm-tfcaf: {"task": "lbf-8x8-2p-2f", "state_dim": 24}``; a mismatch with the task is refused before
+anything runs.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +21,44 @@ from qllm.envs import EnvInfo
 from qllm.envs.recording import record
 from qllm.sandbox import (
     CandidateFileError,
-    CandidateRejectedError,
     CheckOptions,
+    LoadedCandidate,
     Sandbox,
     ValidationInputs,
+    ValidationResult,
+    load_credit_function,
     read_candidate_file,
 )
-from qllm.sandbox.restricted import LoadedCandidate
 
 HEADER = "# qllm-tfcaf:"
-STATE_LINEAR_TEMPLATES = frozenset({"agent-weight/v1", "credit-spec/v1"})
-"""Templates (see :mod:`qllm.agents.template`) whose functions are ``Q_tot = w(s) . Q + b(s)`` by
-construction: their weights can be computed once per state (:class:`qllm.rl.mixers.StateCredit`)."""
 VALIDATION_EPISODES = 20
+LINEAR_TOLERANCE = 1e-3
+"""Largest ``linear_in_q_error`` (the change of the implied weights and bias when the Q-values are redrawn)
+of a function taken as linear in Q: float32 rounding of a truly linear function stays far below it."""
 
 
 class TFCAFError(ValueError):
     """A credit-function file that cannot be used for this task."""
+
+
+@dataclass(frozen=True)
+class ValidatedTFCAF:
+    """A credit-function file that passed the sandbox's checks on the task, with the sandbox's verdict."""
+
+    path: Path
+    source: str
+    verdict: ValidationResult
+
+    @property
+    def linear_in_q(self) -> bool:
+        """``Q_tot = w(s) . Q + b(s)`` as measured: then training needs only each state's ``(w, b)``,
+        computed in the sandbox (:mod:`qllm.rl.credit`), never the function in this process."""
+        weights = self.verdict.weights
+        return weights is not None and weights.linear_in_q_error <= LINEAR_TOLERANCE
+
+    def load_restricted(self) -> LoadedCandidate:
+        """The function in this process, under the restricted globals: for functions not linear in Q."""
+        return load_credit_function(self.source)
 
 
 def read_header(source: str) -> dict[str, Any]:
@@ -47,16 +72,8 @@ def read_header(source: str) -> dict[str, Any]:
     return header if isinstance(header, dict) else {}
 
 
-def is_state_linear(path: Path) -> bool:
-    """Whether the file's header names a template whose functions are linear in Q (checked in training)."""
-    try:
-        return read_header(read_candidate_file(path)).get("template") in STATE_LINEAR_TEMPLATES
-    except (CandidateFileError, TFCAFError):
-        return False
-
-
-def load_tfcaf(path: Path, info: EnvInfo, monotonic: bool = True) -> LoadedCandidate:
-    """Validate the credit function at ``path`` on ``info.task``, then load it; else :class:`TFCAFError`."""
+def load_tfcaf(path: Path, info: EnvInfo, monotonic: bool = True) -> ValidatedTFCAF:
+    """Validate the credit function at ``path`` on ``info.task`` in the sandbox; else :class:`TFCAFError`."""
     try:
         source = read_candidate_file(path)
     except CandidateFileError as exc:
@@ -69,9 +86,7 @@ def load_tfcaf(path: Path, info: EnvInfo, monotonic: bool = True) -> LoadedCandi
         )
     inputs = ValidationInputs.from_recording(record(info.task, VALIDATION_EPISODES, seed=0))
     with Sandbox() as sandbox:
-        try:
-            return sandbox.load(source, inputs, CheckOptions(require_monotonic=monotonic))
-        except CandidateRejectedError as rejected:
-            raise TFCAFError(
-                f"{path} failed validation on {info.task}: {rejected.result.feedback()}"
-            ) from None
+        verdict = sandbox.validate(source, inputs, CheckOptions(require_monotonic=monotonic))
+    if not verdict.ok:
+        raise TFCAFError(f"{path} failed validation on {info.task}: {verdict.feedback()}")
+    return ValidatedTFCAF(path=path, source=source, verdict=verdict)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from statistics import mean
 from typing import TYPE_CHECKING, Any
@@ -29,12 +29,13 @@ from qllm.rl.agent import RNNAgent, build_agent
 from qllm.rl.buffer import EpisodeBatch, ReplayBuffer
 from qllm.rl.coma import COMALearner
 from qllm.rl.config import TrainConfig
-from qllm.rl.learner import Learner, QLearner
+from qllm.rl.credit import CreditFunctionError, SandboxCredit
+from qllm.rl.learner import Learner, NonFiniteError, QLearner
 from qllm.rl.logger import MetricsLogger, plot_learning_curve
 from qllm.rl.maddpg import MADDPGLearner
-from qllm.rl.mixers import MIXERS
-from qllm.rl.runner import GREEDY, EpsilonGreedy, ParallelRunner
-from qllm.rl.tfcaf import is_state_linear, load_tfcaf
+from qllm.rl.mixers import MIXERS, TFCAF, LinearCredit, Mixer
+from qllm.rl.runner import GREEDY, ActionSelector, EpsilonGreedy, ParallelRunner, RolloutStats
+from qllm.rl.tfcaf import load_tfcaf
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -50,6 +51,27 @@ EVAL_SEED_OFFSET = 1_000_000_000
 
 class RunError(ValueError):
     """A run folder that cannot be resumed or evaluated."""
+
+
+class TrainingError(RuntimeError):
+    """Training stopped because continuing would give a wrong result: the credit function failed on new
+    states, or an update met a NaN or infinity. The run folder keeps its checkpoints."""
+
+    @classmethod
+    def at(
+        cls, cause: Exception, at: Counters, config: TrainConfig, run_dir: Path, episodes: int
+    ) -> TrainingError:
+        saved = checkpoints(run_dir)
+        then = (
+            f"the last good checkpoint is {saved[-1].name}: once the cause is fixed, continue with "
+            f"--resume {run_dir}"
+            if saved
+            else "no checkpoint was saved yet: once the cause is fixed, start the run again"
+        )
+        return cls(
+            f"training stopped at step {at.t_env} (episodes {at.episodes}-{at.episodes + episodes - 1}, "
+            f"mixer {config.mixer}): {cause}; {then}"
+        )
 
 
 @dataclass
@@ -76,6 +98,12 @@ class Counters:
     returns_since_log: list[float] = field(default_factory=list)
     """Training episode returns not yet logged (logged as their mean, so the curve is not one episode)."""
 
+    def advance(self, rollout: RolloutStats) -> None:
+        """Count the episodes of one collected batch."""
+        self.t_env += rollout.steps
+        self.episodes += len(rollout.returns)
+        self.returns_since_log += rollout.returns
+
 
 @dataclass
 class TrainResult:
@@ -93,34 +121,34 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_networks(config: TrainConfig, runner: ParallelRunner) -> tuple[RNNAgent, torch.nn.Module]:
-    """The agent network and the mixer of the q learner (a TFCAF is validated in the sandbox here)."""
-    return _q_networks(config, runner.info)
-
-
-def _q_networks(config: TrainConfig, info: EnvInfo) -> tuple[RNNAgent, torch.nn.Module]:
-    agent = build_agent(config, info)
+def build_mixer(config: TrainConfig, info: EnvInfo) -> tuple[Mixer, SandboxCredit | None]:
+    """The q learner's mixer and, for a credit function linear in Q, what computes each state's credit in
+    the sandbox. A credit-function file is validated in the sandbox here."""
     if config.mixer not in MIXERS:
         raise ValueError(f"unknown mixer {config.mixer!r}; choose from {', '.join(MIXERS)}")
-    credit_function, state_linear = None, False
-    if config.mixer == "tfcaf" and config.tfcaf:
-        credit_function = load_tfcaf(Path(config.tfcaf), info, monotonic=config.tfcaf_monotonic).function
-        state_linear = is_state_linear(Path(config.tfcaf))
-    mixer = MIXERS[config.mixer](
-        info.n_agents,
-        info.state_dim,
-        embed_dim=config.mixing_embed_dim,
-        hypernet_embed=config.hypernet_embed,
-        heads=config.attention_heads,
-        credit_function=credit_function,
-        state_linear=state_linear,
-    )
-    return agent, mixer
+    n, state_dim = info.n_agents, info.state_dim
+    if config.mixer != "tfcaf":
+        return MIXERS[config.mixer](
+            n,
+            state_dim,
+            embed_dim=config.mixing_embed_dim,
+            hypernet_embed=config.hypernet_embed,
+            heads=config.attention_heads,
+        ), None
+    if not config.tfcaf:
+        raise ValueError("the tfcaf mixer needs a credit function (--tfcaf FILE)")
+    tfcaf = load_tfcaf(Path(config.tfcaf), info, monotonic=config.tfcaf_monotonic)
+    budget = config.credit_call_budget_s
+    if tfcaf.linear_in_q:
+        return LinearCredit(n, state_dim), SandboxCredit(tfcaf.source, n, config.tfcaf_monotonic, budget)
+    function = tfcaf.load_restricted().function
+    return TFCAF(n, state_dim, credit_function=function, call_budget_s=budget), None
 
 
 def build_q_learner(config: TrainConfig, info: EnvInfo, device: torch.device) -> QLearner:
-    agent, mixer = _q_networks(config, info)
-    return QLearner(agent.to(device), mixer.to(device), info.n_actions, config)
+    agent = build_agent(config, info)
+    mixer, credit = build_mixer(config, info)
+    return QLearner(agent.to(device), mixer.to(device), info.n_actions, config, credit)
 
 
 LEARNERS: dict[str, Callable[[TrainConfig, EnvInfo, torch.device], Learner]] = {
@@ -178,7 +206,8 @@ def train(
     run_name: str | None = None,
 ) -> TrainResult:
     """Train with ``config`` in a new run folder (named ``run_name`` if given), or continue the run
-    folder ``resume``."""
+    folder ``resume``. A credit function that fails on new states, or a NaN or infinity in an update,
+    stops the run with :class:`TrainingError`; its checkpoints stay, so it can be resumed once fixed."""
     # --- set-up (everything that can refuse the config happens before a run folder exists) ----------
     if resume is not None:
         check_resumable(resume, config)
@@ -192,7 +221,7 @@ def train(
         raise ValueError(f"unknown algo {config.algo!r}; choose from {', '.join(LEARNERS)}")
     learner = LEARNERS[config.algo](config, runner.info, device)
     run_dir = resume if resume is not None else new_run_dir(config, runs_dir, run_name)
-    buffer = None if learner.on_policy else ReplayBuffer(config.buffer_size, runner.info)
+    buffer = replay_buffer(config, runner.info, learner)
     at = Counters(next_checkpoint=config.checkpoint_interval)
     if resume is not None:
         at = restore_checkpoint(latest_checkpoint(run_dir), learner, buffer, generator, device)
@@ -200,44 +229,75 @@ def train(
     test_return: float | None = None
 
     # --- the loop: collect, store, learn, evaluate, log, checkpoint -------------------------------
-    while at.t_env < config.steps:
-        behaviour = learner.behaviour(at.t_env)
-        epsilon = behaviour.epsilon if isinstance(behaviour, EpsilonGreedy) else None
-        seeds = [config.seed * 1_000_003 + at.episodes + e for e in range(config.envs)]
-        batch, rollout = runner.run(learner.agent, seeds, behaviour, generator, device)
-        at.t_env += rollout.steps
-        at.episodes += len(seeds)
-        at.returns_since_log += rollout.returns
-        update = None
-        training_batch = next_training_batch(batch, buffer, config.batch_size, generator)
-        if training_batch is not None:
-            update = learner.update(training_batch.to(device), len(seeds))
-        if at.t_env >= at.next_eval:
-            test_return = log_evaluation(
-                logger, at.t_env, agent=learner.agent, runner=eval_runner, config=config, device=device
-            )
-            at.next_eval += config.eval_interval
-        if at.t_env >= at.next_log:
-            log_training(logger, at, epsilon, update)
-            at.next_log += config.log_interval
-        if at.t_env >= at.next_checkpoint:
-            at.next_checkpoint += config.checkpoint_interval
-            save_checkpoint(run_dir, learner, buffer, generator, at)
-        if on_progress is not None:
-            on_progress(Progress(at.t_env, config.steps, mean(rollout.returns), epsilon, test_return))
+    try:
+        while at.t_env < config.steps:
+            behaviour = learner.behaviour(at.t_env)
+            epsilon = behaviour.epsilon if isinstance(behaviour, EpsilonGreedy) else None
+            seeds = [config.seed * 1_000_003 + at.episodes + e for e in range(config.envs)]
+            try:
+                rollout, update = collect_and_learn(
+                    learner, runner, buffer, seeds, behaviour=behaviour, generator=generator,
+                    batch_size=config.batch_size, device=device,
+                )  # fmt: skip
+            except (CreditFunctionError, NonFiniteError) as exc:
+                raise TrainingError.at(exc, at, config, run_dir, episodes=len(seeds)) from exc
+            at.advance(rollout)
+            if at.t_env >= at.next_eval:
+                test_return = log_evaluation(
+                    logger, at.t_env, agent=learner.agent, runner=eval_runner, config=config, device=device
+                )
+                at.next_eval += config.eval_interval
+            if at.t_env >= at.next_log:
+                log_training(logger, at, epsilon, update)
+                at.next_log += config.log_interval
+            if at.t_env >= at.next_checkpoint:
+                at.next_checkpoint += config.checkpoint_interval
+                save_checkpoint(run_dir, learner, buffer, generator, at)
+            if on_progress is not None:
+                on_progress(Progress(at.t_env, config.steps, mean(rollout.returns), epsilon, test_return))
 
-    # --- wrap-up -----------------------------------------------------------------------------------
-    final_return = log_evaluation(
-        logger, at.t_env, agent=learner.agent, runner=eval_runner, config=config, device=device
-    )
-    logger.close()
-    runner.close()
-    eval_runner.close()
+        # --- wrap-up -------------------------------------------------------------------------------
+        final_return = log_evaluation(
+            logger, at.t_env, agent=learner.agent, runner=eval_runner, config=config, device=device
+        )
+    finally:
+        for resource in (logger, runner, eval_runner, learner.credit):
+            if resource is not None:
+                resource.close()
     final_model = {name: network.state_dict() for name, network in learner.networks().items()}
     torch.save({**final_model, "t_env": at.t_env}, run_dir / FINAL_MODEL)
     del buffer, learner  # the replay buffer is most of a run's memory: release it before plotting
     plot = plot_learning_curve(run_dir, f"{config.task}: {config.preset} (seed {config.seed})")
     return TrainResult(run_dir=run_dir, t_env=at.t_env, final_test_return=final_return, plot=plot)
+
+
+def replay_buffer(config: TrainConfig, info: EnvInfo, learner: Learner) -> ReplayBuffer | None:
+    """The replay buffer of an off-policy learner, with room for each state's credit if it needs it."""
+    if learner.on_policy:
+        return None
+    return ReplayBuffer(config.buffer_size, info, learner.credit.width if learner.credit else 0)
+
+
+def collect_and_learn(
+    learner: Learner,
+    runner: ParallelRunner,
+    buffer: ReplayBuffer | None,
+    seeds: list[int],
+    *,
+    behaviour: ActionSelector,
+    generator: torch.Generator,
+    batch_size: int,
+    device: torch.device,
+) -> tuple[RolloutStats, DataclassInstance | None]:
+    """One episode per seed with the acting network, each state labelled with its credit when the learner
+    needs it, then (once there is enough to learn from) one update; returns the update's diagnostics."""
+    batch, rollout = runner.run(learner.agent, seeds, behaviour, generator, device)
+    if learner.credit is not None:
+        batch = replace(batch, credit=learner.credit(batch.state))
+    training_batch = next_training_batch(batch, buffer, batch_size, generator)
+    if training_batch is None:
+        return rollout, None
+    return rollout, learner.update(training_batch.to(device), len(seeds))
 
 
 def next_training_batch(
@@ -294,6 +354,7 @@ def save_checkpoint(
         "buffer": None if buffer is None else buffer.state_dict(),
         "generator": generator.get_state(),
         "counters": asdict(at),
+        "credit_sha256": None if learner.credit is None else learner.credit.sha256,
     }
     path = directory / f"step_{at.t_env}.pt"
     tmp = path.with_suffix(".tmp")
@@ -314,6 +375,11 @@ def restore_checkpoint(
     learner.load_state_dict(state["learner"])
     if buffer is not None:
         buffer.load_state_dict(state["buffer"])
+        credit = learner.credit
+        if credit is not None and state.get("credit_sha256") != credit.sha256:
+            # The credit-function file was fixed or replaced since: the stored credit is the old one's.
+            stored = buffer.storage[slice(0, buffer.size)]
+            stored.credit[:] = credit(stored.state)
     generator.set_state(state["generator"].cpu())  # map_location may have moved it; generators live on CPU
     return Counters(**state["counters"])
 

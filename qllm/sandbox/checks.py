@@ -263,3 +263,21 @@ def _weight_report(subject: Subject, out: torch.Tensor, w: torch.Tensor, example
         linear_in_q_error=float((bias - other_bias).abs().max() + (w - other_w).abs().max()),
         example_weights=[[round(float(v), 6) for v in row] for row in w[:examples]],
     )
+
+
+def compute_credit(
+    fn: CreditFunction, states: torch.Tensor, n_agents: int, require_monotonic: bool, trace: Tracer
+) -> torch.Tensor:
+    """Each state's credit under a function linear in Q: ``[R, n_agents + 1]``, the weights
+    ``w(s) = dQ_tot/dQ`` and the bias ``b(s) = Q_tot(Q = 0)``; :class:`CheckError` if the function fails,
+    returns the wrong shape, or gives non-finite (or, with ``require_monotonic``, negative) weights."""
+    subject = Subject(fn, torch.zeros(states.shape[0], n_agents), states, trace)
+    bias, weights = subject.output_and_weights(subject.agents_q)
+    if not torch.isfinite(weights).all():
+        bad = int((~torch.isfinite(weights)).any(1).sum())
+        raise CheckError(
+            ErrorKind.NON_FINITE, f"the weights are NaN or infinite in {bad} of {subject.batch} states"
+        )
+    if require_monotonic:
+        _check_monotonic(weights, CheckOptions())
+    return torch.cat([weights, bias], dim=1)

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -30,11 +30,12 @@ from qllm.sandbox.cgroup import PidsCgroup
 from qllm.sandbox.checks import CheckOptions
 from qllm.sandbox.protocol import ProtocolError, SandboxLimits, encode_array, receive_frame, write_frame
 from qllm.sandbox.restricted import LoadedCandidate, load_credit_function
-from qllm.sandbox.result import ErrorKind, ValidationResult
+from qllm.sandbox.result import CreditResult, ErrorKind, ValidationResult, Verdict
 
 START_TIMEOUT_S = 120.0
 MAX_PIDS = 64
 """Processes and threads one worker and everything it starts may have at once (where cgroups allow)."""
+AnyVerdict = TypeVar("AnyVerdict", bound=Verdict)
 ANSWER_MARGIN_S = 15.0
 """How much longer than a job's own wall-clock budget the host waits before declaring the worker hung."""
 
@@ -208,7 +209,21 @@ class Sandbox:
             "options": vars(options or CheckOptions()),
             "limits": self.limits.to_dict(),
         }
-        return self._run(job)
+        return self._run(job, ValidationResult)
+
+    def credit(self, source: str, states: torch.Tensor, n_agents: int, monotonic: bool) -> CreditResult:
+        """The credit ``[R, n_agents + 1]`` (weights, then bias) that ``source``, a function linear in Q,
+        gives each row of ``states [R, S]``, computed in a fresh limited child of the worker like every
+        other job. Its weights must be finite, and non-negative when ``monotonic``."""
+        job = {
+            "kind": "credit",
+            "source": source,
+            "states": encode_array(states.numpy()),
+            "n_agents": n_agents,
+            "monotonic": monotonic,
+            "limits": self.limits.to_dict(),
+        }
+        return self._run(job, CreditResult)
 
     def load(
         self, source: str, inputs: ValidationInputs, options: CheckOptions | None = None
@@ -228,20 +243,22 @@ class Sandbox:
 
         For testing what the process layer alone contains. Never pass generated code here.
         """
-        return self._run({"kind": "probe", "source": python_source, "limits": self.limits.to_dict()})
+        job = {"kind": "probe", "source": python_source, "limits": self.limits.to_dict()}
+        return self._run(job, ValidationResult)
 
-    def _run(self, job: dict[str, Any]) -> ValidationResult:
+    def _run(self, job: dict[str, Any], result_type: type[AnyVerdict]) -> AnyVerdict:
         start = time.monotonic()
         with self._lock:
             try:
                 answer = self._worker.submit(job, timeout_s=self.limits.wall_s + ANSWER_MARGIN_S)
-                result = ValidationResult.model_validate(answer)
+                result = result_type.model_validate(answer)
             except (ProtocolError, OSError, ValueError) as exc:
                 self._worker.close()  # a worker that misbehaved is never reused
-                result = ValidationResult.failure(ErrorKind.SANDBOX, f"sandbox worker failed: {exc}")
+                result = result_type.failure(ErrorKind.SANDBOX, f"sandbox worker failed: {exc}")
             finally:
                 if not self.warm:
                     self._worker.close()
         result.backend = self.backend.name
-        result.timings.total = time.monotonic() - start
+        if isinstance(result, ValidationResult):
+            result.timings.total = time.monotonic() - start
         return result

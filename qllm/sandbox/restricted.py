@@ -12,7 +12,8 @@ function in-process). It guarantees that the code can reach nothing but:
   minus tensor methods that reach memory, files or the autograd graph (:data:`TENSOR_DENIED`);
 - writes to anything except modules, proxies, classes and functions (no monkeypatching).
 
-It does not stop infinite loops or memory bombs: the process layer does (see ``worker.py``).
+It does not stop infinite loops or memory bombs: the process layer does (see ``worker.py``); in the
+trainer's process, :func:`time_limited` bounds each call's time.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from __future__ import annotations
 import ast
 import builtins
 import math
+import sys
+import time
 import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -370,6 +373,40 @@ def load_credit_function(source: str, print_limit: int = 64 * 1024) -> LoadedCan
     if not callable(fn):
         raise CandidateError(ErrorKind.CONTRACT, f"`{FUNCTION_NAME}` is not a function")
     return LoadedCandidate(function=fn, output=sink)
+
+
+class CallBudgetExceededError(Exception):
+    """A credit function called in this process ran past its per-call time budget."""
+
+
+def time_limited(function: Callable[..., Any], budget_s: float) -> Callable[..., Any]:
+    """``function`` (a loaded candidate's) wrapped so that a call running longer than ``budget_s`` seconds
+    raises :class:`CallBudgetExceededError`.
+
+    In this process there is no child to kill, so the deadline is checked on every line that the
+    candidate's own code executes (a trace function on its frames only: torch's kernels and every other
+    frame run untraced). One tensor operation that takes longer is interrupted only when it returns.
+    """
+
+    def within_budget(*args: Any) -> Any:
+        deadline = time.monotonic() + budget_s
+
+        def on_line(frame: types.FrameType, event: str, arg: Any) -> Any:
+            if time.monotonic() > deadline:
+                raise CallBudgetExceededError(f"still running after {budget_s:g}s (per-call budget)")
+            return on_line
+
+        def on_call(frame: types.FrameType, event: str, arg: Any) -> Any:
+            return on_line if frame.f_code.co_filename == CANDIDATE_FILENAME else None
+
+        previous = sys.gettrace()
+        sys.settrace(on_call)
+        try:
+            return function(*args)
+        finally:
+            sys.settrace(previous)
+
+    return within_budget
 
 
 def candidate_traceback(exc: BaseException, source: str, limit: int = 6) -> str:

@@ -12,6 +12,7 @@ code's host process: parsing them validates every field.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Self
 
 from pydantic import BaseModel, Field
 
@@ -97,8 +98,8 @@ class Timings(BaseModel):
     """One forward call on the whole validation batch."""
 
 
-class ValidationResult(BaseModel):
-    """The verdict on one candidate file."""
+class Verdict(BaseModel):
+    """What every sandbox job answers: whether it succeeded and, if not, why, in three forms."""
 
     ok: bool
     error_kind: ErrorKind | None = None
@@ -106,16 +107,13 @@ class ValidationResult(BaseModel):
     """One line, for people and LLMs."""
     traceback: str = ""
     """Only the frames in the candidate's own code, with the offending source lines."""
-    weights: WeightReport | None = None
-    """Present when the function ran to the end (also when a later check such as monotonicity failed)."""
     printed: str = ""
     """What the candidate printed (truncated)."""
     backend: str = ""
     """Isolation backend that ran it: bwrap, docker, unshare or process."""
-    timings: Timings = Field(default_factory=Timings)
 
     @classmethod
-    def failure(cls, kind: ErrorKind, message: str, traceback: str = "", **extra: object) -> ValidationResult:
+    def failure(cls, kind: ErrorKind, message: str, traceback: str = "", **extra: object) -> Self:
         return cls(ok=False, error_kind=kind, message=message, traceback=traceback, **extra)
 
     def feedback(self) -> str:
@@ -126,3 +124,25 @@ class ValidationResult(BaseModel):
         if self.traceback:
             parts.append(self.traceback)
         return "\n".join(parts)
+
+
+class ValidationResult(Verdict):
+    """The verdict on one candidate file."""
+
+    weights: WeightReport | None = None
+    """Present when the function ran to the end (also when a later check such as monotonicity failed)."""
+    timings: Timings = Field(default_factory=Timings)
+
+
+class EncodedArray(BaseModel):
+    """A float32 array as it crosses the process boundary: its shape and base64 of its raw bytes."""
+
+    shape: list[int]
+    data: str
+
+
+class CreditResult(Verdict):
+    """The per-state credit of a function linear in Q, ``Q_tot = w(s) . Q + b(s)``, on a batch of states."""
+
+    credit: EncodedArray | None = None
+    """``[R, n_agents + 1]``: each state's weights ``w_1..w_n`` and bias ``b``; present when ``ok``."""

@@ -25,10 +25,20 @@ import selectors
 import signal
 import sys
 import time
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from qllm.sandbox.protocol import ProtocolError, SandboxLimits, decode_array, read_frame, write_frame
-from qllm.sandbox.result import ErrorKind, ValidationResult
+from qllm.sandbox.protocol import (
+    ProtocolError,
+    SandboxLimits,
+    decode_array,
+    encode_array,
+    read_frame,
+    write_frame,
+)
+from qllm.sandbox.result import CreditResult, EncodedArray, ErrorKind, ValidationResult, Verdict
+
+if TYPE_CHECKING:
+    from qllm.sandbox.checks import CreditFunction, Tracer
 
 RESULT_BYTES = 4 * 1024 * 1024
 MAX_OPEN_FILES = 64
@@ -124,13 +134,12 @@ def _execute(job: dict[str, Any], limits: SandboxLimits) -> dict[str, Any]:
     torch.set_num_threads(1)
     if job.get("kind") == "probe":
         return _probe(job["source"])
-    return _validate(job, limits)
+    return _run_candidate(job, limits)
 
 
-def _validate(job: dict[str, Any], limits: SandboxLimits) -> dict[str, Any]:
-    import torch  # noqa: PLC0415
-
-    from qllm.sandbox.checks import CheckOptions, run_checks  # noqa: PLC0415
+def _run_candidate(job: dict[str, Any], limits: SandboxLimits) -> dict[str, Any]:
+    """Load the candidate under the restricted globals, then validate it (``validate`` jobs) or compute
+    the credit it gives a batch of states (``credit`` jobs)."""
     from qllm.sandbox.restricted import (  # noqa: PLC0415
         CandidateError,
         OutputLimitExceeded,
@@ -139,31 +148,55 @@ def _validate(job: dict[str, Any], limits: SandboxLimits) -> dict[str, Any]:
     )
 
     source = job["source"]
+    result_type = CreditResult if job.get("kind") == "credit" else ValidationResult
     start = time.perf_counter()
     try:
         candidate = load_credit_function(source, print_limit=limits.output_bytes)
     except CandidateError as exc:
-        return ValidationResult.failure(exc.kind, exc.message, exc.traceback).model_dump(mode="json")
+        return result_type.failure(exc.kind, exc.message, exc.traceback).model_dump(mode="json")
     load_time = time.perf_counter() - start
-    agents_q = torch.from_numpy(decode_array(job["agents_q"]))
-    states = torch.from_numpy(decode_array(job["states"]))
+
+    def trace(exc: BaseException) -> str:
+        return candidate_traceback(exc, source)
+
+    result: Verdict
     try:
-        result = run_checks(
-            candidate.function,
-            agents_q,
-            states,
-            CheckOptions(**job.get("options", {})),
-            trace=lambda exc: candidate_traceback(exc, source),
-        )
+        if result_type is CreditResult:
+            result = _credit(candidate.function, job, trace)
+        else:
+            result = _validate(candidate.function, job, trace)
+            result.timings.load = load_time
     except OutputLimitExceeded as exc:
-        result = ValidationResult.failure(ErrorKind.OUTPUT_LIMIT, str(exc))
+        result = result_type.failure(ErrorKind.OUTPUT_LIMIT, str(exc))
     if candidate.output.overflowed and result.error_kind != ErrorKind.OUTPUT_LIMIT:
-        result = ValidationResult.failure(
+        result = result_type.failure(
             ErrorKind.OUTPUT_LIMIT, f"printed more than {limits.output_bytes} characters"
         )
     result.printed = candidate.output.text[-TAIL_BYTES:]
-    result.timings.load = load_time
     return result.model_dump(mode="json")
+
+
+def _validate(function: CreditFunction, job: dict[str, Any], trace: Tracer) -> ValidationResult:
+    import torch  # noqa: PLC0415
+
+    from qllm.sandbox.checks import CheckOptions, run_checks  # noqa: PLC0415
+
+    agents_q = torch.from_numpy(decode_array(job["agents_q"]))
+    states = torch.from_numpy(decode_array(job["states"]))
+    return run_checks(function, agents_q, states, CheckOptions(**job.get("options", {})), trace=trace)
+
+
+def _credit(function: CreditFunction, job: dict[str, Any], trace: Tracer) -> CreditResult:
+    import torch  # noqa: PLC0415
+
+    from qllm.sandbox.checks import CheckError, compute_credit  # noqa: PLC0415
+
+    states = torch.from_numpy(decode_array(job["states"]))
+    try:
+        credit = compute_credit(function, states, int(job["n_agents"]), bool(job["monotonic"]), trace)
+    except CheckError as failure:
+        return CreditResult.failure(failure.kind, failure.message, failure.traceback)
+    return CreditResult(ok=True, credit=EncodedArray(**encode_array(credit.detach().numpy())))
 
 
 def _probe(source: str) -> dict[str, Any]:

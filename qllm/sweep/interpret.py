@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qllm.rl.mixers import StateCredit
+from qllm.rl.credit import SandboxCredit
 from qllm.rl.runner import GREEDY, ParallelRunner
 from qllm.rl.tfcaf import load_tfcaf
 from qllm.rl.train import EVAL_SEED_OFFSET, load_trained_agent
@@ -61,8 +61,14 @@ def credit_episode(run_dir: Path, credit_file: Path, episodes: int = EPISODES) -
     batch = batch[best : best + 1]
     info = runner.info
     steps = int(batch.filled[0].sum())
-    function = load_tfcaf(credit_file, info, monotonic=config.tfcaf_monotonic).function
-    weights, bias = StateCredit(function, info.n_agents)(batch.state[0, :steps])
+    tfcaf = load_tfcaf(credit_file, info, monotonic=config.tfcaf_monotonic)
+    # In the sandbox, like training: w(s) = dQ_tot/dQ and b(s) at Q = 0 (exact for functions linear in Q).
+    credit = SandboxCredit(tfcaf.source, info.n_agents, monotonic=config.tfcaf_monotonic)
+    try:
+        values = credit(batch.state[0, :steps])
+    finally:
+        credit.close()
+    weights, bias = values[:, : info.n_agents], values[:, info.n_agents]
     return CreditEpisode(
         task=config.task,
         agent_names=info.agent_names,

@@ -1,0 +1,85 @@
+"""Credit as data: the ``(w(s), b(s))`` of a credit function, computed in the sandbox, stored with each state.
+
+Every credit function qllm writes is linear in Q, ``Q_tot = w(s) . Q + b(s)``, and the sandbox measures
+that of any file (``linear_in_q_error``). For such a function the trainer never needs the function
+itself, only each state's weights and bias: :class:`SandboxCredit` computes them for the new states of
+each collected batch of episodes, in a fresh limited child of the isolated sandbox worker (the same
+CPU-time, wall-clock and memory limits as validation), and the runner stores them beside the state in
+the replay buffer. The mixer is then ``(w * Q).sum(-1) + b`` (:class:`qllm.rl.mixers.LinearCredit`),
+and no generated code ever runs in the trainer's process.
+
+A call that fails (an exception, a timeout, a crash, memory) or gives non-finite or, where monotonicity
+is required, negative weights raises :class:`CreditFunctionError` with the sandbox's verdict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+import torch
+
+from qllm.sandbox import Sandbox, SandboxLimits
+from qllm.sandbox.protocol import decode_array
+
+
+class CreditFunctionError(RuntimeError):
+    """A validated credit function that failed on states met during training."""
+
+
+class SandboxCredit:
+    """Each state's credit ``[w_1..w_n, b]`` under the credit function ``source``, memoised per state.
+
+    States recur (matrix games have a handful, and a replay buffer holds each state for many updates),
+    so each distinct state is sent to the sandbox once; ``max_states`` bounds the memo (it starts over
+    when full).
+    """
+
+    def __init__(
+        self,
+        source: str,
+        n_agents: int,
+        monotonic: bool,
+        call_budget_s: float = SandboxLimits.wall_s,
+        max_states: int = 500_000,
+    ) -> None:
+        self.source, self.n_agents, self.monotonic, self.max_states = source, n_agents, monotonic, max_states
+        self.sha256 = hashlib.sha256(source.encode()).hexdigest()
+        """Identifies the function whose credit a replay buffer holds (a resumed run may bring a new one)."""
+        self.sandbox = Sandbox(limits=SandboxLimits(wall_s=call_budget_s, cpu_s=math.ceil(call_budget_s)))
+        self.memo: dict[bytes, np.ndarray] = {}
+        self.calls = 0
+        """Sandbox calls so far (one per batch that brought new states)."""
+
+    @property
+    def width(self) -> int:
+        """Values per state: the ``n`` weights and the bias."""
+        return self.n_agents + 1
+
+    def close(self) -> None:
+        self.sandbox.close()
+
+    def __call__(self, states: torch.Tensor) -> torch.Tensor:
+        """``states [..., S]`` -> credit ``[..., n + 1]`` (float32, on the states' device)."""
+        rows = states.detach().reshape(-1, states.shape[-1]).to("cpu", torch.float32).contiguous().numpy()
+        keys = [row.tobytes() for row in rows]
+        missing = {key: i for i, key in enumerate(keys) if key not in self.memo}
+        if missing:
+            if len(self.memo) + len(missing) > self.max_states:
+                self.memo.clear()
+                missing = dict(zip(keys, range(len(keys)), strict=True))
+            self.memo.update(zip(missing, self._compute(rows[list(missing.values())]), strict=True))
+        credit = torch.from_numpy(np.stack([self.memo[key] for key in keys]))
+        return credit.reshape(*states.shape[:-1], self.width).to(states.device)
+
+    def _compute(self, rows: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        result = self.sandbox.credit(self.source, torch.from_numpy(rows), self.n_agents, self.monotonic)
+        if not result.ok or result.credit is None:
+            kind = result.error_kind.value if result.error_kind else "error"
+            raise CreditFunctionError(
+                f"the credit function failed in the sandbox on {len(rows)} new states "
+                f"({kind}: {result.message})"
+            )
+        return decode_array(result.credit.model_dump())

@@ -1,0 +1,175 @@
+"""Training never fails silently: credit functions that pass validation and misbehave later stop the run
+with one clear line, NaN anywhere in an update stops it, and no generated code linear in Q ever runs in
+the trainer's process.
+
+The misbehaving functions are test data (``tests/sandbox_corpus/training/``), run only through qllm: the
+ones linear in Q through the sandbox's credit jobs, the others in-process under RestrictedPython.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import qllm.sandbox.restricted
+from qllm.rl import preset, train
+from qllm.rl.credit import SandboxCredit
+from qllm.rl.mixers import MIXERS, QMIX
+from qllm.rl.train import CHECKPOINT_DIR, FINAL_MODEL, TrainingError, checkpoints
+from qllm.sandbox import load_credit_function
+
+CORPUS = Path(__file__).parent / "sandbox_corpus" / "training"
+VDN = "def credit_assignment(agents_q, state):\n    return agents_q.sum(dim=1, keepdim=True)\n"
+SHORT = {
+    "steps": 600, "checkpoint_interval": 200, "eval_interval": 300, "eval_episodes": 2, "log_interval": 100,
+    "batch_size": 4, "buffer_size": 64, "envs": 2, "target_update_interval": 4,
+}  # fmt: skip
+
+
+def qllm_train(*args: str) -> subprocess.CompletedProcess[str]:
+    """`qllm train ...` as a user runs it; a hang fails the test after a minute."""
+    command = [str(Path(sys.executable).parent / "qllm"), "train", *args]
+    environment = {**os.environ, "COLUMNS": "250"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, env=environment, check=False)
+
+
+# --- misbehaving credit functions, from the command line -------------------------------------------
+
+
+def test_a_function_that_hangs_on_large_batches_stops_training_in_the_sandbox(tmp_path: Path) -> None:
+    # 8 environments: the first rollout brings ~400 new states, more than validation ever sent.
+    start = time.monotonic()
+    result = qllm_train(
+        "--task", "lbf-8x8-2p-2f", "--mixer", "qllm", "--tfcaf", str(CORPUS / "loops_on_large_batches.py"),
+        "--steps", "3000", "--credit-call-budget", "2", "--runs-dir", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert time.monotonic() - start < 60
+    error = [line for line in result.stdout.splitlines() if line.startswith("error:")]
+    assert len(error) == 1
+    assert "training stopped at step 0 (episodes 0-7, mixer tfcaf)" in error[0]
+    assert "in the sandbox" in error[0] and "timeout" in error[0]
+    (run,) = tmp_path.iterdir()
+    assert not (run / FINAL_MODEL).exists()
+
+
+def test_a_function_that_turns_nan_mid_run_stops_training_with_exit_1(tmp_path: Path) -> None:
+    result = qllm_train(
+        "--task", "matrix-climbing", "--mixer", "qllm", "--tfcaf", str(CORPUS / "nan_from_40th_call.py"),
+        "--steps", "20000", "--checkpoint-interval", "1000", "--runs-dir", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    (error,) = [line for line in result.stdout.splitlines() if line.startswith("error:")]
+    assert "returned NaN or infinite values" in error and "the last good checkpoint is step_" in error
+    (run,) = tmp_path.iterdir()
+    assert not (run / FINAL_MODEL).exists() and checkpoints(run)
+    assert "nan" not in (run / "metrics.csv").read_text().lower()
+
+
+def test_an_in_process_function_over_its_time_budget_stops_training(tmp_path: Path) -> None:
+    config = preset(
+        "qllm", task="matrix-climbing", tfcaf=str(CORPUS / "loops_on_large_batches_not_linear.py"),
+        credit_call_budget_s=1.0, **{**SHORT, "batch_size": 16},  # 16 x 26 states: more than validation's
+    )  # fmt: skip
+    with pytest.raises(TrainingError, match="per-call budget"):
+        train(config, runs_dir=tmp_path)
+
+
+def test_nan_weights_from_the_sandbox_stop_training(tmp_path: Path) -> None:
+    config = preset(
+        "qllm", task="lbf-8x8-2p-2f", tfcaf=str(CORPUS / "nan_on_large_batches.py"), **{**SHORT, "envs": 8}
+    )
+    with pytest.raises(
+        TrainingError, match=r"step 0 .*in the sandbox .*non_finite: 404 of 404 outputs are NaN"
+    ):
+        train(config, runs_dir=tmp_path)
+
+
+# --- the linear path runs no generated code in this process ----------------------------------------
+
+
+def test_a_function_linear_in_q_never_runs_in_the_trainers_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(source: str) -> None:
+        raise AssertionError("generated code was compiled in the trainer's process")
+
+    # Every in-process load of a candidate compiles it here first; the sandbox worker is another process.
+    monkeypatch.setattr(qllm.sandbox.restricted, "compile_candidate", refuse)
+    path = tmp_path / "vdn.py"
+    path.write_text(VDN)
+    result = train(preset("qllm", task="matrix-climbing", tfcaf=str(path), **SHORT), runs_dir=tmp_path)
+    assert result.t_env >= 600 and (result.run_dir / FINAL_MODEL).exists()
+
+
+def test_credit_is_the_functions_own_and_each_state_goes_to_the_sandbox_once() -> None:
+    source = (
+        "import torch\n\n\ndef credit_assignment(agents_q, state):\n"
+        "    w = torch.softmax(state[:, :2], dim=1) * 2\n"
+        "    return (w * agents_q).sum(dim=1, keepdim=True) + state[:, 2:3]\n"
+    )
+    credit = SandboxCredit(source, n_agents=2, monotonic=True)
+    try:
+        states = torch.rand(10, 4)
+        values = credit(states)
+        again = credit(torch.cat([states, states]).reshape(2, 10, 4))
+        assert credit.calls == 1  # the same states again: nothing sent to the sandbox
+    finally:
+        credit.close()
+    q = torch.randn(10, 2)
+    function = load_credit_function(source).function  # the test's own check, in the test's process
+    expected = function(q, states)
+    assert torch.allclose((values[:, :2] * q).sum(1, keepdim=True) + values[:, 2:], expected, atol=1e-6)
+    assert torch.equal(again[1], values)
+
+
+# --- non-finite updates, and resuming --------------------------------------------------------------
+
+
+class TurnsNaN(QMIX):
+    """QMIX until its 15th forward call (the 8th update), NaN from then on."""
+
+    calls = 0
+
+    def forward(self, agent_qs: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        TurnsNaN.calls += 1
+        q_tot = super().forward(agent_qs, states)
+        return q_tot * float("nan") if TurnsNaN.calls >= 15 else q_tot
+
+
+def test_a_mixer_that_turns_nan_stops_at_that_update_and_the_run_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(MIXERS, "qmix", TurnsNaN)
+    TurnsNaN.calls = 0
+    config = preset("qmix", task="matrix-climbing", **SHORT)
+    with pytest.raises(TrainingError, match=r"stopped at step \d+ .*mixer qmix\): Q_tot is NaN") as failure:
+        train(config, runs_dir=tmp_path)
+    (run,) = tmp_path.iterdir()
+    assert not (run / FINAL_MODEL).exists()
+    saved = checkpoints(run)
+    assert saved and saved[-1].name in str(failure.value)
+    assert "nan" not in (run / "metrics.csv").read_text().lower()
+    monkeypatch.setitem(MIXERS, "qmix", QMIX)  # the cause fixed
+    resumed = train(config, resume=run)
+    assert resumed.t_env >= 600 and (run / FINAL_MODEL).exists()
+
+
+def test_resuming_with_a_replaced_function_relabels_the_stored_credit(tmp_path: Path) -> None:
+    path = tmp_path / "credit.py"
+    path.write_text(VDN)
+    config = preset("qllm", task="matrix-climbing", tfcaf=str(path), **SHORT)
+    run = train(config.replace(steps=300), runs_dir=tmp_path / "runs").run_dir
+    path.write_text(VDN.replace("agents_q.sum", "(2 * agents_q).sum"))  # the file replaced
+    train(config, resume=run)
+    latest = torch.load(checkpoints(run)[-1], weights_only=False)
+    stored = latest["buffer"]["credit"]
+    filled_states = torch.cat([torch.ones(stored.shape[0], 1), latest["buffer"]["filled"]], dim=1).bool()
+    assert torch.equal(stored[filled_states][:, :2], torch.full_like(stored[filled_states][:, :2], 2.0))
+    assert (run / CHECKPOINT_DIR).is_dir()
