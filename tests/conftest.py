@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# Tests check every step against the environment contract (qllm.envs.contract.CHECKS), and so do the
+# processes they start; set before qllm is imported, which reads it once.
+os.environ["QLLM_CHECKS"] = "1"
+
 from collections.abc import Iterator
 
 import numpy as np

@@ -12,6 +12,7 @@ tracking) lives once, in :class:`MultiAgentEnv`.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,11 @@ from typing import Any
 import numpy as np
 
 from qllm.envs.schema import StateField, StateSchema
+
+CHECKS = os.environ.get("QLLM_CHECKS", "") == "1"
+"""Check every joint action and every time step against the contract (``QLLM_CHECKS=1``; the tests set
+it). Off by default: the trainer only ever chooses available actions, and at several thousand steps
+per second the checks cost more than the simulator's own step."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +145,7 @@ class MultiAgentEnv(ABC):
         """Apply one joint action (one index per agent) and return the next time step."""
         if self._done:
             raise RuntimeError("step() called on a finished episode: call reset() first")
-        joint = self._validate(actions)
+        joint = self._validate(actions) if CHECKS else np.asarray(actions, dtype=np.int64)
         self._last_action[:] = 0.0
         self._last_action[np.arange(self.info.n_agents), joint] = 1.0
         reward, terminated, info = self._step(joint)
@@ -189,5 +195,27 @@ class MultiAgentEnv(ABC):
 
     def _timestep(self, **kwargs: Any) -> TimeStep:
         obs, state, avail = self._observe()
+        if CHECKS:
+            self._check_observation(obs, state, avail)
         self._avail = avail  # what the next step() validates against
         return TimeStep(obs=obs, state=state, avail_actions=avail, **kwargs)
+
+    def _pack_state(self, values: dict[str, Any]) -> np.ndarray:
+        """The flat state from one value per schema field, for ``_observe`` (checked in debug mode)."""
+        return self.info.schema.pack(values, check=CHECKS)
+
+    def _check_observation(self, obs: np.ndarray, state: np.ndarray, avail: np.ndarray) -> None:
+        info = self.info
+        expected = {
+            "obs": (obs, (info.n_agents, info.obs_dim), np.float32),
+            "state": (state, (info.state_dim,), np.float32),
+            "avail_actions": (avail, (info.n_agents, info.n_actions), np.bool_),
+        }
+        for name, (value, shape, dtype) in expected.items():
+            if value.shape != shape or value.dtype != dtype:
+                raise ValueError(
+                    f"{type(self).__name__} returned {name} of shape {value.shape} and dtype {value.dtype}, "
+                    f"the contract says {shape} {np.dtype(dtype)}"
+                )
+        if not avail.any(axis=1).all():
+            raise ValueError(f"agents {np.flatnonzero(~avail.any(axis=1)).tolist()} have no available action")

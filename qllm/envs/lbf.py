@@ -125,7 +125,7 @@ class LBFEnv(MultiAgentEnv):
         levels[placed] = env.field[self._food_cells[placed, 0], self._food_cells[placed, 1]]
         eaten = levels == 0
         food_position = np.where(eaten[:, None], EMPTY_FOOD, self._food_cells).astype(np.float32)
-        state = self.info.schema.pack(
+        state = self._pack_state(
             {
                 "agent_position": [p.position for p in env.players],
                 "agent_level": [[p.level] for p in env.players],

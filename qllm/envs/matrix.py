@@ -78,7 +78,7 @@ class MatrixGame(MultiAgentEnv):
     def _observe(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # The base class tracks per-agent one-hots; the joint one-hot is their outer product.
         joint = np.outer(self._last_action[0], self._last_action[1]).reshape(1, -1)
-        state = self.info.schema.pack({"last_joint_action": joint})
+        state = self._pack_state({"last_joint_action": joint})
         obs = np.broadcast_to(state, (self.info.n_agents, state.size)).copy()
         avail = np.ones((self.info.n_agents, self.info.n_actions), dtype=bool)
         return obs, state, avail

@@ -128,7 +128,7 @@ class MPEEnv(MultiAgentEnv):
 
     def _observe(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         obs = np.stack([self._obs[n] for n in self.team_names]).astype(np.float32)
-        state = self.info.schema.pack(self.scenario.fields(self.world, self.team, self.others))
+        state = self._pack_state(self.scenario.fields(self.world, self.team, self.others))
         avail = np.ones((self.info.n_agents, self.info.n_actions), dtype=bool)
         return obs, state, avail
 

@@ -127,7 +127,7 @@ class RwareEnv(MultiAgentEnv):
         requested_ids = {id(s) for s in requested}
         direction = np.zeros((len(env.agents), len(DIRECTIONS)), dtype=np.float32)
         direction[np.arange(len(env.agents)), [a.dir.value for a in env.agents]] = 1.0
-        state = self.info.schema.pack(
+        state = self._pack_state(
             {
                 "agent_position": [(a.x, a.y) for a in env.agents],
                 "agent_direction": direction,

@@ -145,18 +145,30 @@ class StateSchema:
         except KeyError:
             raise KeyError(f"no state field {name!r}; fields are {list(self.names)}") from None
 
-    def pack(self, values: Mapping[str, Any], out: np.ndarray | None = None) -> np.ndarray:
-        """Build the flat float32 state from one array per field (each of the field's shape)."""
-        missing = set(self.names) - set(values)
-        extra = set(values) - set(self.names)
-        if missing or extra:
-            raise ValueError(f"state values do not match the schema: missing {missing}, unexpected {extra}")
+    @cached_property
+    def _slices(self) -> tuple[tuple[str, slice, tuple[int, int]], ...]:
+        return tuple((f.name, f.slice, f.shape) for f in self.fields)
+
+    def pack(
+        self, values: Mapping[str, Any], out: np.ndarray | None = None, check: bool = True
+    ) -> np.ndarray:
+        """Build the flat float32 state from one array per field (each of the field's shape).
+
+        ``check=False`` skips the checks of names and shapes (environments pack every step, and check
+        only in debug mode: :data:`qllm.envs.contract.CHECKS`)."""
+        if check:
+            missing = set(self.names) - set(values)
+            extra = set(values) - set(self.names)
+            if missing or extra:
+                raise ValueError(
+                    f"state values do not match the schema: missing {missing}, unexpected {extra}"
+                )
         state = np.empty(self.size, dtype=np.float32) if out is None else out
-        for f in self.fields:
-            value = np.asarray(values[f.name], dtype=np.float32)
-            if value.shape != f.shape:
-                raise ValueError(f"state field {f.name!r} expects shape {f.shape}, got {value.shape}")
-            state[f.slice] = value.reshape(-1)
+        for name, where, shape in self._slices:
+            value = np.asarray(values[name], dtype=np.float32)
+            if check and value.shape != shape:
+                raise ValueError(f"state field {name!r} expects shape {shape}, got {value.shape}")
+            state[where] = value.reshape(-1)
         return state
 
     def view(self, states: Array, name: str) -> Array:

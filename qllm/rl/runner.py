@@ -17,8 +17,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from qllm.envs import MultiAgentEnv, TimeStep, make_env
-from qllm.rl.agent import RNNAgent, agent_inputs
+from qllm.envs import EnvInfo, MultiAgentEnv, TimeStep, make_env
+from qllm.rl.agent import RNNAgent
 from qllm.rl.buffer import EpisodeBatch
 from qllm.rl.policy import sample_actions
 
@@ -81,6 +81,29 @@ GREEDY = EpsilonGreedy(0.0)
 """Evaluation: the best available action (for logits, the policy's most likely available action)."""
 
 
+class StepInputs:
+    """The agent network's inputs for one time step of ``E`` environments, ``[E, n, O + A + n]``
+    (observation, one-hot of the last action, agent id: :func:`~qllm.rl.agent.agent_inputs`), kept in
+    one preallocated array that each step overwrites instead of building new tensors."""
+
+    def __init__(self, n_envs: int, info: EnvInfo) -> None:
+        n, self.obs_dim, self.n_actions = info.n_agents, info.obs_dim, info.n_actions
+        self.array = np.zeros((n_envs, n, self.obs_dim + self.n_actions + n), dtype=np.float32)
+        self.array[:, :, self.obs_dim + self.n_actions :] = np.eye(n, dtype=np.float32)
+        self.tensor = torch.from_numpy(self.array)
+        """Shares the array's memory."""
+        self._last_action = self.array[:, :, self.obs_dim : self.obs_dim + self.n_actions]
+        self._envs, self._agents = np.indices((n_envs, n))
+
+    def observe(self, obs: np.ndarray) -> None:
+        self.array[:, :, : self.obs_dim] = obs
+
+    def acted(self, actions: np.ndarray) -> None:
+        """The joint actions ``[E, n]`` just taken become the next step's last actions."""
+        self._last_action[:] = 0.0
+        self._last_action[self._envs, self._agents, actions] = 1.0
+
+
 class ParallelRunner:
     """Collects batches of whole episodes from ``n_envs`` environments of one task."""
 
@@ -109,24 +132,23 @@ class ParallelRunner:
         if not 1 <= len(seeds) <= len(self.envs):
             raise ValueError(f"need 1 to {len(self.envs)} seeds (one per environment), got {len(seeds)}")
         info, n_envs = self.info, len(seeds)
-        limit, n, n_actions = info.episode_limit, info.n_agents, info.n_actions
+        limit, n = info.episode_limit, info.n_agents
         batch = EpisodeBatch.zeros(n_envs, info)
         data = {f.name: getattr(batch, f.name).numpy() for f in fields(batch)}  # views: writes fill `batch`
         envs = self.envs[:n_envs]
         for e, (env, seed) in enumerate(zip(envs, seeds, strict=True)):
             self._store_state(data, e, 0, env.reset(seed=seed))
         active = np.ones(n_envs, dtype=bool)
-        last_actions = torch.full((n_envs, n), -1, dtype=torch.long)
+        inputs = StepInputs(n_envs, info)
         hidden = agent.initial_hidden(n_envs * n, device)
         for t in range(limit):
-            obs = torch.from_numpy(data["obs"][:, t])
-            inputs = agent_inputs(obs, last_actions, n_actions).to(device)
-            outputs, hidden = agent.step(inputs, hidden)
+            inputs.observe(data["obs"][:, t])
+            outputs, hidden = agent.step(inputs.tensor.to(device), hidden)
             avail = torch.from_numpy(data["avail_actions"][:, t])
-            actions = select(outputs.cpu(), avail, generator)
+            actions = select(outputs.cpu(), avail, generator).numpy()
             for e in np.flatnonzero(active):
-                ts = envs[e].step(actions[e].numpy())
-                data["actions"][e, t] = actions[e].numpy()
+                ts = envs[e].step(actions[e])
+                data["actions"][e, t] = actions[e]
                 data["reward"][e, t] = ts.reward
                 data["terminated"][e, t] = ts.terminated
                 data["filled"][e, t] = 1.0
@@ -134,7 +156,7 @@ class ParallelRunner:
                 active[e] = not ts.done
             if not active.any():
                 break
-            last_actions = actions
+            inputs.acted(actions)
         stats = RolloutStats(
             returns=(data["reward"] * data["filled"]).sum(1).tolist(),
             lengths=data["filled"].sum(1).astype(int).tolist(),
