@@ -42,7 +42,7 @@ def rollout(
     yield None, ts
     steps = 0
     while not ts.done and (max_steps is None or steps < max_steps):
-        actions = random_policy(ts, rng)
+        actions = random_policy(ts.avail_actions, rng)
         ts = env.step(actions)
         steps += 1
         yield actions, ts

@@ -40,7 +40,7 @@ def test_generated_named_state_matches_the_host_twin(task: str) -> None:
     named = NamedState.for_task(rec.info)
     source = assemble(named, keep_definitions("def agent_weight(s, i):\n    return 1.0"))
     generated = load_credit_function(source).function.__globals__["named_state"]
-    for row in rec.visited_states()[:20].tolist():
+    for row in rec.episodes.visited_states()[:20].tolist():
         ours = generated(row)
         host = named_state_values(named, row)
         assert ours.keys() == host.keys()

@@ -110,7 +110,7 @@ def test_record_writes_a_loadable_file(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     rec = load_recording(out)
-    assert rec.n_episodes == 4 and rec.info.task == "matrix-climbing"
+    assert rec.episodes.n_episodes == 4 and rec.info.task == "matrix-climbing"
     assert rec.metadata["seed"] == 3 and rec.metadata["policy"] == "random"
 
 
@@ -252,3 +252,13 @@ def test_training_writes_tensorboard_events(tmp_path: Path) -> None:
     assert invoke("train", "-t", "matrix-climbing", *TINY, "--runs-dir", str(tmp_path)).exit_code == 0
     (run_dir,) = tmp_path.iterdir()
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_one_command_imports_only_its_own_module() -> None:
+    # `qllm train` starts many times in sweeps and benchmarks: the LLM stack and Ray cost seconds each.
+    code = (
+        "import sys\nfrom qllm.cli import build_app\nbuild_app(['train'])\n"
+        "print(sorted({'langgraph', 'langchain_core', 'ray', 'scipy'} & set(sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

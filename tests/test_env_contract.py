@@ -81,7 +81,7 @@ def test_bad_actions_are_refused(task: str) -> None:
         env.step(np.full(n, n_actions, dtype=np.int64))
     # The refused calls left the episode untouched.
     assert env.t == 0
-    env.step(random_policy(ts, np.random.default_rng(0)))
+    env.step(random_policy(ts.avail_actions, np.random.default_rng(0)))
     assert env.t == 1
 
 
@@ -92,7 +92,7 @@ def test_unavailable_actions_are_refused() -> None:
         blocked = np.argwhere(~ts.avail_actions)
         if blocked.size:
             agent, action = blocked[0]
-            actions = random_policy(ts, np.random.default_rng(0))
+            actions = random_policy(ts.avail_actions, np.random.default_rng(0))
             actions[agent] = action
             with pytest.raises(ValueError, match="unavailable"):
                 env.step(actions)

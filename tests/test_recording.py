@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from qllm.envs import make_env
+from qllm.envs.episodes import Episodes
 from qllm.envs.recording import RecordingError, load_recording, record, save_recording
 from tests.conftest import rollout
 
@@ -21,46 +23,47 @@ def test_round_trip_keeps_every_array_and_the_schema(task: str, tmp_path: Path) 
     loaded = load_recording(save_recording(rec, tmp_path / "sub" / "states.npz"))
     assert loaded.info == rec.info
     assert loaded.metadata == rec.metadata
-    for name in ("states", "obs", "avail_actions", "actions", "rewards", "terminated", "filled"):
-        assert torch.equal(getattr(loaded, name), getattr(rec, name)), name
-    info = loaded.info
+    for f in fields(Episodes):
+        assert torch.equal(getattr(loaded.episodes, f.name), getattr(rec.episodes, f.name)), f.name
+    info, got = loaded.info, loaded.episodes
     e, t = 3, info.episode_limit
-    assert loaded.states.shape == (e, t + 1, info.state_dim) and loaded.states.dtype == torch.float32
-    assert loaded.obs.shape == (e, t + 1, info.n_agents, info.obs_dim)
-    assert loaded.avail_actions.shape == (e, t + 1, info.n_agents, info.n_actions)
-    assert loaded.avail_actions.dtype == torch.bool
-    assert loaded.actions.shape == (e, t, info.n_agents) and loaded.actions.dtype == torch.int64
-    assert loaded.rewards.shape == loaded.filled.shape == loaded.terminated.shape == (e, t)
+    assert got.state.shape == (e, t + 1, info.state_dim) and got.state.dtype == torch.float32
+    assert got.obs.shape == (e, t + 1, info.n_agents, info.obs_dim)
+    assert got.avail_actions.shape == (e, t + 1, info.n_agents, info.n_actions)
+    assert got.avail_actions.dtype == torch.bool
+    assert got.actions.shape == (e, t, info.n_agents) and got.actions.dtype == torch.int64
+    assert got.reward.shape == got.filled.shape == got.terminated.shape == (e, t)
+    assert got.filled.dtype == got.terminated.dtype == torch.float32
 
 
 def test_recorded_steps_are_the_env_steps_and_padding_is_masked() -> None:
-    rec = record("lbf-5x5-2p-1f", episodes=20, seed=0)
+    recording = record("lbf-5x5-2p-1f", episodes=20, seed=0)
+    rec, info = recording.episodes, recording.info
     env = make_env("lbf-5x5-2p-1f")
-    lengths = rec.episode_lengths
-    assert (lengths <= rec.info.episode_limit).all() and (lengths < rec.info.episode_limit).any()
+    lengths = rec.lengths
+    assert (lengths <= info.episode_limit).all() and (lengths < info.episode_limit).any()
     # Episode 0 is reset with the recording's seed and drawn from a generator of the same seed.
     steps = list(rollout(env, seed=0))
     assert len(steps) == int(lengths[0]) + 1
-    np.testing.assert_array_equal(
-        rec.states[0, : len(steps)].numpy(), np.stack([ts.state for _, ts in steps])
-    )
+    np.testing.assert_array_equal(rec.state[0, : len(steps)].numpy(), np.stack([ts.state for _, ts in steps]))
     np.testing.assert_array_equal(
         rec.actions[0, : len(steps) - 1].numpy(), np.stack([a for a, _ in steps[1:]])
     )
     for e, n in enumerate(lengths.tolist()):
         assert not rec.filled[e, n:].any() and rec.filled[e, :n].all()
-        assert (rec.states[e, n + 1 :] == 0).all() and (rec.rewards[e, n:] == 0).all()
+        assert (rec.state[e, n + 1 :] == 0).all() and (rec.reward[e, n:] == 0).all()
         assert rec.terminated[e, : n - 1].sum() == 0
-        assert rec.terminated[e, n - 1] or n == rec.info.episode_limit
+        assert rec.terminated[e, n - 1] or n == info.episode_limit
         assert rec.avail_actions[e, :n].gather(2, rec.actions[e, :n, :, None]).all()
-    assert rec.visited_states().shape == (int(lengths.sum()) + rec.n_episodes, rec.info.state_dim)
-    assert torch.allclose(rec.returns, (rec.rewards * rec.filled).sum(1))
+    assert rec.visited_states().shape == (int(lengths.sum()) + rec.n_episodes, info.state_dim)
+    assert torch.allclose(rec.returns, (rec.reward * rec.filled).sum(1))
 
 
 def test_recording_is_reproducible_per_seed() -> None:
     a, b, c = (record("mpe-spread-3", episodes=2, seed=s) for s in (7, 7, 8))
-    assert torch.equal(a.states, b.states) and torch.equal(a.actions, b.actions)
-    assert not torch.equal(a.states, c.states)
+    assert torch.equal(a.episodes.state, b.episodes.state)
+    assert torch.equal(a.episodes.actions, b.episodes.actions)
+    assert not torch.equal(a.episodes.state, c.episodes.state)
 
 
 def test_bad_arguments_are_refused() -> None:

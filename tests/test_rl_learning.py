@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from qllm.envs import make_env
+from qllm.envs.episodes import Episodes
 from qllm.rl import RunError, preset, train
 from qllm.rl.agent import RNNAgent, agent_inputs
-from qllm.rl.buffer import EpisodeBatch, ReplayBuffer
+from qllm.rl.buffer import ReplayBuffer
 from qllm.rl.learner import QLearner, td_lambda_targets
 from qllm.rl.mixers import MIXERS, TFCAF, LinearCredit
 from qllm.rl.runner import ParallelRunner, select_actions
@@ -59,7 +60,7 @@ def test_targets_broadcast_over_per_agent_values() -> None:
 # --- learner ----------------------------------------------------------------------------------------
 
 
-def _collect(task: str, episodes: int = 4, envs: int = 2) -> tuple[ParallelRunner, EpisodeBatch, RNNAgent]:
+def _collect(task: str, episodes: int = 4, envs: int = 2) -> tuple[ParallelRunner, Episodes, RNNAgent]:
     runner = ParallelRunner(task, envs)
     info = runner.info
     agent = RNNAgent(info.obs_dim + info.n_actions + info.n_agents, info.n_actions, 16)
@@ -84,7 +85,7 @@ def test_padded_steps_do_not_change_the_loss() -> None:
     learner = _learner(agent, runner, td_lambda=0.6)
     loss, _ = learner.loss(batch)
     pad = batch.filled == 0
-    noisy = EpisodeBatch(**vars(batch))
+    noisy = Episodes(**vars(batch))
     noisy.reward = torch.where(pad, torch.full_like(batch.reward, 1e6), batch.reward)
     noisy.actions = torch.where(pad.unsqueeze(-1), torch.zeros_like(batch.actions), batch.actions)
     state_pad = torch.cat([torch.zeros_like(pad[:, :1]), pad], dim=1)  # states after the end

@@ -162,9 +162,9 @@ def test_valid_functions_pass_through_the_real_sandbox(lbf_inputs: ValidationInp
 def test_inputs_come_from_distinct_recorded_states() -> None:
     rec = record("matrix-climbing", episodes=3)
     inputs = ValidationInputs.from_recording(rec, max_states=64)
-    assert inputs.states.shape[0] == torch.unique(rec.visited_states(), dim=0).shape[0] <= 10
+    assert inputs.states.shape[0] == torch.unique(rec.episodes.visited_states(), dim=0).shape[0] <= 10
     assert inputs.agents_q.shape == (inputs.states.shape[0], 2)
-    assert inputs.agents_q.abs().max() <= max(1.0, float(rec.returns.abs().max()))
+    assert inputs.agents_q.abs().max() <= max(1.0, float(rec.episodes.returns.abs().max()))
 
 
 def test_load_validates_first_then_returns_a_usable_function(lbf_inputs: ValidationInputs) -> None:

@@ -53,14 +53,15 @@ def episode_weights(ctx: GenerationContext, source: str, episode: int = 0) -> di
     loaded through the sandbox, exactly as the trainer loads it.
     """
     recording = ctx.episode
-    states = recording.states[episode][recording.state_mask[episode]].float()
+    played = recording.episodes[episode : episode + 1]
+    states = played.visited_states()
     agents_q = torch.zeros(states.shape[0], recording.info.n_agents, requires_grad=True)
     q_tot = ctx.load_validated(source).function(agents_q, states)
     (weights,) = torch.autograd.grad(q_tot.sum(), agents_q)
     return {
         "episode": episode,
         "weights": [[round(float(w), 4) for w in row] for row in weights],
-        "rewards": [round(float(r), 4) for r in recording.rewards[episode][recording.filled[episode]]],
+        "rewards": [round(float(r), 4) for r in played.reward[played.filled.bool()]],
     }
 
 

@@ -1,6 +1,6 @@
 """The messages each LLM call sends, rendered from the prompt files and the task's state schema.
 
-Every prompt is single-turn and self-contained: facts.md measured that the small local model repeats
+Every prompt is single-turn and self-contained: measured with the local 1.5B model, it repeats
 its previous answer when an error is appended as another chat turn, so a repair is a fresh prompt
 with the task, the contract, the failed code and the error.
 """

@@ -1,7 +1,7 @@
 """The code template: the LLM writes ``agent_weight(s, i)`` on named Python values; we write the rest.
 
-Small models fail at tensor index arithmetic far more often than at plain Python (see facts.md: the
-"one agent at a time" design was the best measured for the 1.5B model). So the LLM never sees the flat
+Small models fail at tensor index arithmetic far more often than at plain Python (the "one agent at a
+time" design was the best measured for the local 1.5B model). So the LLM never sees the flat
 state. It sees ``s``, a dict built from the task's :class:`~qllm.envs.schema.StateSchema` (one key per
 field, plus derived agent-to-entity distances), and writes a function of one state and one agent. This
 module generates, from the schema, everything around that function:

@@ -33,9 +33,10 @@ def record_with_progress(spec: TaskSpec, episodes: int, seed: int, policy: str) 
 
 
 def print_recording_summary(rec: Recording, path: Path) -> None:
-    returns = rec.returns
+    episodes = rec.episodes
+    returns = episodes.returns
     console.print(
-        f"[green]Saved[/green] {rec.n_episodes} episodes ({int(rec.episode_lengths.sum())} steps) of "
+        f"[green]Saved[/green] {episodes.n_episodes} episodes ({int(episodes.lengths.sum())} steps) of "
         f"{rec.info.task} to {path}\n"
         f"return: mean {returns.mean():.3f}, min {returns.min():.3f}, max {returns.max():.3f}"
     )

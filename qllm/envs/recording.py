@@ -1,23 +1,12 @@
-"""Record episodes of a task to one compressed file, and load them back as tensors.
+"""Record episodes of a task to one compressed file, and load them back.
 
 Recordings are what generated credit functions are validated against: real states a policy visits,
-not all-zero tensors. A file holds, for ``E`` episodes padded to the episode limit ``T``:
-
-==================  ======================  =====================================================
-array               shape                   meaning
-==================  ======================  =====================================================
-``states``          ``[E, T+1, S]`` f32     global state before each step, and after the last one
-``obs``             ``[E, T+1, n, O]`` f32  per-agent observations, aligned with ``states``
-``avail_actions``   ``[E, T+1, n, A]`` bool actions available at each state
-``actions``         ``[E, T, n]`` i64       joint action taken at step ``t``
-``rewards``         ``[E, T]`` f32          team reward of step ``t``
-``terminated``      ``[E, T]`` bool         step ``t`` ended the episode in a terminal state
-``filled``          ``[E, T]`` bool         step ``t`` happened (False for padding)
-==================  ======================  =====================================================
-
-plus the task's :class:`~qllm.envs.contract.EnvInfo` (state schema included) and how the data was made,
-as JSON. Padding is zeros. The format is plain ``numpy.savez_compressed`` with no pickled objects, so
-loading a file never executes code from it.
+not all-zero tensors. A recording is :class:`~qllm.envs.episodes.Episodes` (the one episode type, filled
+by :func:`~qllm.envs.episodes.rollout` driven by a random policy), the task's
+:class:`~qllm.envs.contract.EnvInfo` (state schema included) and how the data was made. The file holds
+the episodes' arrays (by the names of :data:`FILE_ARRAYS`; bool masks), plus the info and metadata as
+JSON. The format is plain ``numpy.savez_compressed`` with no pickled objects, so loading a file never
+executes code from it.
 """
 
 from __future__ import annotations
@@ -36,20 +25,32 @@ import numpy as np
 import torch
 
 from qllm import __version__
-from qllm.envs.contract import EnvInfo, TimeStep
+from qllm.envs.contract import EnvInfo
+from qllm.envs.episodes import Episodes, rollout
 from qllm.envs.tasks import make_env
 
 FORMAT_VERSION = 1
-ARRAYS = ("states", "obs", "avail_actions", "actions", "rewards", "terminated", "filled")
+FILE_ARRAYS = {
+    "states": "state",
+    "obs": "obs",
+    "avail_actions": "avail_actions",
+    "actions": "actions",
+    "rewards": "reward",
+    "terminated": "terminated",
+    "filled": "filled",
+}
+"""Array name in the file -> field of :class:`Episodes`."""
+BOOL_ARRAYS = frozenset({"terminated", "filled"})
+"""Masks are float in :class:`Episodes` (the trainer multiplies by them) and bool in the file."""
 
-Policy = Callable[[TimeStep, np.random.Generator], np.ndarray]
-"""Maps the current time step (and a random generator) to one action per agent."""
+Policy = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+"""Maps available actions ``[n, A]`` (and a random generator) to one action per agent."""
 
 
-def random_policy(timestep: TimeStep, rng: np.random.Generator) -> np.ndarray:
+def random_policy(avail_actions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Uniform over each agent's available actions."""
-    scores = rng.random(timestep.avail_actions.shape)
-    return np.where(timestep.avail_actions, scores, -1.0).argmax(axis=1)
+    scores = rng.random(avail_actions.shape)
+    return np.where(avail_actions, scores, -1.0).argmax(axis=-1)
 
 
 POLICIES: dict[str, Policy] = {"random": random_policy}
@@ -61,39 +62,12 @@ class RecordingError(ValueError):
 
 @dataclass(frozen=True)
 class Recording:
-    """Episodes of one task as tensors (see the module docstring for shapes)."""
+    """Episodes of one task, with the task's info and how they were made."""
 
     info: EnvInfo
-    states: torch.Tensor
-    obs: torch.Tensor
-    avail_actions: torch.Tensor
-    actions: torch.Tensor
-    rewards: torch.Tensor
-    terminated: torch.Tensor
-    filled: torch.Tensor
+    episodes: Episodes
     metadata: dict[str, Any]
     """How the data was made: policy, seed, qllm version, creation time."""
-
-    @property
-    def n_episodes(self) -> int:
-        return self.states.shape[0]
-
-    @property
-    def episode_lengths(self) -> torch.Tensor:
-        return self.filled.sum(dim=1)
-
-    @property
-    def returns(self) -> torch.Tensor:
-        return (self.rewards * self.filled).sum(dim=1)
-
-    @property
-    def state_mask(self) -> torch.Tensor:
-        """``[E, T+1]``: which entries of ``states`` are real (the initial state and one per step)."""
-        return torch.cat([torch.ones_like(self.filled[:, :1]), self.filled], dim=1)
-
-    def visited_states(self) -> torch.Tensor:
-        """Every real state, flattened over episodes and time: ``[N, S]``."""
-        return self.states[self.state_mask]
 
 
 def record(
@@ -108,36 +82,19 @@ def record(
         raise ValueError(f"episodes must be at least 1, got {episodes}")
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose from {sorted(POLICIES)}")
-    act = POLICIES[policy]
-    env = make_env(task)
-    info = env.info
-    n, limit = info.n_agents, info.episode_limit
-    data = {
-        "states": np.zeros((episodes, limit + 1, info.state_dim), np.float32),
-        "obs": np.zeros((episodes, limit + 1, n, info.obs_dim), np.float32),
-        "avail_actions": np.zeros((episodes, limit + 1, n, info.n_actions), bool),
-        "actions": np.zeros((episodes, limit, n), np.int64),
-        "rewards": np.zeros((episodes, limit), np.float32),
-        "terminated": np.zeros((episodes, limit), bool),
-        "filled": np.zeros((episodes, limit), bool),
-    }
+    choose = POLICIES[policy]
     rng = np.random.default_rng(seed)
+
+    def act(t: int, obs: np.ndarray, avail_actions: np.ndarray) -> np.ndarray:
+        return choose(avail_actions, rng)
+
+    env = make_env(task)
+    parts = []
     try:
-        for e in range(episodes):
-            ts = env.reset(seed=seed + e)
-            t = 0
-            _store_state(data, e, t, ts)
-            while not ts.done:
-                actions = act(ts, rng)
-                ts = env.step(actions)
-                data["actions"][e, t] = actions
-                data["rewards"][e, t] = ts.reward
-                data["terminated"][e, t] = ts.terminated
-                data["filled"][e, t] = True
-                t += 1
-                _store_state(data, e, t, ts)
+        for e in range(episodes):  # one at a time: the generator's draws follow the episodes in order
+            parts.append(rollout([env], [seed + e], act))
             if on_episode is not None:
-                on_episode(e, float(data["rewards"][e].sum()))
+                on_episode(e, float(parts[-1].returns[0]))
     finally:
         env.close()
     metadata = {
@@ -147,13 +104,7 @@ def record(
         "qllm_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    return Recording(info=info, metadata=metadata, **{k: torch.from_numpy(v) for k, v in data.items()})
-
-
-def _store_state(data: dict[str, np.ndarray], episode: int, t: int, ts: TimeStep) -> None:
-    data["states"][episode, t] = ts.state
-    data["obs"][episode, t] = ts.obs
-    data["avail_actions"][episode, t] = ts.avail_actions
+    return Recording(info=env.info, episodes=Episodes.concat(parts), metadata=metadata)
 
 
 def save_recording(recording: Recording, path: str | Path) -> Path:
@@ -161,7 +112,10 @@ def save_recording(recording: Recording, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = {"format": FORMAT_VERSION, "info": recording.info.to_dict(), "metadata": recording.metadata}
-    arrays = {name: getattr(recording, name).numpy() for name in ARRAYS}
+    arrays = {}
+    for name, field_name in FILE_ARRAYS.items():
+        values = getattr(recording.episodes, field_name)
+        arrays[name] = (values.bool() if name in BOOL_ARRAYS else values).numpy()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
     os.close(fd)
     try:
@@ -183,14 +137,18 @@ def load_recording(path: str | Path) -> Recording:
             contents = {name: npz[name] for name in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise RecordingError(f"{path} is not a qllm recording (.npz): {exc}") from exc
-    missing = {"header", *ARRAYS} - set(contents)
+    missing = {"header", *FILE_ARRAYS} - set(contents)
     if missing:
         raise RecordingError(f"{path} is not a qllm recording: missing {sorted(missing)}")
     header = json.loads(str(contents["header"]))
     if header.get("format") != FORMAT_VERSION:
         raise RecordingError(f"{path} has recording format {header.get('format')}, expected {FORMAT_VERSION}")
-    return Recording(
-        info=EnvInfo.from_dict(header["info"]),
-        metadata=header["metadata"],
-        **{name: torch.from_numpy(contents[name]) for name in ARRAYS},
-    )
+    info = EnvInfo.from_dict(header["info"])
+    arrays = {
+        FILE_ARRAYS[name]: torch.from_numpy(contents[name]).float()
+        if name in BOOL_ARRAYS
+        else torch.from_numpy(contents[name])
+        for name in FILE_ARRAYS
+    }
+    episodes = Episodes(**arrays, credit=torch.zeros(*arrays["state"].shape[:2], 0))
+    return Recording(info=info, episodes=episodes, metadata=header["metadata"])

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from qllm.envs import EnvInfo
+from qllm.envs.episodes import Episodes
 from qllm.rl.agent import build_agent
-from qllm.rl.buffer import EpisodeBatch
 from qllm.rl.config import TrainConfig
 from qllm.rl.learner import RunningMeanStd, TargetNetworks, gradient_step, masked_mean, masked_mse
 from qllm.rl.policy import masked_logits
@@ -121,7 +121,7 @@ class ActorCriticLearner:
     def networks(self) -> dict[str, nn.Module]:
         return {"agent": self.agent, "critic": self.critic}
 
-    def rewards(self, batch: EpisodeBatch) -> torch.Tensor:
+    def rewards(self, batch: Episodes) -> torch.Tensor:
         """The batch's rewards, standardised by running statistics (updated with them) if configured."""
         if not self.config.standardise_rewards:
             return batch.reward

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qllm.envs import EnvInfo
-from qllm.rl.buffer import EpisodeBatch
+from qllm.envs.episodes import Episodes
 from qllm.rl.config import TrainConfig
 
 
@@ -28,7 +28,7 @@ def agent_inputs(obs: torch.Tensor, last_actions: torch.Tensor, n_actions: int) 
     return torch.cat([obs, previous, ids], dim=-1)
 
 
-def episode_inputs(batch: EpisodeBatch, n_actions: int) -> torch.Tensor:
+def episode_inputs(batch: Episodes, n_actions: int) -> torch.Tensor:
     """Inputs for every state of a batch of padded episodes: ``[B, T+1, n, D]`` (no last action at first)."""
     last_actions = torch.cat([torch.full_like(batch.actions[:, :1], -1), batch.actions], dim=1)
     return agent_inputs(batch.obs, last_actions, n_actions)

@@ -28,6 +28,7 @@ from typing import ClassVar
 import torch
 
 from qllm.envs import EnvInfo
+from qllm.envs.episodes import Episodes
 from qllm.rl.actor_critic import (
     ActorCriticLearner,
     ActorCriticStats,
@@ -38,7 +39,6 @@ from qllm.rl.actor_critic import (
     policy_log_probs,
 )
 from qllm.rl.agent import episode_inputs
-from qllm.rl.buffer import EpisodeBatch
 from qllm.rl.config import TrainConfig
 from qllm.rl.learner import TargetNetworks, masked_mean, td_lambda_targets
 
@@ -55,7 +55,7 @@ def counterfactual_advantage(q: torch.Tensor, pi: torch.Tensor, actions: torch.T
     return q_taken - counterfactual_baseline(q, pi)
 
 
-def joint_actions_at_states(batch: EpisodeBatch, pi: torch.Tensor) -> torch.Tensor:
+def joint_actions_at_states(batch: Episodes, pi: torch.Tensor) -> torch.Tensor:
     """The joint action at each of the ``T + 1`` states ``[B, T+1, n]``: the one taken where a step
     happened, else (after the last step, and padding) each agent's most likely action under ``pi``."""
     acted = torch.cat([batch.filled, torch.zeros_like(batch.filled[:, :1])], dim=1).bool()
@@ -73,7 +73,7 @@ class COMALearner(ActorCriticLearner):
         self.targets = TargetNetworks(config, self.critic)
         (self.target_critic,) = self.targets.networks
 
-    def update(self, batch: EpisodeBatch, new_episodes: int) -> ActorCriticStats:
+    def update(self, batch: Episodes, new_episodes: int) -> ActorCriticStats:
         cfg = self.config
         rewards = self.rewards(batch)
         mask = batch.filled.unsqueeze(-1)  # [B, T, 1]: every agent acts at every real step

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 import torch
 from torch import nn
 
+from qllm.envs.episodes import Episodes
 from qllm.rl.agent import RNNAgent, episode_inputs
-from qllm.rl.buffer import EpisodeBatch
 from qllm.rl.config import TrainConfig
 from qllm.rl.mixers import Mixer
 from qllm.rl.runner import ActionSelector, EpsilonGreedy
@@ -52,7 +52,7 @@ class Learner(Protocol):
         """How to act while collecting training episodes after ``t_env`` environment steps."""
         ...
 
-    def update(self, batch: EpisodeBatch, new_episodes: int) -> DataclassInstance:
+    def update(self, batch: Episodes, new_episodes: int) -> DataclassInstance:
         """Learn from ``batch``; ``new_episodes`` were collected since the last call. Returns scalar
         diagnostics (a dataclass), logged under ``losses/``."""
         ...
@@ -244,7 +244,7 @@ class QLearner:
     def networks(self) -> dict[str, nn.Module]:
         return {"agent": self.agent, "mixer": self.mixer}
 
-    def update(self, batch: EpisodeBatch, new_episodes: int) -> UpdateStats:
+    def update(self, batch: Episodes, new_episodes: int) -> UpdateStats:
         """One gradient step; ``new_episodes`` collected since the last call drive hard target updates."""
         if self.config.standardise_rewards:
             self.reward_stats.update(batch.reward[batch.filled.bool()])
@@ -253,7 +253,7 @@ class QLearner:
         self.targets.update(new_episodes)
         return UpdateStats(loss=float(loss.detach()), grad_norm=grad_norm, **stats)
 
-    def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: Episodes) -> tuple[torch.Tensor, dict[str, float]]:
         """The masked mean squared TD error of ``Q_tot`` against TD(lambda) targets (and diagnostics)."""
         cfg = self.config
         rewards = self.reward_stats.standardise(batch.reward) if cfg.standardise_rewards else batch.reward
@@ -279,7 +279,7 @@ class QLearner:
         return loss, stats
 
     def _state_values(
-        self, q: torch.Tensor, inputs: torch.Tensor, batch: EpisodeBatch, mixing: torch.Tensor
+        self, q: torch.Tensor, inputs: torch.Tensor, batch: Episodes, mixing: torch.Tensor
     ) -> torch.Tensor:
         target_q = self.target_agent.unroll(inputs).masked_fill(~batch.avail_actions, -torch.inf)
         if self.config.double_q:

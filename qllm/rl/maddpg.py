@@ -28,6 +28,7 @@ from typing import ClassVar
 import torch
 
 from qllm.envs import EnvInfo
+from qllm.envs.episodes import Episodes
 from qllm.rl.actor_critic import (
     ActorCriticLearner,
     ActorCriticStats,
@@ -38,7 +39,6 @@ from qllm.rl.actor_critic import (
     policy_log_probs,
 )
 from qllm.rl.agent import episode_inputs
-from qllm.rl.buffer import EpisodeBatch
 from qllm.rl.config import TrainConfig
 from qllm.rl.learner import TargetNetworks, masked_mean, td_lambda_targets
 from qllm.rl.policy import gumbel_softmax_hard, masked_logits
@@ -60,7 +60,7 @@ class MADDPGLearner(ActorCriticLearner):
         """Each agent's value ``[..., n]`` of the joint action ``onehot [..., n, A]`` in ``state``."""
         return critic(state, per_agent_actions(onehot, hide_own=False)).squeeze(-1)
 
-    def update(self, batch: EpisodeBatch, new_episodes: int) -> ActorCriticStats:
+    def update(self, batch: Episodes, new_episodes: int) -> ActorCriticStats:
         cfg = self.config
         rewards = self.rewards(batch)
         mask = batch.filled.unsqueeze(-1)  # [B, T, 1]

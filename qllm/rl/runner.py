@@ -1,8 +1,10 @@
 """Roll out the current policy in ``N`` environments stepped together in this process.
 
+The episodes are collected by :func:`qllm.envs.episodes.rollout`, the loop that recordings use too.
 Every step does one batched forward of the shared agent network for all agents of all environments
-(on the learner's device), then steps each still-running environment in a plain Python loop: on two
-cores that beats worker processes, and LBF/RWARE do not fit gymnasium's vector envs (facts.md).
+(on the learner's device, from preallocated inputs), then steps each still-running environment in a
+plain Python loop: on two cores that beats worker processes (measured), and LBF/RWARE do not fit
+gymnasium's vector envs (their rewards are lists).
 
 How the network's outputs become actions is a strategy, an :class:`ActionSelector`: epsilon-greedy over
 Q-values for the value-based learners (greedy, epsilon 0, for evaluation), or a sample from the policy
@@ -11,15 +13,15 @@ whose logits they are for the actor-critic learners. Both respect the available 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import torch
 
-from qllm.envs import EnvInfo, MultiAgentEnv, TimeStep, make_env
+from qllm.envs import EnvInfo, MultiAgentEnv, make_env
+from qllm.envs.episodes import Episodes, rollout
 from qllm.rl.agent import RNNAgent
-from qllm.rl.buffer import EpisodeBatch
 from qllm.rl.policy import sample_actions
 
 
@@ -125,46 +127,26 @@ class ParallelRunner:
         behaviour: ActionSelector | float,
         generator: torch.Generator,
         device: torch.device,
-    ) -> tuple[EpisodeBatch, RolloutStats]:
+    ) -> tuple[Episodes, RolloutStats]:
         """One episode per seed (at most ``n_envs`` seeds), acting with ``behaviour`` (a number is the
         epsilon of epsilon-greedy)."""
         select = EpsilonGreedy(float(behaviour)) if isinstance(behaviour, int | float) else behaviour
         if not 1 <= len(seeds) <= len(self.envs):
             raise ValueError(f"need 1 to {len(self.envs)} seeds (one per environment), got {len(seeds)}")
-        info, n_envs = self.info, len(seeds)
-        limit, n = info.episode_limit, info.n_agents
-        batch = EpisodeBatch.zeros(n_envs, info)
-        data = {f.name: getattr(batch, f.name).numpy() for f in fields(batch)}  # views: writes fill `batch`
-        envs = self.envs[:n_envs]
-        for e, (env, seed) in enumerate(zip(envs, seeds, strict=True)):
-            self._store_state(data, e, 0, env.reset(seed=seed))
-        active = np.ones(n_envs, dtype=bool)
-        inputs = StepInputs(n_envs, info)
-        hidden = agent.initial_hidden(n_envs * n, device)
-        for t in range(limit):
-            inputs.observe(data["obs"][:, t])
-            outputs, hidden = agent.step(inputs.tensor.to(device), hidden)
-            avail = torch.from_numpy(data["avail_actions"][:, t])
-            actions = select(outputs.cpu(), avail, generator).numpy()
-            for e in np.flatnonzero(active):
-                ts = envs[e].step(actions[e])
-                data["actions"][e, t] = actions[e]
-                data["reward"][e, t] = ts.reward
-                data["terminated"][e, t] = ts.terminated
-                data["filled"][e, t] = 1.0
-                self._store_state(data, e, t + 1, ts)
-                active[e] = not ts.done
-            if not active.any():
-                break
-            inputs.acted(actions)
-        stats = RolloutStats(
-            returns=(data["reward"] * data["filled"]).sum(1).tolist(),
-            lengths=data["filled"].sum(1).astype(int).tolist(),
-        )
-        return batch, stats
+        inputs = StepInputs(len(seeds), self.info)
+        hidden = agent.initial_hidden(len(seeds) * self.info.n_agents, device)
 
-    @staticmethod
-    def _store_state(data: dict[str, np.ndarray], e: int, t: int, ts: TimeStep) -> None:
-        data["obs"][e, t] = ts.obs
-        data["state"][e, t] = ts.state
-        data["avail_actions"][e, t] = ts.avail_actions
+        def act(t: int, obs: np.ndarray, avail_actions: np.ndarray) -> np.ndarray:
+            nonlocal hidden
+            inputs.observe(obs)
+            outputs, hidden = agent.step(inputs.tensor.to(device), hidden)
+            actions = select(outputs.cpu(), torch.from_numpy(avail_actions), generator).numpy()
+            inputs.acted(actions)  # the network has read this step's inputs: the next step's last actions
+            return actions
+
+        episodes = rollout(self.envs[: len(seeds)], seeds, act)
+        reward, filled = episodes.reward.numpy(), episodes.filled.numpy()
+        stats = RolloutStats(
+            returns=(reward * filled).sum(1).tolist(), lengths=filled.sum(1).astype(int).tolist()
+        )
+        return episodes, stats

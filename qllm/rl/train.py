@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from qllm.envs import EnvInfo, make_env
+from qllm.envs.episodes import Episodes
 from qllm.rl.agent import RNNAgent, build_agent
-from qllm.rl.buffer import EpisodeBatch, ReplayBuffer
+from qllm.rl.buffer import ReplayBuffer
 from qllm.rl.coma import COMALearner
 from qllm.rl.config import TrainConfig
 from qllm.rl.credit import CreditFunctionError, SandboxCredit
@@ -301,8 +302,8 @@ def collect_and_learn(
 
 
 def next_training_batch(
-    batch: EpisodeBatch, buffer: ReplayBuffer | None, batch_size: int, generator: torch.Generator
-) -> EpisodeBatch | None:
+    batch: Episodes, buffer: ReplayBuffer | None, batch_size: int, generator: torch.Generator
+) -> Episodes | None:
     """What to learn from after collecting ``batch``: the batch itself for an on-policy learner (no
     buffer), else a replayed sample once the buffer holds ``batch_size`` episodes."""
     if buffer is None:

@@ -59,7 +59,7 @@ class ValidationInputs:
         ``q_scale`` defaults to the largest absolute episode return in the recording (at least 1), the
         order of magnitude Q-values take in that task.
         """
-        visited = torch.unique(recording.visited_states(), dim=0)
+        visited = torch.unique(recording.episodes.visited_states(), dim=0)
         if visited.shape[0] < 2:
             raise ValueError("the recording has fewer than 2 distinct states: record more episodes")
         generator = torch.Generator().manual_seed(seed)
@@ -71,7 +71,7 @@ class ValidationInputs:
         if not (states == padding).all(dim=1).any():
             states = torch.cat([states, padding])
         if q_scale is None:
-            q_scale = max(1.0, float(recording.returns.abs().max()))
+            q_scale = max(1.0, float(recording.episodes.returns.abs().max()))
         n_agents = recording.info.n_agents
         agents_q = (torch.rand(states.shape[0], n_agents, generator=generator) * 2 - 1) * q_scale
         return cls(agents_q=agents_q.float(), states=states.float())
