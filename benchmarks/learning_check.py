@@ -2,8 +2,8 @@
 
 A correctness check of the trainer, not a tuned result: with a stated budget, does the learned greedy
 policy beat a random policy, and by how much? Prints, per (task, preset), the random-policy return (the
-same evaluation seeds), the final greedy test return per seed, and their mean. EPyMARL's own runs on
-this machine kind (facts.md) reach at most ~0.16 on LBF at 100k steps; several hundred thousand steps
+same evaluation seeds), the final greedy test return per seed, and their mean. EPyMARL's own QMIX runs
+on this machine kind (one seed each) reach at most ~0.16 on LBF at 100k steps; several hundred thousand steps
 are needed before methods separate.
 
 Run:  .venv/bin/python benchmarks/learning_check.py [--steps 100000] [--seeds 0,1] [--json out.json]
@@ -25,7 +25,7 @@ from qllm.rl.train import EVAL_SEED_OFFSET
 
 def random_return(task: str, episodes: int) -> float:
     """Mean team return of the uniform random policy on the evaluation seeds."""
-    return float(record(task, episodes, seed=EVAL_SEED_OFFSET).returns.mean())
+    return float(record(task, episodes, seed=EVAL_SEED_OFFSET).episodes.returns.mean())
 
 
 def main() -> None:

@@ -1,18 +1,19 @@
-"""Training with a template-made credit function: memoised per-state weights against calling it directly.
+"""Training with a template-made credit function, whose per-state credit the sandbox computes, against QMIX.
 
-A credit function from qllm's templates loops over states in restricted Python. The trainer memoises its
-``(w(s), b(s))`` per distinct state (``qllm.rl.mixers.StateCredit``). This benchmark trains QMIX's
-recipe three ways on one task (only the mixer differs), one after the other in this process, and prints
-env steps per second and the ratio to QMIX measured in the same run:
+A credit function from qllm's templates is linear in Q, so training needs only each state's
+``(w(s), b(s))``: the sandbox worker computes it for the new states of every collected batch of
+episodes (``qllm.rl.credit.SandboxCredit``), and the trainer never runs the function itself. This
+benchmark trains one task two ways with the same recipe, one after the other in this process, and
+prints env steps per second and the ratio to QMIX measured in the same run:
 
 - ``qmix``: the learned mixer (reference);
-- ``tfcaf memoised``: a credit-spec function with its template header (what ``qllm generate`` writes);
-- ``tfcaf direct``: the same file without the header, so every batch calls the function on every row.
+- ``tfcaf``: a credit-spec function with its template header (what ``qllm generate`` writes).
 
 The function is compiled from a fixed spec (more credit to agents near food and to those that loaded):
-no LLM.
+no LLM. ``--envs 8`` gives the 8-environment rollouts of the qllm and riit recipes (fewer, larger
+sandbox calls).
 
-Run:  .venv/bin/python benchmarks/tfcaf_memo.py [--task lbf-2s-10x10-3p-3f] [--steps 10000]
+Run:  .venv/bin/python benchmarks/tfcaf_credit.py [--task lbf-2s-10x10-3p-3f] [--steps 10000] [--envs 1]
 """
 
 from __future__ import annotations
@@ -36,20 +37,24 @@ SPEC = CreditSpec(
 )
 
 
-def credit_file(task: str, folder: Path, with_header: bool) -> Path:
+def credit_file(task: str, folder: Path) -> Path:
     named = NamedState.for_task(make_env(task).info)
     source = assemble(named, keep_definitions(compile_spec(SPEC, per_agent_quantities(named))),
                       template_id=SPEC_TEMPLATE_ID)  # fmt: skip
-    if not with_header:
-        source = source.split("\n", 1)[1]
-    path = folder / ("memoised.py" if with_header else "direct.py")
+    path = folder / "tfcaf.py"
     path.write_text(source)
     return path
 
 
-def steps_per_second(task: str, steps: int, folder: Path, tfcaf: Path | None) -> float:
+def steps_per_second(task: str, steps: int, envs: int, folder: Path, tfcaf: Path | None) -> float:
     """QMIX's recipe throughout; only the mixer differs."""
-    overrides = {"steps": steps, "eval_interval": steps, "eval_episodes": 2, "log_interval": steps}
+    overrides = {
+        "steps": steps,
+        "envs": envs,
+        "eval_interval": steps,
+        "eval_episodes": 2,
+        "log_interval": steps,
+    }
     if tfcaf is not None:
         overrides |= {"mixer": "tfcaf", "tfcaf": str(tfcaf)}
     config = preset("qmix", task=task, **overrides)
@@ -64,19 +69,17 @@ def main() -> None:
     )
     parser.add_argument("--task", default="lbf-2s-10x10-3p-3f")
     parser.add_argument("--steps", type=int, default=10_000)
+    parser.add_argument("--envs", type=int, default=1)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         rows = {
-            "qmix": steps_per_second(args.task, args.steps, folder, None),
-            "tfcaf memoised": steps_per_second(
-                args.task, args.steps, folder, credit_file(args.task, folder, True)
-            ),
-            "tfcaf direct": steps_per_second(
-                args.task, args.steps, folder, credit_file(args.task, folder, False)
+            "qmix": steps_per_second(args.task, args.steps, args.envs, folder, None),
+            "tfcaf": steps_per_second(
+                args.task, args.steps, args.envs, folder, credit_file(args.task, folder)
             ),
         }
-    print(f"{args.task}, {args.steps} env steps each")
+    print(f"{args.task}, {args.steps} env steps each, {args.envs} environment(s)")
     for name, rate in rows.items():
         print(f"  {name:<15} {rate:8.0f} env steps/s   {rate / rows['qmix']:.2f}x qmix")
 

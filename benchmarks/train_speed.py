@@ -1,12 +1,9 @@
-"""Training speed and peak memory per mixer and task, against EPyMARL's QMIX on this machine kind.
+"""Training speed and peak memory per mixer and task, each preset against the others in one session.
 
 Each (preset, task) trains in a fresh Python process (so its peak RSS is its own) with EPyMARL's QMIX
 schedule: one environment (the riit and qllm recipes keep their own 8), a greedy test of
 ``--test-episodes`` episodes every ``--test-interval`` steps, start-up included in the wall time.
-The reference is EPyMARL's QMIX with its defaults on CPU on this machine kind (2 cores): 101k env
-steps with a 100-episode test every 10k took 166 s on lbf-8x8-2p-2f (609 env steps/s, 421 MB) and
-176 s on lbf-2s-10x10-3p-3f (574/s, 499 MB); source: ../shared/reference/facts.md. Ratios are
-printed against the figure of the same task where one exists.
+Ratios against EPyMARL itself come from ``benchmarks/vs_epymarl.py``, which runs both side by side.
 
 Run:  .venv/bin/python benchmarks/train_speed.py [--steps 20000] [--json out.json]
 """
@@ -20,8 +17,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-EPYMARL = {"lbf-8x8-2p-2f": (609.0, 421.0), "lbf-2s-10x10-3p-3f": (574.0, 499.0)}
-"""EPyMARL QMIX reference: (env steps/s, peak MB) on this machine kind (facts.md)."""
 DEFAULT_PRESETS = "iql,vdn,qmix,qatten,qllm,riit"
 DEFAULT_TASKS = "lbf-8x8-2p-2f,lbf-2s-10x10-3p-3f,mpe-spread-3,rware-tiny-2ag"
 SOFTMAX_TFCAF = """import torch
@@ -84,20 +79,14 @@ def main() -> None:
                     test_episodes=args.test_episodes,
                 )  # fmt: skip
                 row["steps_per_s"] = row["steps"] / row["wall_s"]
-                reference = EPYMARL.get(task)
-                row["speed_ratio"] = row["steps_per_s"] / reference[0] if reference else None
-                row["memory_ratio"] = row["peak_mb"] / reference[1] if reference else None
                 rows.append(row)
                 print(
                     f"{task:20s} {preset:7s} {row['steps_per_s']:7.0f} steps/s  {row['peak_mb']:5.0f} MB",
                     flush=True,
                 )
-    print(f"\n{'task':20s} {'preset':7s} {'steps/s':>8s} {'x EPyMARL':>9s} {'peak MB':>8s} {'x EPyMARL':>9s}")
+    print(f"\n{'task':20s} {'preset':7s} {'steps/s':>8s} {'peak MB':>8s}")
     for r in rows:
-        speed = f"{r['speed_ratio']:.2f}" if r["speed_ratio"] else "-"
-        memory = f"{r['memory_ratio']:.2f}" if r["memory_ratio"] else "-"
-        rate, peak = f"{r['steps_per_s']:8.0f}", f"{r['peak_mb']:8.0f}"
-        print(f"{r['task']:20s} {r['preset']:7s} {rate} {speed:>9s} {peak} {memory:>9s}")
+        print(f"{r['task']:20s} {r['preset']:7s} {r['steps_per_s']:8.0f} {r['peak_mb']:8.0f}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

@@ -1,0 +1,334 @@
+"""Head-to-head training speed and peak memory: EPyMARL's QMIX against `qllm train`, as whole processes.
+
+Both sides train on LBF 8x8-2p-2f (lbforaging ``Foraging-8x8-2p-2f-v3``, 50-step episodes) for
+``--steps`` env steps, each run a fresh process started by this script, the two sides alternating
+(each side leads in turn) so that drifts of the machine hit both alike.
+Wall time runs from the start of the process to its exit (imports, start-up, tests and exit
+included); env steps/s is ``--steps`` / wall (qllm's "Done: N steps" line is recorded beside it;
+EPyMARL's loop ``while t_env <= t_max`` ends up to one batch of episodes past ``t_max``, <= 50
+steps on schedule a, <= 400 on b, which it does not print). Memory is sampled every ``--interval`` s
+from /proc over the whole process tree (EPyMARL's parallel runner forks one worker per env): the
+peak of the summed RSS (top's RES column added up: pages shared after a fork count once per
+process), the peak of the summed PSS (shared pages split between the processes that map them)
+and the largest single-process ru_maxrss of the tree (from wait4); EPyMARL's tree also holds the two
+``tee`` processes of sacred's fd capture (a few MB). Linux only. Both sides train
+with one torch thread (EPyMARL's main.py sets it; it is qllm's default).
+
+Schedules (the same seed on both sides within a repeat):
+  a  1 env: EPyMARL ``--config=qmix --env-config=gymma`` with its defaults (episode runner, batch of
+     32 episodes) and ``t_max=STEPS test_interval=10000 test_nepisode=32``; qllm ``--mixer qmix``
+     with its defaults (1 env, batch 32, 32-episode greedy test every 10k steps).
+  b  8 envs: EPyMARL as in a plus ``runner=parallel batch_size_run=8``; qllm ``--mixer riit``
+     (QMIX with 8 envs) and ``--mixer qllm`` (the qllm preset: 8 envs, a credit function
+     that qllm's template compiles from a fixed credit spec, as `qllm generate` writes it, whose
+     per-state credit is computed in the sandbox); ``--b-mixers`` picks among them.
+EPyMARL runs with ``use_cuda=False save_model=False`` and ``local_results_path`` in a temp folder;
+its sacred FileStorageObserver writes to EPYMARL/results/sacred/ whatever the options, so the run
+folder each run adds there is removed after it (EPyMARL's ``_sources`` folder is left).
+
+EPyMARL is the public repository uoe-agents/epymarl, unmodified. Its ``src/envs/__init__.py``
+imports its smaclite wrapper, which imports ``smaclite`` unconditionally; this script puts a stub
+folder holding an empty ``smaclite`` package first on EPyMARL's PYTHONPATH, so a checkout runs LBF
+without installing smaclite (nothing of smaclite is used for gymma). Set up once, e.g.:
+  git clone https://github.com/uoe-agents/epymarl /work/epymarl   (or export an archive, then write
+      its commit into /work/epymarl/EPYMARL_COMMIT, which this script prints if present)
+  python3.11 -m venv /work/epymarl/.venv
+  /work/epymarl/.venv/bin/pip install torch==2.13.0 numpy==2.4.6 gymnasium==1.4.0 lbforaging==2.0.0 \\
+      sacred pyyaml 'setuptools>=77.0.3,<81'
+(torch 2.13 needs setuptools >= 77.0.3; sacred 0.8 imports pkg_resources, gone from recent setuptools,
+whose own warning says to pin < 81.) Tried at EPyMARL commit cbc38c09588064eab978501d0f12c2cf58fa7fc2.
+
+Run:  .venv/bin/python benchmarks/vs_epymarl.py --epymarl /work/epymarl [--steps 50000] [--repeats 2]
+      [--schedules a,b] [--b-mixers riit,qllm] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+LBF_KEY = "lbforaging:Foraging-8x8-2p-2f-v3"
+QLLM_TASK = "lbf-8x8-2p-2f"
+EPYMARL = "epymarl"
+CREDIT_SPEC = {
+    "reasoning": "agents next to food that load matter",
+    "terms": [
+        {"quantity": "nearest_food_distance", "more_credit_to": "lowest", "strength": "strong"},
+        {"quantity": "last_action[LOAD]", "more_credit_to": "highest", "strength": "moderate"},
+    ],
+}
+"""The credit function of the qllm preset: a credit spec compiled by qllm's template, as `qllm generate`
+writes it with the local model (no LLM call here)."""
+EPYMARL_PARALLEL = ["runner=parallel", "batch_size_run=8"]
+
+
+def epymarl_command(python: Path, schedule: str, steps: int, seed: int, results: Path) -> list[str]:
+    """EPyMARL's QMIX on LBF 8x8-2p-2f; run from EPYMARL/src."""
+    return [
+        str(python), "main.py", "--config=qmix", "--env-config=gymma", "with",
+        f"env_args.key={LBF_KEY}", "env_args.time_limit=50", f"t_max={steps}", "test_interval=10000",
+        "test_nepisode=32", "use_cuda=False", "save_model=False", f"local_results_path={results}",
+        f"seed={seed}", *(EPYMARL_PARALLEL if schedule == "b" else []),
+    ]  # fmt: skip
+
+
+def sides(schedule: str, args: argparse.Namespace) -> list[str]:
+    """EPyMARL, then each qllm preset measured against it on ``schedule``."""
+    return [EPYMARL, *(f"qllm-{m}" for m in (["qmix"] if schedule == "a" else args.b_mixers))]
+
+
+def qllm_command(qllm: Path, mixer: str, steps: int, seed: int, *, runs: Path, tfcaf: Path) -> list[str]:
+    """`qllm train` with the preset's defaults."""
+    command = [str(qllm), "train", "--task", QLLM_TASK, "--mixer", mixer, "--steps", str(steps)]
+    command += ["--seed", str(seed), "--runs-dir", str(runs)]
+    return command + (["--tfcaf", str(tfcaf)] if mixer == "qllm" else [])
+
+
+def children_by_parent() -> dict[int, list[int]]:
+    """Every live process's children, from /proc/PID/stat."""
+    children: dict[int, list[int]] = defaultdict(list)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        children[int(stat.rsplit(")", 1)[1].split()[1])].append(int(entry.name))
+    return children
+
+
+def process_tree(root: int) -> list[int]:
+    children, tree = children_by_parent(), [root]
+    for pid in tree:
+        tree.extend(children.get(pid, ()))
+    return tree
+
+
+def field_kb(path: Path, name: str) -> int:
+    """A ``Name:  N kB`` line of /proc/PID/status or smaps_rollup; 0 once the process is gone."""
+    try:
+        for line in path.read_text().splitlines():
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def tree_memory_kb(root: int) -> tuple[int, int, int]:
+    """(summed RSS, summed PSS, number of processes) of the tree under ``root``."""
+    tree = process_tree(root)
+    rss = sum(field_kb(Path(f"/proc/{pid}/status"), "VmRSS") for pid in tree)
+    pss = sum(field_kb(Path(f"/proc/{pid}/smaps_rollup"), "Pss") for pid in tree)
+    return rss, pss, len(tree)
+
+
+def run_measured(
+    command: list[str], cwd: Path, env: dict, logs: Path, *, interval: float, timeout: float
+) -> dict:
+    """Run one process to its exit, sampling its tree's memory; wall time from start to exit."""
+    with (logs / "stdout.txt").open("w") as out, (logs / "stderr.txt").open("w") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err, start_new_session=True)
+        peak_rss = peak_pss = procs = 0
+        try:
+            while True:
+                rss, pss, count = tree_memory_kb(proc.pid)
+                peak_rss, peak_pss, procs = max(peak_rss, rss), max(peak_pss, pss), max(procs, count)
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.perf_counter() - start > timeout:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                time.sleep(interval)
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+        wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {
+        "rc": proc.returncode, "wall_s": wall, "tree_rss_mb": peak_rss / 1024, "tree_pss_mb": peak_pss / 1024,
+        "max_proc_mb": usage.ru_maxrss / 1024, "processes": procs,
+    }  # fmt: skip
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def sacred_runs(epymarl: Path) -> set[Path]:
+    """EPyMARL's sacred run folders for QMIX on this task (it writes them under its own results/)."""
+    folder = epymarl / "results" / "sacred" / "qmix" / LBF_KEY
+    return {p for p in folder.iterdir() if p.name.isdigit()} if folder.is_dir() else set()
+
+
+def measure(side: str, schedule: str, seed: int, args: argparse.Namespace, tmp: Path) -> dict:
+    """One run of one side: a fresh process; exits with its stderr tail if it fails."""
+    work = tmp / f"{schedule}-{side}-{seed}"
+    work.mkdir()
+    env = dict(os.environ)
+    if side == EPYMARL:
+        command = epymarl_command(args.epymarl_python, schedule, args.steps, seed, work / "results")
+        cwd, before = args.epymarl / "src", sacred_runs(args.epymarl)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp / "stub"), env.get("PYTHONPATH")]))
+    else:
+        mixer = side.removeprefix("qllm-")
+        command = qllm_command(args.qllm, mixer, args.steps, seed, runs=work / "runs", tfcaf=tmp / "tfcaf.py")
+        cwd, before = work, set()
+    row = {"schedule": schedule, "side": side, "seed": seed, "command": command}
+    row |= run_measured(command, cwd, env, work, interval=args.interval, timeout=args.timeout)
+    if side == EPYMARL:
+        for folder in sacred_runs(args.epymarl) - before:
+            shutil.rmtree(folder, ignore_errors=True)
+    if row["rc"] != 0:
+        print(f"\n{side} failed (exit {row['rc']}): {' '.join(command)}\n--- stderr tail ---")
+        print(tail(work / "stderr.txt") or tail(work / "stdout.txt"))
+        raise SystemExit(1)
+    done = re.search(r"Done: (\d+) steps", (work / "stdout.txt").read_text(errors="replace"))
+    row["steps_done"] = int(done.group(1)) if done else None
+    row["steps_per_s"] = args.steps / row["wall_s"]
+    return row
+
+
+def summarize(rows: list[dict], names: list[str]) -> dict:
+    """Medians per side, and per qllm side the ratios: speed = EPyMARL wall / qllm wall, memory = qllm
+    peak / EPyMARL peak."""
+    medians = {
+        side: {
+            key: statistics.median(r[key] for r in rows if r["side"] == side)
+            for key in ("wall_s", "steps_per_s", "tree_rss_mb", "tree_pss_mb", "max_proc_mb")
+        }
+        for side in names
+    }
+    epymarl = medians[EPYMARL]
+    ratios = {
+        side: {
+            "speed_ratio": epymarl["wall_s"] / m["wall_s"],
+            "rss_ratio": m["tree_rss_mb"] / epymarl["tree_rss_mb"],
+            "pss_ratio": m["tree_pss_mb"] / epymarl["tree_pss_mb"],
+        }
+        for side, m in medians.items()
+        if side != EPYMARL
+    }
+    return {"medians": medians, "ratios": ratios}
+
+
+def format_row(label: str, side: str, r: dict) -> str:
+    return (
+        f"{label:8s} {side:10s} {r['wall_s']:8.1f} {r['steps_per_s']:8.0f} {r['tree_rss_mb']:8.0f}"
+        f" {r['tree_pss_mb']:8.0f} {r['max_proc_mb']:9.0f}"
+    )
+
+
+def print_schedule(schedule: str, rows: list[dict], summary: dict) -> None:
+    print(f"\nschedule {schedule}: EPyMARL qmix vs qllm, {QLLM_TASK}")
+    print(
+        f"{'run':8s} {'side':10s} {'wall s':>8s} {'steps/s':>8s} {'RSS MB':>8s} {'PSS MB':>8s}"
+        f" {'proc MB':>9s}"
+    )
+    for r in rows:
+        done = f"  ({r['steps_done']} steps done)" if r["steps_done"] else ""
+        print(format_row(f"{r['repeat']}", r["side"], r) + f"  {r['processes']} proc{done}")
+    for side, medians in summary["medians"].items():
+        print(format_row("median", side, medians))
+    for side, ratio in summary["ratios"].items():
+        print(
+            f"{side} x EPyMARL: speed {ratio['speed_ratio']:.2f} (EPyMARL wall / qllm wall); memory "
+            f"{ratio['rss_ratio']:.2f} (tree RSS), {ratio['pss_ratio']:.2f} (PSS) (qllm / EPyMARL)"
+        )
+
+
+def epymarl_commit(epymarl: Path) -> str:
+    """The EPYMARL_COMMIT file written when the checkout is an exported archive, else git's HEAD."""
+    if (epymarl / "EPYMARL_COMMIT").is_file():
+        return (epymarl / "EPYMARL_COMMIT").read_text().strip()
+    out = subprocess.run(
+        ["git", "-C", str(epymarl), "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    )
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def torch_version(python: Path) -> str:
+    command = [str(python), "-c", "import torch; print(torch.__version__)"]
+    out = subprocess.run(command, capture_output=True, text=True, check=False)
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def prepare(tmp: Path) -> None:
+    """The empty smaclite stub for EPyMARL's PYTHONPATH and the credit function for the qllm preset."""
+    from qllm.agents.spec import SPEC_TEMPLATE_ID, CreditSpec, compile_spec, per_agent_quantities
+    from qllm.agents.template import NamedState, assemble, keep_definitions
+    from qllm.envs import make_env
+
+    (tmp / "stub" / "smaclite").mkdir(parents=True)
+    (tmp / "stub" / "smaclite" / "__init__.py").write_text("")
+    named = NamedState.for_task(make_env(QLLM_TASK).info)
+    written = compile_spec(CreditSpec.model_validate(CREDIT_SPEC), per_agent_quantities(named))
+    source = assemble(named, keep_definitions(written), template_id=SPEC_TEMPLATE_ID)
+    (tmp / "tfcaf.py").write_text(source)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epymarl", type=Path, required=True, help="EPyMARL checkout (holding src/).")
+    parser.add_argument("--epymarl-python", type=Path, help="default: EPYMARL/.venv/bin/python")
+    parser.add_argument("--qllm", type=Path, default=REPO / ".venv" / "bin" / "qllm")
+    parser.add_argument("--steps", type=int, default=50_000)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--schedules", default="a,b")
+    parser.add_argument("--b-mixers", default="riit,qllm", help="qllm's presets on b (riit, qllm).")
+    parser.add_argument("--interval", type=float, default=0.1, help="memory sampling period, seconds")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="per run, seconds")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    args.epymarl = args.epymarl.resolve()
+    args.epymarl_python = args.epymarl_python or args.epymarl / ".venv" / "bin" / "python"
+    schedules = args.schedules.split(",")
+    if not set(schedules) <= {"a", "b"}:
+        parser.error("--schedules takes a, b or a,b")
+    args.schedules = schedules
+    args.b_mixers = args.b_mixers.split(",")
+    if not set(args.b_mixers) <= {"riit", "qllm"}:
+        parser.error("--b-mixers takes riit, qllm or riit,qllm")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    print(f"EPyMARL {args.epymarl} at commit {epymarl_commit(args.epymarl)}")
+    print(f"torch: EPyMARL {torch_version(args.epymarl_python)}; ", end="")
+    print(f"qllm {torch_version(args.qllm.parent / 'python')}")
+    print(f"{args.steps} env steps per run, {args.repeats} repeat(s), {os.cpu_count()} CPUs", flush=True)
+    report = {"epymarl_commit": epymarl_commit(args.epymarl), "steps": args.steps, "schedules": {}}
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        prepare(tmp)
+        for schedule in args.schedules:
+            rows, names = [], sides(schedule, args)
+            for repeat in range(1, args.repeats + 1):
+                shift = (repeat - 1) % len(names)  # each side leads in turn
+                for side in names[shift:] + names[:shift]:
+                    row = measure(side, schedule, repeat, args, tmp) | {"repeat": repeat}
+                    print(format_row(f"{schedule}{repeat}", side, row), flush=True)
+                    rows.append(row)
+            summary = summarize(rows, names)
+            print_schedule(schedule, rows, summary)
+            report["schedules"][schedule] = {"runs": rows, "summary": summary}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
