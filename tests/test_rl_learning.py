@@ -12,11 +12,11 @@ import torch
 from qllm.envs import make_env
 from qllm.envs.episodes import Episodes
 from qllm.rl import RunError, preset, train
-from qllm.rl.agent import RNNAgent, agent_inputs
+from qllm.rl.agent import RNNAgent, agent_inputs, episode_inputs
 from qllm.rl.buffer import ReplayBuffer
 from qllm.rl.learner import QLearner, td_lambda_targets
 from qllm.rl.mixers import MIXERS, TFCAF, LinearCredit
-from qllm.rl.runner import ParallelRunner, select_actions
+from qllm.rl.runner import ParallelRunner, StepInputs, select_actions
 from qllm.rl.train import CHECKPOINT_DIR, FINAL_MODEL, build_mixer
 
 # --- TD(lambda) targets, checked against hand computation ------------------------------------------
@@ -77,6 +77,23 @@ def _learner(agent: RNNAgent, runner: ParallelRunner, mixer: str = "qmix", **ove
     info = runner.info
     config = preset(mixer, task=info.task, **overrides)
     return QLearner(agent, MIXERS[config.mixer](info.n_agents, info.state_dim), info.n_actions, config)
+
+
+def test_acting_sees_the_same_inputs_and_values_as_the_learners_unroll() -> None:
+    # The runner steps the GRU cell on preallocated inputs; the learner unrolls nn.GRU over episode
+    # inputs. Both must give the same Q-values at every step, or acting and learning disagree.
+    runner, batch, agent = _collect("lbf-5x5-2p-1f")
+    info = runner.info
+    steps = StepInputs(batch.n_episodes, info)
+    episode = episode_inputs(batch, info.n_actions)
+    unrolled = agent.unroll(episode).detach()
+    hidden = agent.initial_hidden(batch.n_episodes * info.n_agents, torch.device("cpu"))
+    for t in range(4):
+        steps.observe(batch.obs[:, t].numpy())
+        assert torch.equal(steps.tensor, episode[:, t])
+        q, hidden = agent.step(steps.tensor, hidden)
+        assert torch.allclose(q.detach(), unrolled[:, t], atol=1e-6)
+        steps.acted(batch.actions[:, t].numpy())
 
 
 def test_padded_steps_do_not_change_the_loss() -> None:

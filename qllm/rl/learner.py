@@ -13,6 +13,11 @@ targets, reward standardisation, target networks and the clipped gradient step b
    the target network, and mix them with the target mixer into state values ``V[t]``;
 3. build TD(lambda) targets from rewards, terminal flags and ``V`` (:func:`td_lambda_targets`);
 4. minimise the squared TD error of the online mixer's ``Q_tot`` over the real (``filled``) steps only.
+
+A NaN or infinity in ``Q_tot``, a target, the loss or the gradient norm raises :class:`NonFiniteError`
+before any parameter changes (:func:`require_finite`): training on it would ruin every network silently.
+A mixer that reads each state's stored credit instead of the state (:class:`~qllm.rl.mixers.LinearCredit`)
+gets ``batch.credit``.
 """
 
 from __future__ import annotations
