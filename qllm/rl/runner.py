@@ -38,13 +38,19 @@ class RolloutStats:
 def select_actions(
     q: torch.Tensor, avail: torch.Tensor, epsilon: float, generator: torch.Generator
 ) -> torch.Tensor:
-    """Epsilon-greedy over available actions only: ``q, avail [E, n, A]`` -> ``[E, n]``."""
-    greedy = q.masked_fill(~avail, -torch.inf).argmax(dim=-1)
+    """Epsilon-greedy over available actions only: ``q, avail [E, n, A]`` (CPU) -> ``[E, n]``.
+
+    The arithmetic is numpy's (a few microseconds where torch's small-tensor calls cost tens, on every
+    step); the random numbers are still drawn from ``generator``, in the same order, so runs are the
+    same as with torch throughout (argmax takes the first maximum in both)."""
+    blocked = ~avail.numpy()
+    greedy = np.where(blocked, -np.inf, q.detach().numpy()).argmax(axis=-1)
     if epsilon <= 0:
-        return greedy
-    scores = torch.rand(avail.shape, generator=generator).masked_fill(~avail, -1.0)
-    explore = torch.rand(greedy.shape, generator=generator) < epsilon
-    return torch.where(explore, scores.argmax(dim=-1), greedy)
+        return torch.from_numpy(greedy)
+    scores = torch.rand(avail.shape, generator=generator).numpy()
+    scores[blocked] = -1.0
+    explore = torch.rand(greedy.shape, generator=generator).numpy() < epsilon
+    return torch.from_numpy(np.where(explore, scores.argmax(axis=-1), greedy))
 
 
 class ActionSelector(Protocol):
