@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
+from qllm.sandbox.protocol import decode_array
 
 if TYPE_CHECKING:
     from qllm.agents.context import GenerationContext
@@ -49,15 +49,14 @@ def episode_weights(ctx: GenerationContext, source: str, episode: int = 0) -> di
     """The function's weights w_i(s) = dQ_tot/dQ_i at every state of one recorded episode.
 
     ``weights[t]`` is at state ``t`` (``t = 0`` the initial state, so one more than the steps) and
-    ``rewards[t]`` the team reward of the step taken from state ``t``. The source is validated and
-    loaded through the sandbox, exactly as the trainer loads it.
+    ``rewards[t]`` the team reward of the step taken from state ``t``. They are computed in the sandbox,
+    exactly as training computes them.
     """
-    recording = ctx.episode
-    played = recording.episodes[episode : episode + 1]
-    states = played.visited_states()
-    agents_q = torch.zeros(states.shape[0], recording.info.n_agents, requires_grad=True)
-    q_tot = ctx.load_validated(source).function(agents_q, states)
-    (weights,) = torch.autograd.grad(q_tot.sum(), agents_q)
+    played = ctx.episode.episodes[episode : episode + 1]
+    result = ctx.credit(source, played.visited_states())
+    if not result.ok or result.credit is None:
+        raise RuntimeError(f"the validated function failed on the recorded episode: {result.feedback()}")
+    weights = decode_array(result.credit.model_dump())[:, : ctx.episode.info.n_agents]
     return {
         "episode": episode,
         "weights": [[round(float(w), 4) for w in row] for row in weights],

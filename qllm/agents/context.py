@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from langgraph.types import RetryPolicy
 
 from qllm.agents.llm import ChatRole, LLMCaller, TransientLLMError
@@ -28,7 +29,7 @@ from qllm.envs.recording import Recording
 from qllm.envs.tasks import TaskSpec
 from qllm.files import read_toml
 from qllm.prompts import PromptLibrary
-from qllm.sandbox import CheckOptions, LoadedCandidate, Sandbox, ValidationInputs, ValidationResult
+from qllm.sandbox import CheckOptions, CreditResult, Sandbox, ValidationInputs, ValidationResult
 
 ENV_VARS = {
     "coder": "QLLM_CODER",
@@ -171,11 +172,10 @@ class GenerationContext:
         with self._sandbox_lock:
             return self.sandbox.validate(source, self.inputs, options)
 
-    def load_validated(self, source: str) -> LoadedCandidate:
-        """Validate ``source`` and load it in this process (RestrictedPython), as the trainer does."""
-        options = CheckOptions(require_monotonic=self.settings.monotonic)
+    def credit(self, source: str, states: torch.Tensor) -> CreditResult:
+        """Each state's weights and bias under ``source``, computed in the sandbox as training does."""
         with self._sandbox_lock:
-            return self.sandbox.load(source, self.inputs, options)
+            return self.sandbox.credit(source, states, self.episode.info.n_agents, monotonic=False)
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(

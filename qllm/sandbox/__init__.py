@@ -17,13 +17,14 @@ from qllm.sandbox.client import (
 )
 from qllm.sandbox.protocol import SandboxLimits
 from qllm.sandbox.restricted import CandidateError, LoadedCandidate, load_credit_function
-from qllm.sandbox.result import ErrorKind, ValidationResult, WeightReport
+from qllm.sandbox.result import CreditResult, ErrorKind, ValidationResult, WeightReport
 
 __all__ = [
     "CandidateError",
     "CandidateFileError",
     "CandidateRejectedError",
     "CheckOptions",
+    "CreditResult",
     "ErrorKind",
     "LoadedCandidate",
     "Sandbox",
