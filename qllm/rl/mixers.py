@@ -135,7 +135,7 @@ class LinearCredit(Mixer):
 
 class TFCAF(Mixer):
     """A training-free credit assignment function (QLLM, Eq. 3) that is not linear in Q (hand-written
-    files): called in this process on every batch, as ``Sandbox.load`` restricted it, within
+    files): called in this process on every batch, loaded under the sandbox's RestrictedPython, within
     ``call_budget_s`` per call. Functions linear in Q train through :class:`LinearCredit` instead."""
 
     def __init__(
