@@ -1,6 +1,6 @@
 # expect: output_limit
 def credit_assignment(agents_q, state):
-    for i in range(10**5):
+    for i in range(10**4):  # 4 MB of output against a 64 KB cap
         try:
             print('spam' * 100)
         except BaseException:
