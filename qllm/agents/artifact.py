@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qllm.sandbox.protocol import decode_array
-
 if TYPE_CHECKING:
     from qllm.agents.context import GenerationContext
     from qllm.agents.state import Candidate, GenerationState
@@ -56,7 +54,7 @@ def episode_weights(ctx: GenerationContext, source: str, episode: int = 0) -> di
     result = ctx.credit(source, played.visited_states())
     if not result.ok or result.credit is None:
         raise RuntimeError(f"the validated function failed on the recorded episode: {result.feedback()}")
-    weights = decode_array(result.credit.model_dump())[:, : ctx.episode.info.n_agents]
+    weights = result.credit.to_array()[:, : ctx.episode.info.n_agents]
     return {
         "episode": episode,
         "weights": [[round(float(w), 4) for w in row] for row in weights],

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from qllm.sandbox import Sandbox, SandboxLimits
-from qllm.sandbox.protocol import decode_array
 
 
 class CreditFunctionError(RuntimeError):
@@ -82,4 +81,4 @@ class SandboxCredit:
                 f"the credit function failed in the sandbox on {len(rows)} new states "
                 f"({kind}: {result.message})"
             )
-        return decode_array(result.credit.model_dump())
+        return result.credit.to_array()

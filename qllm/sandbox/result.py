@@ -14,7 +14,10 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Self
 
+import numpy as np
 from pydantic import BaseModel, Field
+
+from qllm.sandbox.protocol import decode_array
 
 
 class ErrorKind(StrEnum):
@@ -139,6 +142,9 @@ class EncodedArray(BaseModel):
 
     shape: list[int]
     data: str
+
+    def to_array(self) -> np.ndarray:
+        return decode_array(self.model_dump())
 
 
 class CreditResult(Verdict):
