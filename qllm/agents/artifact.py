@@ -8,9 +8,12 @@ Run folder layout::
     trace.jsonl          every LLM call, sandbox verdict and decision
     checkpoints.sqlite   LangGraph checkpoints
     candidates/          r{round}-c{slot}-a{attempt}.py: every candidate that could be assembled
+    trials/              when the run trains trials: each function trained (by its identity) and one
+                         training run folder per function and seed (``qllm.agents.trial``)
     tfcaf.py             the chosen function, byte for byte the source that passed the sandbox
     artifact.json        its metadata: task, models, prompt version and hashes, template, state slices,
-                         measured weights, and where it came from
+                         measured weights, the trials of the function and of equal weights, and where
+                         it came from
 """
 
 from __future__ import annotations
@@ -62,6 +65,22 @@ def episode_weights(ctx: GenerationContext, source: str, episode: int = 0) -> di
     }
 
 
+def _trials(state: GenerationState, best: Candidate) -> dict[str, Any] | None:
+    """The chosen function's trials and the reference's, with the summary of each (None without trials)."""
+    summary = state.trial_summary(best)
+    reference = state.reference_summary()
+    if summary is None or reference is None:
+        return None
+    return {
+        "chosen": summary.model_dump(mode="json"),
+        "reference": reference.model_dump(mode="json"),
+        "beats_reference": summary.beats_reference,
+        "runs": [
+            t.model_dump(mode="json") for t in state.trials if t.subject in (best.subject, reference.subject)
+        ],
+    }
+
+
 def write_artifact(ctx: GenerationContext, state: GenerationState, best: Candidate) -> Path:
     """Write ``tfcaf.py`` and ``artifact.json`` for ``best``, which must have passed the sandbox."""
     if not best.ok or not best.final.source:
@@ -88,6 +107,9 @@ def write_artifact(ctx: GenerationContext, state: GenerationState, best: Candida
         "validation": best.final.result.model_dump(mode="json"),
         "written_code": best.final.code,
         "episode_weights": episode_weights(ctx, best.final.source),
+        "credit_floor": ctx.settings.credit_floor,
+        "selection": str(ctx.selection),
+        "trials": _trials(state, best),
     }
     _write_atomic(ctx.run_dir / ARTIFACT_FILE, best.final.source)
     _write_atomic(ctx.run_dir / METADATA_FILE, json.dumps(metadata, indent=2) + "\n")

@@ -21,10 +21,11 @@ import torch
 from langgraph.types import RetryPolicy
 
 from qllm.agents.llm import ChatRole, LLMCaller, TransientLLMError
-from qllm.agents.modes import MODES, WritingMode
-from qllm.agents.selection import SELECTIONS
+from qllm.agents.modes import Mode, WritingMode
+from qllm.agents.selection import Selection
 from qllm.agents.template import NamedState
 from qllm.agents.trace import Trace
+from qllm.agents.trial import DEFAULT_TRIAL_STEPS, TrialBench, TrialExecutorKind, TrialSettings
 from qllm.envs.recording import Recording
 from qllm.envs.tasks import TaskSpec
 from qllm.files import read_toml
@@ -81,27 +82,61 @@ class GenerationSettings:
     monotonic: bool = True
     """Require non-negative weights (the IGM condition); the template guarantees it."""
     prompt_version: str = "v1"
-    selection: str = "auto"
+    selection: Selection = Selection.AUTO
     """How each round's best candidate is chosen: ``evaluator`` (the evaluator LLM reads the candidates
     and gives tips), ``consensus`` (the candidate whose measured weights the others agree with most;
-    no evaluator call, see :mod:`qllm.agents.selection`), or ``auto`` (consensus when the evaluator is
-    the built-in local model, the evaluator otherwise)."""
-    mode: str = "auto"
+    no evaluator call, see :mod:`qllm.agents.selection`), ``trial`` (the best trial training, ties
+    within the noise broken by ``auto``'s choice), or ``auto`` (consensus when the evaluator is the
+    built-in local model, the evaluator otherwise)."""
+    mode: Mode = Mode.AUTO
     """What the coder writes: ``code`` (the function), ``spec`` (a credit spec we compile), or ``auto``
     (``spec`` for the built-in local model, ``code`` for every other provider)."""
     notes: str = ""
     """Free-text notes about the task appended to the task prompt (e.g. from ``--notes FILE``)."""
+    credit_floor: float = 0.0
+    """Every agent's weight is at least this fraction of the equal share (0: no floor; 1: equal weights,
+    VDN). Keeps a credit function from starving an agent of gradient (see ``qllm.agents.template``)."""
+    trial_steps: int | None = None
+    """Environment steps each trial training takes (:mod:`qllm.agents.trial`); ``None``: the task
+    family's default when the selection is ``trial``, no trials otherwise; 0: no trials."""
+    trial_seeds: int = 2
+    """Seeds each subject is trained with on trial (the same seeds for every subject)."""
+    trial_timeout_s: float = 900.0
+    """Wall-clock seconds one trial may take before it ends as timed out."""
+    trial_executor: TrialExecutorKind = TrialExecutorKind.RAY
+    """Where trials train: ``ray`` (a local instance, or the cluster at ``trial_address``) or ``inline``."""
+    trial_address: str | None = None
+    """Address of a Ray cluster for the trials (``None``: a local instance)."""
 
     def __post_init__(self) -> None:
-        for name in ("candidates", "rounds", "retry_attempts", "record_episodes", "max_tokens"):
+        positive = ("candidates", "rounds", "retry_attempts", "record_episodes", "max_tokens", "trial_seeds")
+        for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.selection not in SELECTIONS:
-            raise SettingsError(f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
-        if self.mode not in MODES:
-            raise SettingsError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        for name, kind in (("selection", Selection), ("mode", Mode), ("trial_executor", TrialExecutorKind)):
+            try:
+                object.__setattr__(self, name, kind(getattr(self, name)))  # a frozen field, typed once here
+            except ValueError:
+                choices = ", ".join(kind)
+                raise SettingsError(f"{name} must be one of {choices}, got {getattr(self, name)!r}") from None
         if self.repairs < 0:
             raise SettingsError(f"repairs must be at least 0, got {self.repairs}")
+        if not 0.0 <= self.credit_floor <= 1.0:
+            raise SettingsError(f"credit_floor must be between 0 and 1, got {self.credit_floor}")
+        if self.trial_steps is not None and self.trial_steps < 0:
+            raise SettingsError(f"trial_steps must be at least 0, got {self.trial_steps}")
+        if self.selection == Selection.TRIAL and self.trial_steps == 0:
+            raise SettingsError("selection trial needs trials: give trial_steps above 0 (or leave it unset)")
+
+    def trial_settings(self, family: str) -> TrialSettings | None:
+        """How candidates are trained on trial, or ``None`` when this run trains none."""
+        steps = self.trial_steps
+        if steps is None:
+            steps = DEFAULT_TRIAL_STEPS.get(family, 0) if self.selection == Selection.TRIAL else 0
+        if steps == 0:
+            return None
+        seeds = tuple(self.seed + k for k in range(self.trial_seeds))
+        return TrialSettings(task=self.task, steps=steps, seeds=seeds, timeout_s=self.trial_timeout_s)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -154,8 +189,13 @@ class GenerationContext:
     """What the coder must write, with the named state fields: the same for every coder call of the run."""
     mode: WritingMode
     """How coder prompts are built and replies become code (``code`` or ``spec``)."""
-    selection: str
-    """``evaluator`` or ``consensus``: the settings' choice, with ``auto`` resolved."""
+    selection: Selection
+    """``evaluator``, ``consensus`` or ``trial``: the settings' choice, with ``auto`` resolved."""
+    judge: Selection
+    """``evaluator`` or ``consensus``: who judges candidates by what they are (``auto``'s choice); under
+    ``trial`` selection, it breaks ties within the noise."""
+    trials: TrialBench | None
+    """Trains candidates on trial, or ``None`` when this run trains none."""
     prompts: PromptLibrary
     coder: ChatRole
     evaluator: ChatRole

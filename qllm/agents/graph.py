@@ -2,15 +2,17 @@
 
 ::
 
-    START ──Send×K──> candidate ──> evaluate ──Send×K──> candidate ...   (L rounds)
-                                        └──> finish ──> END              (after L, or when satisfied)
+    START ──Send×K──> candidate ──> trial ──> evaluate ──Send×K──> candidate ...   (L rounds)
+                                                  └──> finish ──> END     (after L, or when satisfied)
 
     candidate (a subgraph, one per Send):
         write ──> check ──> done            (passed every sandbox check)
                     └────> write            (failed: a fresh repair prompt, at most `repairs` times)
                     └────> done             (repairs exhausted: handed back as a failed candidate)
 
-Nodes are plain functions that return partial updates. Loop bounds live in settings and state, never in
+``trial`` trains the round's valid candidates, the best so far and equal weights (VDN) briefly
+(:mod:`qllm.agents.trial`) when the run trains trials, and passes through otherwise. Nodes are plain
+functions that return partial updates. Loop bounds live in settings and state, never in
 the recursion limit. The only node that writes the artifact is ``finish``, and only from a candidate
 that passed the sandbox: a run ends with a validated TFCAF or with status ``failed`` and a reason.
 """
@@ -27,7 +29,7 @@ from qllm.agents import artifact
 from qllm.agents.context import GenerationContext
 from qllm.agents.extract import ExtractionError, extract_json
 from qllm.agents.messages import evaluator_messages, evaluator_retry_messages
-from qllm.agents.selection import consensus
+from qllm.agents.selection import Selection, consensus, rank_by_trial
 from qllm.agents.spec import SpecError
 from qllm.agents.state import (
     Attempt,
@@ -41,6 +43,7 @@ from qllm.agents.state import (
     RunStatus,
 )
 from qllm.agents.template import TemplateError, assemble, keep_definitions
+from qllm.agents.trial import REFERENCE
 from qllm.sandbox import ErrorKind, ValidationResult
 
 Ctx = Runtime[GenerationContext]
@@ -56,7 +59,9 @@ def write(state: CandidateState, runtime: Ctx) -> dict[str, Any]:
     if state.attempts:
         messages = mode.repair(ctx.prompts, ctx.task_prompt, contract, state.attempts[-1])
     else:
-        messages = mode.draft(ctx.prompts, ctx.task_prompt, contract, task.parent, task.tips)
+        messages = mode.draft(
+            ctx.prompts, ctx.task_prompt, contract, task.parent, task.tips, parent_trial=task.parent_trial
+        )
     label = f"{task.candidate_id}-a{len(state.attempts)}"
     return {"reply": ctx.llm.ask(ctx.coder, label, messages, schema=mode.reply_schema).text}
 
@@ -73,7 +78,10 @@ def check(state: CandidateState, runtime: Ctx) -> dict[str, Any]:
             f"Credit function for {ctx.spec.name}, candidate {task.candidate_id} (attempt {number}) of run "
             f"{ctx.run_id}, written by {ctx.coder.spec}."
         )
-        source = assemble(ctx.named, written, docstring=doc, template_id=ctx.mode.template_id)
+        source = assemble(
+            ctx.named, written, docstring=doc, template_id=ctx.mode.template_id,
+            credit_floor=ctx.settings.credit_floor,
+        )  # fmt: skip
     except (ExtractionError, SpecError) as exc:
         result = ValidationResult.failure(ErrorKind.CONTRACT, str(exc))
     except TemplateError as exc:
@@ -127,61 +135,121 @@ def build_candidate_graph(retry: RetryPolicy) -> StateGraph:
 
 def fan_out(state: GenerationState, runtime: Ctx) -> list[Send]:
     """K candidate branches for the current round, each seeded with the best function and the tips."""
+    parent_trial = state.trial_summary(state.best) if state.best is not None else None
     return [
-        Send("candidate", CandidateState(task=CandidateTask(state.round, slot, state.best, state.tips)))
+        Send(
+            "candidate",
+            CandidateState(task=CandidateTask(state.round, slot, state.best, state.tips, parent_trial)),
+        )
         for slot in range(runtime.context.settings.candidates)
     ]
+
+
+def round_contenders(state: GenerationState) -> list[Candidate]:
+    """This round's valid candidates and the best so far: what the round chooses among."""
+    valid = [c for c in state.of_round(state.round) if c.ok]
+    return valid + ([state.best] if state.best is not None else [])
+
+
+def fit_to_train(state: GenerationState, contenders: list[Candidate]) -> list[Candidate]:
+    """The contenders whose trial training did not fail (a run without trials keeps them all)."""
+    return [c for c in contenders if not ((s := state.trial_summary(c)) is not None and s.failed)]
+
+
+def trial(state: GenerationState, runtime: Ctx) -> dict[str, Any]:
+    """Train the contenders and equal weights briefly, each function once per seed (none repeated)."""
+    bench = runtime.context.trials
+    contenders = round_contenders(state)
+    if bench is None or not contenders:
+        return {}
+    subjects: dict[str, str | None] = {REFERENCE: None}
+    subjects |= {c.subject: c.final.source for c in contenders}
+    return {"trials": bench.run(subjects, done=state.trials)}
 
 
 def evaluate(state: GenerationState, runtime: Ctx) -> dict[str, Any]:
     """Pick the best of this round's valid candidates (and the best so far), and get tips for the next."""
     ctx = runtime.context
-    valid = [c for c in state.of_round(state.round) if c.ok]
-    contenders = valid + ([state.best] if state.best is not None else [])
+    valid = round_contenders(state)
+    contenders = fit_to_train(state, valid)
     advance = {"round": state.round + 1}
     if not contenders:
+        unfit = [state.trial_summary(c) for c in valid]
+        problem = next((s.problem for s in unfit if s is not None and s.failed), "")
+        note = f"every valid candidate failed its trial training, e.g. {problem}" if valid else ""
         decision = Decision(
             round=state.round,
             chosen=None,
             contenders=[],
             source="no-valid-candidate",
-            note=state.failure_summary(),
+            note=note or state.failure_summary(),
         )
         ctx.trace.record("decision", **decision.model_dump(mode="json"))
         return {**advance, "decisions": [decision]}
-    if ctx.selection == "consensus":
-        return {**advance, **_choose_by_consensus(ctx, state, contenders)}
-    messages = evaluator_messages(ctx.prompts, ctx.task_prompt, ctx.named, ctx.inputs, contenders)
-    evaluation, problem = _ask_evaluator(ctx, f"r{state.round}-eval", messages, len(contenders))
-    if evaluation is None:
-        chosen = max(contenders, key=_state_dependence)
-        decision = Decision(
-            round=state.round, chosen=chosen.id, contenders=[c.id for c in contenders], source="fallback",
-            note=f"evaluator reply unusable twice ({problem}); chose the most state-dependent weights",
-        )  # fmt: skip
-        tips = state.tips
+    if ctx.selection == Selection.TRIAL:
+        decision, tips = _choose_by_trial(ctx, state, contenders)
     else:
-        chosen = contenders[evaluation.choice - 1]
-        decision = Decision(
-            round=state.round, chosen=chosen.id, contenders=[c.id for c in contenders], source="evaluator",
-            evaluation=evaluation, satisfied=evaluation.satisfied,
-        )  # fmt: skip
-        tips = evaluation.tips
+        decision, tips = _judge(ctx, state, contenders, ctx.selection)
+    chosen = next(c for c in contenders if c.id == decision.chosen)
+    if state.trials:
+        summary = state.trial_summary(chosen)
+        decision = decision.model_copy(update={"beats_reference": bool(summary and summary.beats_reference)})
     ctx.trace.record("decision", **decision.model_dump(mode="json"))
     return {**advance, "decisions": [decision], "best": chosen, "tips": tips}
 
 
-def _choose_by_consensus(
-    ctx: GenerationContext, state: GenerationState, contenders: list[Candidate]
-) -> dict[str, Any]:
-    """The contender the others agree with most (no LLM call; the tips stay as they were)."""
-    agreed = consensus(contenders)
-    decision = Decision(
-        round=state.round, chosen=agreed.chosen.id, contenders=[c.id for c in contenders],
-        source="consensus", note=agreed.note(), satisfied=agreed.unanimous,
+def _judge(
+    ctx: GenerationContext, state: GenerationState, contenders: list[Candidate], judge: Selection
+) -> tuple[Decision, str]:
+    """The evaluator's or consensus's choice among ``contenders``, and the tips for the next round."""
+    ids = [c.id for c in contenders]
+    if judge == Selection.CONSENSUS:  # no LLM call; the tips stay as they were
+        agreed = consensus(contenders)
+        decision = Decision(
+            round=state.round, chosen=agreed.chosen.id, contenders=ids, source="consensus",
+            note=agreed.note(), satisfied=agreed.unanimous,
+        )  # fmt: skip
+        return decision, state.tips
+    messages = evaluator_messages(
+        ctx.prompts, ctx.task_prompt, ctx.named, ctx.inputs, contenders,
+        trial_of=state.trial_summary, reference=state.reference_summary(),
     )  # fmt: skip
-    ctx.trace.record("decision", **decision.model_dump(mode="json"))
-    return {"decisions": [decision], "best": agreed.chosen}
+    evaluation, problem = _ask_evaluator(ctx, f"r{state.round}-eval", messages, len(contenders))
+    if evaluation is None:
+        chosen = max(contenders, key=_state_dependence)
+        decision = Decision(
+            round=state.round, chosen=chosen.id, contenders=ids, source="fallback",
+            note=f"evaluator reply unusable twice ({problem}); chose the most state-dependent weights",
+        )  # fmt: skip
+        return decision, state.tips
+    decision = Decision(
+        round=state.round, chosen=contenders[evaluation.choice - 1].id, contenders=ids, source="evaluator",
+        evaluation=evaluation, satisfied=evaluation.satisfied,
+    )  # fmt: skip
+    return decision, evaluation.tips
+
+
+def _choose_by_trial(
+    ctx: GenerationContext, state: GenerationState, contenders: list[Candidate]
+) -> tuple[Decision, str]:
+    """The contender that trained best; the judge breaks a tie within the noise, and only then."""
+    ranking = rank_by_trial(contenders, state.trials)
+    ids = [c.id for c in contenders]
+    if ranking.best is None:  # no trial finished: the judge decides alone, and the decision says why
+        decision, tips = _judge(ctx, state, contenders, ctx.judge)
+        return decision.model_copy(update={"note": f"{ranking.note}; {decision.note}".strip("; ")}), tips
+    chosen, tips, evaluation, how = ranking.best, state.tips, None, "a clear winner"
+    if len(ranking.tied) > 1:
+        judged, tips = _judge(ctx, state, ranking.tied, ctx.judge)
+        chosen, evaluation = state.by_id(judged.chosen or ranking.best.id), judged.evaluation
+        tied = ", ".join(c.id for c in ranking.tied)
+        how = f"{tied} tied within the noise; {judged.source} chose {chosen.id}"
+    summary = state.trial_summary(chosen)
+    decision = Decision(
+        round=state.round, chosen=chosen.id, contenders=ids, source="trial", evaluation=evaluation,
+        note=f"{ranking.note}; {how}", satisfied=bool(summary and summary.beats_reference),
+    )  # fmt: skip
+    return decision, tips
 
 
 def _state_dependence(candidate: Candidate) -> float:
@@ -237,16 +305,35 @@ def finish(state: GenerationState, runtime: Ctx) -> dict[str, Any]:
     """Write the artifact from the best validated candidate, or end with a clear failure."""
     ctx = runtime.context
     if state.best is None or not state.best.ok:
-        update = {"status": RunStatus.FAILED, "reason": state.failure_summary()}
+        last = state.decisions[-1] if state.decisions else None
+        reason = last.note if last is not None and last.note else state.failure_summary()
+        update = {"status": RunStatus.FAILED, "reason": reason}
     else:
         path = artifact.write_artifact(ctx, state, state.best)
         rounds_run = state.round - 1
         update = {
             "status": RunStatus.SUCCEEDED,
-            "reason": f"candidate {state.best.id} chosen after {rounds_run} round(s); written to {path}",
+            "reason": f"candidate {state.best.id} chosen after {rounds_run} round(s); written to {path}"
+            + _trial_verdict(state, state.best),
         }
     ctx.trace.record("finished", status=str(update["status"]), reason=update["reason"])
     return update
+
+
+def _trial_verdict(state: GenerationState, best: Candidate) -> str:
+    """How the chosen function did on trial against equal weights, said plainly ("" without trials)."""
+    summary = state.trial_summary(best)
+    if summary is None:
+        return ""
+    d = summary.vs_reference
+    if d is None:
+        return f"; its trial training did not finish ({summary.problem[:160]})"
+    if summary.beats_reference:
+        return f"; on trial it beat equal weights (VDN) by {d.mean:+.3g} ± {d.noise:.2g}"
+    return (
+        f"; on trial it did NOT beat equal weights (VDN) beyond the noise ({d.mean:+.3g} ± {d.noise:.2g}): "
+        "on this evidence, training with --mixer vdn is as good"
+    )
 
 
 def build_graph(retry: RetryPolicy) -> StateGraph:
@@ -254,10 +341,12 @@ def build_graph(retry: RetryPolicy) -> StateGraph:
     candidate = build_candidate_graph(retry).compile()
     builder = StateGraph(GenerationState, context_schema=GenerationContext)
     builder.add_node("candidate", candidate)
+    builder.add_node("trial", trial)
     builder.add_node("evaluate", evaluate, retry_policy=retry)
     builder.add_node("finish", finish)
     builder.add_conditional_edges(START, fan_out, ["candidate"])
-    builder.add_edge("candidate", "evaluate")
+    builder.add_edge("candidate", "trial")
+    builder.add_edge("trial", "evaluate")
     builder.add_conditional_edges("evaluate", after_evaluate, ["candidate", "finish"])
     builder.add_edge("finish", END)
     return builder

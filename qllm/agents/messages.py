@@ -7,13 +7,14 @@ with the task, the contract, the failed code and the error.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from qllm.agents.llm import Messages
 from qllm.agents.state import Candidate
 from qllm.agents.template import NamedState, render_state
+from qllm.agents.trial import TrialSummary
 from qllm.envs.tasks import TaskSpec
 from qllm.prompts import PromptLibrary
 from qllm.sandbox import ValidationInputs, WeightReport
@@ -75,10 +76,40 @@ def weights_summary(report: WeightReport | None) -> str:
     return f"mean weight {means}; how much weights change with the state: {report.weight_state_variation:.3f}"
 
 
+def trial_text(summary: TrialSummary | None) -> str:
+    """A trial's result in a few numbers a small model can read ("" when there was no trial)."""
+    if summary is None:
+        return ""
+    if summary.fitness is None:
+        return f"Trial training did not finish ({summary.problem[:200]})."
+    returns = ", ".join(f"{r:.3g}" for r in summary.returns)
+    text = (
+        f"Trial training ({summary.finished} seeds): greedy team return at 25/50/75/100% of the trial "
+        f"{returns}; mean over the trial {summary.fitness:.3g}"
+    )
+    d = summary.vs_reference
+    if d is None:
+        return text + "."
+    return f"{text}, {d.mean:+.3g} ± {d.noise:.2g} against equal weights (VDN): {d.verdict()}."
+
+
+def improve_trial(summary: TrialSummary | None) -> str:
+    """The ``trial`` field of the improve prompts: how the best function so far trained, if it did."""
+    text = trial_text(summary)
+    return f"How it trained: {text}\n\n" if text else ""
+
+
 def coder_messages(
-    prompts: PromptLibrary, task: str, contract: str, parent: Candidate | None, tips: str
+    prompts: PromptLibrary,
+    task: str,
+    contract: str,
+    parent: Candidate | None,
+    tips: str,
+    *,
+    parent_trial: TrialSummary | None = None,
 ) -> Messages:
-    """A first draft: the task and contract, plus the best function so far and the evaluator's tips."""
+    """A first draft: the task and contract, plus the best function so far, how it trained on trial, and
+    the evaluator's tips."""
     parts = [task, contract]
     if parent is not None:
         parts.append(
@@ -86,6 +117,7 @@ def coder_messages(
                 "improve",
                 code=parent.final.code,
                 measurements=weights_summary(parent.final.result.weights),
+                trial=improve_trial(parent_trial),
                 tips=tips.strip() or "make the weights reflect which agents matter in each state",
             )
         )
@@ -99,13 +131,20 @@ def repair_messages(prompts: PromptLibrary, task: str, contract: str, code: str,
     return [("system", prompts.render("coder_system")), ("human", human)]
 
 
+TrialOf = Callable[[Candidate], TrialSummary | None]
+
+
 def evaluator_messages(
     prompts: PromptLibrary,
     task: str,
     named: NamedState,
     inputs: ValidationInputs,
     contenders: Sequence[Candidate],
+    *,
+    trial_of: TrialOf | None = None,
+    reference: TrialSummary | None = None,
 ) -> Messages:
+    """The contenders with their code, measured weights and (when they were trained) trial results."""
     shown = telling_states(contenders)
     examples = "\n\n".join(
         f"State {n}:\n```python\n{render_state(named, inputs.states[k].tolist())}\n```"
@@ -120,11 +159,21 @@ def evaluator_messages(
                 f"- state {n}: " + ", ".join(f"{w:.2f}" for w in report.example_weights[k])
                 for n, k in enumerate(shown, start=1)
             )
+        trial = trial_text(trial_of(candidate)) if trial_of is not None else ""
         blocks.append(
             f"### Candidate {number}\n\n```python\n{candidate.final.code}\n```\n\n"
             f"Measured: {weights_summary(report)}.\nWeights per agent on the example states:\n{per_state}"
+            + (f"\n{trial}" if trial else "")
         )
-    human = prompts.render("evaluator", task=task, examples=examples, candidates="\n\n".join(blocks))
+    trials = ""
+    if reference is not None and reference.fitness is not None:
+        trials = (
+            "\nEach candidate was also trained briefly on trial, beside equal weights (VDN), with the same "
+            f"seeds and initial networks. Equal weights: {trial_text(reference)}\n"
+        )
+    human = prompts.render(
+        "evaluator", task=task, examples=examples, trials=trials, candidates="\n\n".join(blocks)
+    )
     return [("system", prompts.render("evaluator_system")), ("human", human)]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import cached_property
 from typing import Protocol
 
@@ -23,7 +24,7 @@ from pydantic import BaseModel
 
 from qllm.agents.extract import ExtractionError, extract_code, extract_json
 from qllm.agents.llm import Messages
-from qllm.agents.messages import coder_messages, contract_prompt, repair_messages
+from qllm.agents.messages import coder_messages, contract_prompt, improve_trial, repair_messages
 from qllm.agents.spec import (
     SPEC_TEMPLATE_ID,
     CreditSpec,
@@ -36,12 +37,21 @@ from qllm.agents.spec import (
 )
 from qllm.agents.state import Attempt, Candidate
 from qllm.agents.template import TEMPLATE_ID, WRITTEN_FUNCTION, NamedState
+from qllm.agents.trial import TrialSummary
 from qllm.llm.providers import ModelSpec
 from qllm.prompts import PromptLibrary
 from qllm.sandbox import ValidationInputs
 
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f]")
-MODES: tuple[str, ...] = ("auto", "code", "spec")
+
+
+class Mode(StrEnum):
+    """What the coder writes (``GenerationSettings.mode``)."""
+
+    AUTO = "auto"
+    """``spec`` for the built-in local model, ``code`` for every other provider."""
+    CODE = "code"
+    SPEC = "spec"
 
 
 class WritingMode(Protocol):
@@ -57,8 +67,17 @@ class WritingMode(Protocol):
         ...
 
     def draft(
-        self, prompts: PromptLibrary, task: str, contract: str, parent: Candidate | None, tips: str
-    ) -> Messages: ...
+        self,
+        prompts: PromptLibrary,
+        task: str,
+        contract: str,
+        parent: Candidate | None,
+        tips: str,
+        *,
+        parent_trial: TrialSummary | None = None,
+    ) -> Messages:
+        """A first draft, or an improvement of ``parent`` (with how it trained on trial, if it was)."""
+        ...
 
     def repair(self, prompts: PromptLibrary, task: str, contract: str, failed: Attempt) -> Messages: ...
 
@@ -79,9 +98,16 @@ class CodeMode:
         return contract_prompt(prompts, named, inputs)
 
     def draft(
-        self, prompts: PromptLibrary, task: str, contract: str, parent: Candidate | None, tips: str
+        self,
+        prompts: PromptLibrary,
+        task: str,
+        contract: str,
+        parent: Candidate | None,
+        tips: str,
+        *,
+        parent_trial: TrialSummary | None = None,
     ) -> Messages:
-        return coder_messages(prompts, task, contract, parent, tips)
+        return coder_messages(prompts, task, contract, parent, tips, parent_trial=parent_trial)
 
     def repair(self, prompts: PromptLibrary, task: str, contract: str, failed: Attempt) -> Messages:
         return repair_messages(prompts, task, contract, failed.code, failed.result.feedback())
@@ -106,7 +132,14 @@ class SpecMode:
         return prompts.render("spec_contract", quantities=quantity_table(list(self.quantities)))
 
     def draft(
-        self, prompts: PromptLibrary, task: str, contract: str, parent: Candidate | None, tips: str
+        self,
+        prompts: PromptLibrary,
+        task: str,
+        contract: str,
+        parent: Candidate | None,
+        tips: str,
+        *,
+        parent_trial: TrialSummary | None = None,
     ) -> Messages:
         parts = [task, contract]
         if parent is not None:
@@ -114,6 +147,7 @@ class SpecMode:
                 prompts.render(
                     "spec_improve",
                     spec=_shown_spec(parent.final.reply),
+                    trial=improve_trial(parent_trial),
                     tips=tips.strip() or "make the weights reflect which agents matter in each state",
                 )
             )
@@ -143,18 +177,16 @@ def _shown_spec(reply: str) -> str:
         return reply.strip()
 
 
-def resolve_mode(name: str, coder: ModelSpec) -> str:
-    """``auto`` -> ``spec`` for the built-in local model, ``code`` otherwise; other names unchanged."""
-    if name not in MODES:
-        raise ValueError(f"unknown mode {name!r}; choose one of {', '.join(MODES)}")
-    if name == "auto":
-        return "spec" if coder.provider == "local" else "code"
-    return name
+def resolve_mode(mode: Mode, coder: ModelSpec) -> Mode:
+    """``auto`` -> ``spec`` for the built-in local model, ``code`` otherwise; other modes unchanged."""
+    if mode == Mode.AUTO:
+        return Mode.SPEC if coder.provider == "local" else Mode.CODE
+    return mode
 
 
-def writing_mode(name: str, named: NamedState) -> WritingMode:
-    """The mode object for a resolved mode name (``code`` or ``spec``)."""
-    if name == "code":
+def writing_mode(mode: Mode, named: NamedState) -> WritingMode:
+    """The mode object for a resolved mode (``code`` or ``spec``)."""
+    if mode == Mode.CODE:
         return CodeMode()
     quantities = tuple(per_agent_quantities(named))
     if not quantities:
@@ -165,8 +197,8 @@ def writing_mode(name: str, named: NamedState) -> WritingMode:
 
 
 __all__ = [
-    "MODES",
     "CodeMode",
+    "Mode",
     "SpecError",
     "SpecMode",
     "WritingMode",

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +30,11 @@ from qllm.agents.graph import build_graph
 from qllm.agents.llm import ChatRole, LLMCaller
 from qllm.agents.messages import task_prompt
 from qllm.agents.modes import resolve_mode, writing_mode
-from qllm.agents.selection import resolve_selection
+from qllm.agents.selection import judge_for, resolve_selection
 from qllm.agents.state import CHECKPOINTED_TYPES, GenerationState, RunStatus
 from qllm.agents.template import NamedState
 from qllm.agents.trace import Listener, Trace
+from qllm.agents.trial import TrialBench
 from qllm.envs.recording import load_recording, record, save_recording
 from qllm.envs.tasks import resolve_task
 from qllm.llm.providers import ModelSpec, make_chat_model
@@ -74,6 +77,16 @@ def _serializer() -> JsonPlusSerializer:
     return JsonPlusSerializer(allowed_msgpack_modules=allowed)
 
 
+@contextmanager
+def _closing(trials: TrialBench | None) -> Iterator[None]:
+    """Stops the trials' executor (a local Ray instance) however the run ends."""
+    try:
+        yield
+    finally:
+        if trials is not None:
+            trials.close()
+
+
 class GenerationRun:
     """One run folder."""
 
@@ -109,9 +122,19 @@ class GenerationRun:
         # Folders from before these settings existed were all written as code and judged by the evaluator.
         saved.setdefault("mode", "code")
         saved.setdefault("selection", "evaluator")
+        # ... and trained no trials (every trial setting added since has a default).
         return cls(run_dir, GenerationSettings.from_dict(saved))
 
-    def _context(self, trace: Trace, sandbox: Sandbox, models: Models | None) -> GenerationContext:
+    def _trial_bench(self, trace: Trace) -> TrialBench | None:
+        s = self.settings
+        trial_settings = s.trial_settings(resolve_task(s.task).family)
+        if trial_settings is None:
+            return None
+        return TrialBench(trial_settings, self.run_dir, trace, s.trial_executor, s.trial_address)
+
+    def _context(
+        self, trace: Trace, sandbox: Sandbox, trials: TrialBench | None, models: Models | None
+    ) -> GenerationContext:
         s = self.settings
         spec = resolve_task(s.task)
         recording = load_recording(self.run_dir / STATES_FILE)
@@ -134,7 +157,8 @@ class GenerationRun:
             episode=recording,
             task_prompt=task_text, prompts=prompts,
             contract_prompt=mode.contract(prompts, named, inputs), mode=mode,
-            selection=resolve_selection(s.selection, evaluator_spec),
+            selection=resolve_selection(s.selection, evaluator_spec), judge=judge_for(evaluator_spec),
+            trials=trials,
             coder=_role("coder", coder_spec, models.coder),
             evaluator=_role("evaluator", evaluator_spec, models.evaluator),
             llm=LLMCaller(trace, seed=s.seed), trace=trace, sandbox=sandbox,
@@ -144,12 +168,14 @@ class GenerationRun:
     def execute(self, models: Models | None = None, listener: Listener | None = None) -> GenerationOutcome:
         """Run the graph to the end, resuming from the last checkpoint if there is one."""
         trace = Trace(self.run_dir, listener)
+        trials = self._trial_bench(trace)
         with (
             Sandbox() as sandbox,
             SqliteSaver.from_conn_string(str(self.run_dir / CHECKPOINTS_FILE)) as saver,
+            _closing(trials),
         ):
             saver.serde = _serializer()
-            ctx = self._context(trace, sandbox, models)
+            ctx = self._context(trace, sandbox, trials, models)
             graph = build_graph(ctx.retry_policy()).compile(checkpointer=saver)
             config = {"configurable": {"thread_id": self.run_id}, "max_concurrency": self._concurrency(ctx)}
             snapshot = graph.get_state(config)

@@ -18,17 +18,30 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 from qllm.agents.state import Candidate
+from qllm.agents.trial import Trial, paired_difference, summarise
 from qllm.llm.providers import ModelSpec
 from qllm.sandbox import WeightReport
 
 EQUAL = 1e-6
 """Distance from the equal share below which a state's weights count as equal."""
-SELECTIONS = ("auto", "evaluator", "consensus")
-"""How a round's best candidate can be chosen (``GenerationSettings.selection``)."""
 UNANIMOUS = 0.9
 """Agreement with every other contender above which another round is not expected to change much."""
+
+
+class Selection(StrEnum):
+    """How a round's best candidate is chosen (``GenerationSettings.selection``)."""
+
+    AUTO = "auto"
+    """``consensus`` when the evaluator is the built-in local model, ``evaluator`` otherwise."""
+    EVALUATOR = "evaluator"
+    """The evaluator LLM reads the candidates, their weights (and trial results) and gives tips."""
+    CONSENSUS = "consensus"
+    """The candidate whose measured weights the others agree with most (no LLM call)."""
+    TRIAL = "trial"
+    """The best trial fitness; the judge (``auto``'s choice) breaks ties within the noise."""
 
 
 def agreement(a: WeightReport, b: WeightReport) -> float:
@@ -58,12 +71,15 @@ class Consensus:
         return f"mean agreement of each contender's weights with the others': {ranked}"
 
 
-def resolve_selection(name: str, evaluator: ModelSpec) -> str:
-    """``auto`` -> ``consensus`` when the evaluator is the built-in local model (a weak judge: measured in
-    ``qllm/evals/reference/local-levers.md``), ``evaluator`` otherwise; other names unchanged."""
-    if name == "auto":
-        return "consensus" if evaluator.provider == "local" else "evaluator"
-    return name
+def judge_for(evaluator: ModelSpec) -> Selection:
+    """Who judges candidates by what they are: ``consensus`` when the evaluator is the built-in local model
+    (a weak judge: measured in ``qllm/evals/reference/local-levers.md``), the ``evaluator`` otherwise."""
+    return Selection.CONSENSUS if evaluator.provider == "local" else Selection.EVALUATOR
+
+
+def resolve_selection(selection: Selection, evaluator: ModelSpec) -> Selection:
+    """``auto`` resolved for this evaluator (:func:`judge_for`); every other selection unchanged."""
+    return judge_for(evaluator) if selection == Selection.AUTO else selection
 
 
 def consensus(contenders: Sequence[Candidate]) -> Consensus:
@@ -84,3 +100,32 @@ def consensus(contenders: Sequence[Candidate]) -> Consensus:
     chosen = max(contenders, key=rank)
     unanimous = len(contenders) > 1 and closest[chosen.id] >= UNANIMOUS
     return Consensus(chosen, support, unanimous)
+
+
+@dataclass(frozen=True)
+class TrialRanking:
+    """The contenders by trial fitness, and those within the noise of the best (the tie)."""
+
+    best: Candidate | None
+    """The fittest contender whose trials finished (``None`` when none did)."""
+    tied: list[Candidate]
+    """Contenders within the noise of ``best`` (``best`` first); one means a clear winner."""
+    note: str
+
+
+def rank_by_trial(contenders: Sequence[Candidate], trials: Sequence[Trial]) -> TrialRanking:
+    """The fittest contender, and every contender whose paired difference from it is within the noise
+    (:func:`qllm.agents.trial.paired_difference`). Contenders with no finished trial never win."""
+    fitness = {c.id: summarise(trials, c.subject).fitness for c in contenders}
+    finished = sorted((c for c in contenders if fitness[c.id] is not None), key=lambda c: -fitness[c.id])
+    if not finished:
+        return TrialRanking(None, [], "no contender's trial training finished")
+    best = finished[0]
+    mine = [t for t in trials if t.subject == best.subject]
+    tied = [best]
+    for other in finished[1:]:
+        gap = paired_difference(mine, [t for t in trials if t.subject == other.subject])
+        if other.subject == best.subject or (gap is not None and not gap.beyond_noise):
+            tied.append(other)
+    ranked = ", ".join(f"{c.id} {fitness[c.id]:.3g}" for c in finished)
+    return TrialRanking(best, tied, f"mean greedy return over the trial: {ranked}")

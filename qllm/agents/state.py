@@ -16,6 +16,16 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
+from qllm.agents.trial import (
+    REFERENCE,
+    CurvePoint,
+    Difference,
+    Trial,
+    TrialStatus,
+    TrialSummary,
+    function_identity,
+    summarise,
+)
 from qllm.sandbox.result import AgentWeightStats, ErrorKind, Timings, ValidationResult, WeightReport
 
 
@@ -50,6 +60,11 @@ class Candidate(BaseModel):
     def ok(self) -> bool:
         return self.final.result.ok
 
+    @property
+    def subject(self) -> str:
+        """What trials know this candidate by (identical functions share their trials)."""
+        return function_identity(self.final.source)
+
 
 class Critique(BaseModel):
     candidate: int = Field(description="the candidate's number as shown in the prompt")
@@ -65,7 +80,7 @@ class Evaluation(BaseModel):
     satisfied: bool = Field(default=False, description="true if the chosen function needs no further work")
 
 
-DecisionSource = Literal["evaluator", "consensus", "fallback", "no-valid-candidate"]
+DecisionSource = Literal["evaluator", "consensus", "trial", "fallback", "no-valid-candidate"]
 
 
 class Decision(BaseModel):
@@ -81,7 +96,11 @@ class Decision(BaseModel):
     note: str = ""
     """Why the evaluator was not used or not followed, when it was not; or how consensus was reached."""
     satisfied: bool = False
-    """No further round is needed: the evaluator said so, or consensus was unanimous."""
+    """No further round is needed: the evaluator said so, consensus was unanimous, or (trial selection)
+    the chosen function beat equal weights beyond the noise."""
+    beats_reference: bool | None = None
+    """Whether the chosen function's trials beat equal weights (VDN) beyond the noise; ``None`` without
+    trials."""
 
 
 class RunStatus(StrEnum):
@@ -104,6 +123,8 @@ class GenerationState:
     """The best valid candidate so far: what the next round improves and what the artifact will be."""
     tips: str = ""
     """The evaluator's advice for the next round."""
+    trials: Annotated[list[Trial], operator.add] = field(default_factory=list)
+    """Every finished trial training (the reference's included), appended by the trial node."""
     status: RunStatus = RunStatus.RUNNING
     reason: str = ""
     """Why the run ended as it did."""
@@ -113,6 +134,16 @@ class GenerationState:
 
     def by_id(self, candidate_id: str) -> Candidate:
         return next(c for c in self.candidates if c.id == candidate_id)
+
+    def trial_summary(self, candidate: Candidate) -> TrialSummary | None:
+        """How ``candidate`` trained on trial against equal weights (``None`` if it was not trained)."""
+        if not any(t.subject == candidate.subject for t in self.trials):
+            return None
+        return summarise(self.trials, candidate.subject)
+
+    def reference_summary(self) -> TrialSummary | None:
+        """How equal weights (VDN) trained on trial (``None`` without trials)."""
+        return summarise(self.trials, REFERENCE) if self.trials else None
 
     def failure_summary(self) -> str:
         """The most common reason candidates failed, for the failure status."""
@@ -137,6 +168,8 @@ class CandidateTask:
     parent: Candidate | None = None
     """The best function so far, to improve on (``None`` in round 1)."""
     tips: str = ""
+    parent_trial: TrialSummary | None = None
+    """How ``parent`` trained on trial against equal weights, when the run trains trials."""
 
     @property
     def candidate_id(self) -> str:
@@ -164,6 +197,7 @@ class CandidateOutput:
 
 CHECKPOINTED_TYPES = (
     Attempt, Candidate, Critique, Evaluation, Decision, RunStatus, CandidateTask,
-    ValidationResult, ErrorKind, WeightReport, AgentWeightStats, Timings,
+    ValidationResult, ErrorKind, WeightReport, AgentWeightStats, Timings, Trial, TrialStatus, CurvePoint,
+    TrialSummary, Difference,
 )  # fmt: skip
 """Types the checkpoint serializer may rebuild (it refuses anything else)."""

@@ -10,7 +10,9 @@ module generates, from the schema, everything around that function:
 - helpers (``distance``, ``manhattan``, ``argmax``);
 - ``credit_assignment(agents_q, state)``: the sandbox/trainer contract. It calls ``agent_weight`` for
   every row and agent, clamps negatives to 0, rescales the weights to sum to ``n_agents`` (VDN's scale;
-  equal weights when all are 0), adds the optional ``state_bias(s)``, and returns
+  equal weights when all are 0) with each agent's weight at least ``CREDIT_FLOOR`` (a fraction of the
+  equal share 1: a function that gives one agent almost nothing starves its Q-values of gradient, the
+  "lazy agent" problem), adds the optional ``state_bias(s)``, and returns
   ``Q_tot = sum_i w_i Q_i + b`` of shape ``[B, 1]``. Monotonic by construction.
 
 The assembled file is a complete TFCAF: it is validated in the sandbox and loaded by the trainer like
@@ -35,9 +37,10 @@ TEMPLATE_ID = "agent-weight/v1"
 """Recorded in every artifact: which template turned the LLM's functions into a TFCAF."""
 WRITTEN_FUNCTION = "agent_weight"
 OPTIONAL_FUNCTION = "state_bias"
-RESERVED_NAMES = frozenset(
-    {"named_state", FUNCTION_NAME, "N_AGENTS", "checked_weight", "normalised_weights", "checked_bias"}
-)
+RESERVED_NAMES = frozenset({
+    "named_state", FUNCTION_NAME, "N_AGENTS", "CREDIT_FLOOR", "checked_weight", "normalised_weights",
+    "checked_bias",
+})  # fmt: skip
 """Names the template owns: an LLM definition of one of these is dropped."""
 POSITION_FEATURES = (("row", "col"), ("x", "y"))
 
@@ -176,7 +179,8 @@ def normalised_weights(s):
     total = sum(w)
     if total <= 0.0:
         return [1.0] * N_AGENTS
-    return [x * N_AGENTS / total for x in w]
+    # Every agent keeps at least CREDIT_FLOOR of the equal share (1), so that none is starved of gradient.
+    return [CREDIT_FLOOR + (1.0 - CREDIT_FLOOR) * x * N_AGENTS / total for x in w]
 
 
 def checked_bias(s):
@@ -273,17 +277,24 @@ def tfcaf_header(info: EnvInfo, **extra: Any) -> str:
 
 
 def assemble(
-    named: NamedState, written: WrittenCode, docstring: str = "", template_id: str = TEMPLATE_ID
+    named: NamedState,
+    written: WrittenCode,
+    docstring: str = "",
+    template_id: str = TEMPLATE_ID,
+    credit_floor: float = 0.0,
 ) -> str:
-    """The complete TFCAF file: header, the LLM's definitions, then the generated template."""
+    """The complete TFCAF file: header, the LLM's definitions, then the generated template. Each agent's
+    weight is at least ``credit_floor`` times the equal share (0: none; 1: equal weights)."""
+    if not 0.0 <= credit_floor <= 1.0:
+        raise ValueError(f"credit_floor must be between 0 and 1, got {credit_floor}")
     info = named.info
     doc = docstring or f"Training-free credit assignment function for {info.task}."
     bias = "" if written.defines_bias else "\n\ndef state_bias(s):\n    return 0.0\n"
     return (
-        f"{tfcaf_header(info, template=template_id)}\n"
+        f"{tfcaf_header(info, template=template_id, credit_floor=credit_floor)}\n"
         f'"""{doc}"""\n\n'
         "import math\n\nimport torch\n\n"
-        f"N_AGENTS = {info.n_agents}\n\n"
+        f"N_AGENTS = {info.n_agents}\nCREDIT_FLOOR = {float(credit_floor)!r}\n\n"
         "# --- written by the coder LLM -------------------------------------------------------------\n\n"
         f"{written.source}\n"
         f"{bias}\n"

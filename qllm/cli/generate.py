@@ -16,6 +16,7 @@ from qllm.agents import (
     SettingsError,
 )
 from qllm.agents.trace import Event
+from qllm.agents.trial import REFERENCE, TrialStatus
 from qllm.cli.common import console, task_spec
 from qllm.llm.providers import ProviderError
 from qllm.prompts import PromptError
@@ -46,8 +47,40 @@ SelectionOption = Annotated[
     str | None,
     typer.Option(
         help="How each round's best candidate is chosen: `evaluator` (the evaluator LLM), `consensus` "
-        "(the one whose measured weights the others agree with most) or `auto` (consensus for the "
-        "built-in local evaluator, evaluator otherwise). \\[default: auto]"
+        "(the one whose measured weights the others agree with most), `trial` (the one that trains best "
+        "in short trial trainings; ties within the noise broken as `auto` would) or `auto` (consensus "
+        "for the built-in local evaluator, evaluator otherwise). \\[default: auto]"
+    ),
+]
+TrialStepsOption = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        help="Environment steps of each trial training of a candidate and of equal weights (VDN); 0: no "
+        "trials. \\[default: the task family's (matrix 1000, mpe 5000, lbf and rware 10000) with "
+        "--selection trial, else 0]",
+    ),
+]
+TrialSeedsOption = Annotated[
+    int | None, typer.Option(min=1, help="Seeds per trial subject (the same for all). \\[default: 2]")
+]
+TrialExecutorOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Where trials train: `ray` (a local instance, one trial per core, or --address) or `inline` "
+        "(this process). \\[default: ray]"
+    ),
+]
+AddressOption = Annotated[
+    str | None, typer.Option("--address", help="Ray cluster address for the trials (default: local).")
+]
+CreditFloorOption = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="Every agent's weight is at least this fraction of the equal share (0: no floor, 1: equal "
+        "weights). \\[default: 0]",
     ),
 ]
 CandidatesOption = Annotated[
@@ -76,11 +109,29 @@ def describe_event(event: Event) -> str | None:
         )
         message = "" if event["ok"] else result["message"][:140]
         return f"  {event['candidate']}-a{event['attempt']:<6} {verdict}{message}"
+    if kind == "trial":
+        return _describe_trial(event)
     if kind == "decision":
         chosen = event["chosen"] or "nothing valid yet"
         tips = ((event.get("evaluation") or {}).get("tips") or event.get("note") or "")[:200]
-        return f"[bold]round {event['round']}[/bold]: best is {chosen} ({event['source']}). {tips}"
+        verdict = ""
+        if event.get("beats_reference") is not None:
+            verdict = (
+                " Beats equal weights on trial."
+                if event["beats_reference"]
+                else (" [yellow]Does not beat equal weights (VDN) on trial beyond the noise.[/yellow]")
+            )
+        return f"[bold]round {event['round']}[/bold]: best is {chosen} ({event['source']}).{verdict} {tips}"
     return None
+
+
+def _describe_trial(event: Event) -> str:
+    subject = "equal weights" if event["subject"] == REFERENCE else f"function {event['subject'][:8]}"
+    head = f"  trial {subject}, seed {event['seed']}:"
+    if event["status"] != TrialStatus.DONE:
+        return f"  [yellow]{head.strip()} {event['status']} ({event['error'][:140]})[/yellow]"
+    returns = ", ".join(f"{p['mean']:.3g}" for p in event["curve"])
+    return f"{head} greedy return {returns} ({event['wall_s']:.0f} s)"
 
 
 def print_event(event: Event) -> None:
@@ -98,9 +149,16 @@ def run_generation(
     except RunFolderError as exc:
         raise typer.BadParameter(str(exc), param_hint="--resume") from None
     s = run.settings
+    trials = s.trial_settings(task_spec(s.task).family)
+    trained = (
+        f"; trials of {trials.steps} steps x {len(trials.seeds)} seeds on {s.trial_executor}"
+        if trials
+        else ""
+    )
     console.print(
         f"[bold]{s.task}[/bold]: K={s.candidates} candidates x L={s.rounds} rounds, "
-        f"{s.repairs} repairs each; coder {s.coder}, evaluator {s.evaluator}\nRun folder: {run.run_dir}"
+        f"{s.repairs} repairs each; coder {s.coder}, evaluator {s.evaluator}; selection {s.selection}"
+        f"{trained}\nRun folder: {run.run_dir}"
     )
     try:
         outcome = run.execute(listener=print_event)
@@ -144,6 +202,11 @@ def generate_command(
     selection: SelectionOption = None,
     candidates: CandidatesOption = None,
     rounds: RoundsOption = None,
+    trial_steps: TrialStepsOption = None,
+    trial_seeds: TrialSeedsOption = None,
+    trial_executor: TrialExecutorOption = None,
+    address: AddressOption = None,
+    credit_floor: CreditFloorOption = None,
     repairs: Annotated[int | None, typer.Option(min=0, help="Repair attempts per failed candidate.")] = None,
     early_stop: Annotated[
         bool | None,
@@ -171,7 +234,8 @@ def generate_command(
             task, config, notes, coder=coder, evaluator=evaluator, coder_base_url=coder_base_url,
             evaluator_base_url=evaluator_base_url, candidates=candidates, rounds=rounds, repairs=repairs,
             early_stop=early_stop, seed=seed, prompt_version=prompt_version, mode=mode,
-            selection=selection,
+            selection=selection, trial_steps=trial_steps, trial_seeds=trial_seeds,
+            trial_executor=trial_executor, trial_address=address, credit_floor=credit_floor,
         )  # fmt: skip
     outcome = run_generation(settings, runs_dir, resume)
     if outcome.status != RunStatus.SUCCEEDED:

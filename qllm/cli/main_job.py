@@ -19,9 +19,13 @@ from qllm.cli.common import SeedOption, console, task_spec
 from qllm.cli.generate import (
     CandidatesOption,
     CoderOption,
+    CreditFloorOption,
     EvaluatorOption,
     ModeOption,
     RoundsOption,
+    SelectionOption,
+    TrialSeedsOption,
+    TrialStepsOption,
     generation_settings,
     run_generation,
 )
@@ -78,8 +82,12 @@ def run_command(
     coder: CoderOption = None,
     evaluator: EvaluatorOption = None,
     mode: ModeOption = None,
+    selection: SelectionOption = None,
     candidates: CandidatesOption = None,
     rounds: RoundsOption = None,
+    trial_steps: TrialStepsOption = None,
+    trial_seeds: TrialSeedsOption = None,
+    credit_floor: CreditFloorOption = None,
     steps: Annotated[
         int, typer.Option(min=0, help="Training budget of each method (0: generate only).")
     ] = 20_000,
@@ -101,8 +109,12 @@ def run_command(
         coder=coder,
         evaluator=evaluator,
         mode=mode,
+        selection=selection,
         candidates=candidates,
         rounds=rounds,
+        trial_steps=trial_steps,
+        trial_seeds=trial_seeds,
+        credit_floor=credit_floor,
         seed=seed,
     )
     console.print(Markdown(describe_task(spec, spec.make().info, with_schema=False)))

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qllm.agents import GenerationRun, GenerationSettings, Models
-from qllm.agents.modes import resolve_mode
+from qllm.agents.modes import Mode, resolve_mode
+from qllm.agents.selection import Selection
 from qllm.envs.recording import load_recording
 from qllm.envs.tasks import make_env
 from qllm.evals.scorers import ProbeJudge, RunRecord, error_kinds, score_run
@@ -31,12 +32,13 @@ class EvalModels:
     coder_base_url: str | None = None
     evaluator_base_url: str | None = None
     prompt_version: str = "v1"
-    mode: str = "auto"
+    mode: Mode = Mode.AUTO
     """``code``, ``spec`` or ``auto`` (see :mod:`qllm.agents.modes`)."""
-    selection: str | None = None
-    """``evaluator`` or ``consensus``; ``None`` for the settings' default."""
+    selection: Selection | None = None
+    """How each round's best is chosen (:class:`~qllm.agents.selection.Selection`); ``None`` for the
+    settings' default."""
 
-    def resolved_mode(self) -> str:
+    def resolved_mode(self) -> Mode:
         return resolve_mode(self.mode, ModelSpec.parse(self.coder, self.coder_base_url))
 
 

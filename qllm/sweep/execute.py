@@ -5,8 +5,10 @@ a run that was interrupted continues from its latest checkpoint, one that never 
 over, one that failed is retried up to ``retries`` times and then reported (the sweep goes on without
 it). So an interrupted sweep resumes by running the same command again, repeating no finished run.
 
-Executors only move :class:`RunJob` s to wherever they train: :class:`InlineExecutor` trains in this
-process, one run after another (tests, debugging); :mod:`qllm.sweep.ray_executor` on Ray.
+Executors only move jobs to wherever they run: :class:`InlineExecutor` runs them in this process, one
+after another (tests, debugging); :mod:`qllm.sweep.ray_executor` on Ray. A job is anything with a
+name that can run itself and say how it failed (:class:`Job`): a sweep's training runs
+(:class:`RunJob`), and the generation graph's trial trainings (:class:`qllm.agents.trial.TrialJob`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from qllm.agents import Models
 from qllm.agents.trace import Listener
@@ -30,6 +32,22 @@ from qllm.sweep.plan import LEDGER_FILE, RUNS_DIR, RunKey, SweepPlan
 
 ProgressReport = Callable[[str, int], None]
 """Called by a training run with its name and the environment steps it has done."""
+ResultT_co = TypeVar("ResultT_co", covariant=True)
+
+
+class Job(Protocol[ResultT_co]):
+    """Work an executor can run anywhere: plain data that runs itself (and never raises)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def run(self, report: ProgressReport | None = None) -> ResultT_co:
+        """Do the work, reporting progress; a failure is the result, not an exception."""
+        ...
+
+    def failure(self, error: str) -> ResultT_co:
+        """The result when the worker running the job died before it could say."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -40,6 +58,12 @@ class RunJob:
     config: dict[str, Any]
     run_dir: str
     attempt: int
+
+    def run(self, report: ProgressReport | None = None) -> RunRecord:
+        return train_job(self, report)
+
+    def failure(self, error: str) -> RunRecord:
+        return RunRecord(self.name, self.attempt, "failed", 0.0, error=error)
 
 
 @dataclass(frozen=True)
@@ -56,16 +80,17 @@ class RunRecord:
 
 
 class Executor(Protocol):
-    """Where a sweep's runs train."""
+    """Where jobs run."""
 
-    def submit(self, job: RunJob) -> None: ...
+    def submit(self, job: Job[Any]) -> None: ...
 
-    def wait(self, timeout: float) -> list[tuple[RunJob, RunRecord]]:
-        """The attempts that ended since the last call (waiting up to ``timeout`` seconds for one)."""
+    def wait(self, timeout: float) -> list[tuple[Any, Any]]:
+        """``(job, result)`` for the jobs that ended since the last call (waiting up to ``timeout``
+        seconds for one)."""
         ...
 
     def progress(self) -> dict[str, int]:
-        """Environment steps done by each run in progress."""
+        """Environment steps done by each job in progress."""
         ...
 
     def close(self) -> None: ...
@@ -111,22 +136,22 @@ def _throttled(name: str, report: ProgressReport, seconds: float = 1.0) -> Calla
 
 
 class InlineExecutor:
-    """Trains each submitted run in this process, in order, when asked to wait."""
+    """Runs each submitted job in this process, in order, when asked to wait."""
 
     def __init__(self) -> None:
-        self.queue: list[RunJob] = []
+        self.queue: list[Job[Any]] = []
         self.running: dict[str, int] = {}
 
-    def submit(self, job: RunJob) -> None:
+    def submit(self, job: Job[Any]) -> None:
         self.queue.append(job)
 
-    def wait(self, timeout: float) -> list[tuple[RunJob, RunRecord]]:
+    def wait(self, timeout: float) -> list[tuple[Any, Any]]:
         if not self.queue:
             return []
         job = self.queue.pop(0)
-        record = train_job(job, report=self.running.__setitem__)
+        result = job.run(self.running.__setitem__)
         self.running.pop(job.name, None)
-        return [(job, record)]
+        return [(job, result)]
 
     def progress(self) -> dict[str, int]:
         return dict(self.running)

@@ -1,7 +1,8 @@
-"""Train a sweep's runs on Ray: a local instance by default, or a cluster given by its address.
+"""Run jobs (a sweep's training runs, a generation's trials) on Ray: a local instance by default, or a
+cluster given by its address.
 
-Each run is one Ray task holding one CPU (training uses one torch thread), so a local instance trains
-as many runs at once as the machine has cores. Runs report their progress to a small actor that the
+Each job is one Ray task holding one CPU (training uses one torch thread), so a local instance trains
+as many runs at once as the machine has cores. Jobs report their progress to a small actor that the
 driver polls. On a cluster, the sweep folder must be on a file system every node mounts at the same
 path: workers read credit functions from it and write their run folders into it.
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from qllm.sweep.execute import RunJob, RunRecord, train_job
+from qllm.sweep.execute import Job
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # read by ray at import: never phone home
 import ray
@@ -42,12 +43,12 @@ class ProgressBoard:
 
 
 @ray.remote(num_cpus=1, max_retries=0)  # retries are the sweep's decision (it resumes from checkpoints)
-def _train_remote(job: RunJob, board: Any) -> RunRecord:
-    return train_job(job, report=board.report.remote)
+def _run_remote(job: Job[Any], board: Any) -> Any:
+    return job.run(board.report.remote)
 
 
 class RayExecutor:
-    """Submits each run as a Ray task; ``address=None`` starts a local instance with ``workers`` CPUs."""
+    """Submits each job as a Ray task; ``address=None`` starts a local instance with ``workers`` CPUs."""
 
     def __init__(self, address: str | None = None, workers: int | None = None) -> None:
         options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
@@ -59,12 +60,12 @@ class RayExecutor:
             }
         ray.init(address=address, **options)
         self.board = ProgressBoard.remote()
-        self.pending: dict[ray.ObjectRef, RunJob] = {}
+        self.pending: dict[ray.ObjectRef, Job[Any]] = {}
 
-    def submit(self, job: RunJob) -> None:
-        self.pending[_train_remote.remote(job, self.board)] = job
+    def submit(self, job: Job[Any]) -> None:
+        self.pending[_run_remote.remote(job, self.board)] = job
 
-    def wait(self, timeout: float) -> list[tuple[RunJob, RunRecord]]:
+    def wait(self, timeout: float) -> list[tuple[Any, Any]]:
         if not self.pending:
             return []
         ready, _ = ray.wait(list(self.pending), num_returns=len(self.pending), timeout=timeout)
@@ -76,11 +77,11 @@ class RayExecutor:
         return ended
 
     @staticmethod
-    def _record(ref: ray.ObjectRef, job: RunJob) -> RunRecord:
+    def _record(ref: ray.ObjectRef, job: Job[Any]) -> Any:
         try:
             return ray.get(ref)
         except ray.exceptions.RayError as exc:  # the worker died (out of memory, killed, node lost)
-            return RunRecord(job.name, job.attempt, "failed", 0.0, error=f"{type(exc).__name__}: {exc}")
+            return job.failure(f"{type(exc).__name__}: {exc}")
 
     def progress(self) -> dict[str, int]:
         return ray.get(self.board.snapshot.remote())
