@@ -1,0 +1,205 @@
+"""Trial training in the graph: every route with scripted fake models, tiny budgets and real training."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from graph_fakes import evaluation, generate, scripted, settings
+
+from qllm.agents import GenerationRun, Models, RunStatus, SettingsError
+from qllm.agents.artifact import METADATA_FILE
+from qllm.agents.run import CHECKPOINTS_FILE
+from qllm.agents.selection import rank_by_trial
+from qllm.agents.state import Attempt, Candidate
+from qllm.agents.trace import read_events
+from qllm.agents.trial import (
+    REFERENCE,
+    TRIALS_DIR,
+    CurvePoint,
+    Trial,
+    TrialStatus,
+    function_identity,
+    paired_difference,
+    summarise,
+)
+from qllm.sandbox import ValidationResult
+
+EQUAL = "```python\ndef agent_weight(s, i):\n    return 1.0\n```"
+EQUAL_AGAIN = (
+    "```python\ndef agent_weight(s, i):\n    # the same function, written again\n    return 1.0\n```"
+)
+DOUBLE = "```python\ndef agent_weight(s, i):\n    return 2.0\n```"
+SKEWED = "```python\ndef agent_weight(s, i):\n    return 1.0 + 9.0 * i\n```"
+# Passes every sandbox check, then overflows the squared TD error in float32 as soon as training updates.
+HUGE_BIAS = "```python\ndef agent_weight(s, i):\n    return 1.0\n\ndef state_bias(s):\n    return 1e38\n```"
+
+# Matrix-climbing episodes are 25 steps: 1000 steps make 40 episodes, so 8 updates of 32 episodes.
+TRIALS = {"trial_steps": 1000, "trial_seeds": 1, "trial_executor": "inline"}
+
+
+def events(run_dir: Path, kind: str) -> list[dict]:
+    return [e for e in read_events(run_dir / "trace.jsonl") if e["event"] == kind]
+
+
+def trial(subject: str, seed: int, means: list[float], std: float = 0.0) -> Trial:
+    curve = [CurvePoint(t_env=100 * (k + 1), mean=m, std=std, episodes=32) for k, m in enumerate(means)]
+    return Trial(key=f"{subject}{seed}", subject=subject, seed=seed, status=TrialStatus.DONE, curve=curve)
+
+
+# --- comparisons (pure functions on trial records) --------------------------------------------------
+
+
+def test_paired_difference_is_taken_seed_by_seed_and_its_noise_grows_with_disagreement() -> None:
+    a = [trial("a", 0, [1.0, 3.0]), trial("a", 1, [2.0, 4.0])]  # fitness 2 and 3
+    b = [trial("b", 0, [0.0, 2.0]), trial("b", 1, [1.0, 3.0])]  # fitness 1 and 2: always 1 below
+    d = paired_difference(a, b)
+    assert d is not None and d.mean == pytest.approx(1.0) and d.noise == pytest.approx(0.0)
+    assert d.verdict() == "better"
+    c = [trial("c", 0, [5.0, 5.0]), trial("c", 1, [-3.0, -3.0])]  # +4 then -4 against b: pure noise
+    spread = paired_difference(c, b)
+    assert spread is not None and not spread.beyond_noise and spread.verdict() == "within the noise"
+
+
+def test_a_single_seed_takes_its_noise_from_the_evaluation_episodes() -> None:
+    a, b = [trial("a", 0, [1.0], std=8.0)], [trial("b", 0, [0.0], std=8.0)]
+    d = paired_difference(a, b)
+    assert d is not None and d.noise == pytest.approx(
+        2 * (2 * 64 / 32) ** 0.5
+    )  # 2 SE of two 32-episode means
+    assert not d.beyond_noise
+
+
+def test_failed_trials_are_not_averaged_and_are_counted() -> None:
+    failed = Trial(key="x", subject="a", seed=1, status=TrialStatus.FAILED, error="NaN")
+    summary = summarise([trial("a", 0, [1.0, 2.0]), failed, trial(REFERENCE, 0, [0.0, 0.0])], "a")
+    assert summary.finished == 1 and summary.failed == 1 and summary.fitness == pytest.approx(1.5)
+    assert summary.returns == [1.0, 2.0] and "NaN" in summary.problem
+    assert summary.vs_reference is not None and summary.vs_reference.mean == pytest.approx(1.5)
+
+
+def test_function_identity_ignores_comments_and_docstrings_only() -> None:
+    base = 'def f(x):\n    """Doc."""\n    return x + 1\n'
+    assert function_identity(base) == function_identity("def f(x):\n    # why\n    return x + 1\n")
+    assert function_identity(base) != function_identity("def f(x):\n    return x + 2\n")
+
+
+def candidate(cid: str, code: str) -> Candidate:
+    attempt = Attempt(number=0, reply="", code=code, source=code, result=ValidationResult(ok=True))
+    return Candidate(id=cid, round=1, slot=0, attempts=[attempt])
+
+
+def test_ranking_ties_contenders_within_the_noise_and_never_picks_an_unfinished_one() -> None:
+    a, b, c = candidate("a", "x = 1\n"), candidate("b", "x = 2\n"), candidate("c", "x = 3\n")
+    trials = [
+        trial(a.subject, 0, [1.0, 2.0], std=1.0),
+        trial(b.subject, 0, [1.1, 2.0], std=1.0),  # 0.05 above a, far inside the noise
+        Trial(key="c", subject=c.subject, seed=0, status=TrialStatus.TIMED_OUT),
+    ]
+    ranking = rank_by_trial([a, b, c], trials)
+    assert ranking.best is b and [x.id for x in ranking.tied] == ["b", "a"]
+    clear = rank_by_trial([a, b], [trial(a.subject, 0, [1.0]), trial(b.subject, 0, [5.0])])
+    assert clear.best is b and clear.tied == [b]
+    assert rank_by_trial([c], trials[2:]).best is None
+
+
+# --- settings ---------------------------------------------------------------------------------------
+
+
+def test_settings_refuse_unknown_selections_and_trial_selection_without_trials() -> None:
+    with pytest.raises(SettingsError, match="selection must be one of"):
+        settings(selection="best")
+    with pytest.raises(SettingsError, match="needs trials"):
+        settings(selection="trial", trial_steps=0)
+    assert settings(selection="trial").trial_settings("lbf").steps == 10_000  # the family default
+    assert settings(selection="consensus").trial_settings("lbf") is None  # no trials unless asked
+    assert settings(selection="consensus", trial_steps=50).trial_settings("lbf").steps == 50
+
+
+# --- the graph --------------------------------------------------------------------------------------
+
+
+def test_trial_selection_trains_each_function_once_with_common_random_numbers(tmp_path: Path) -> None:
+    coder = scripted([EQUAL, EQUAL_AGAIN, DOUBLE])
+    outcome = generate(tmp_path, coder, scripted([]), candidates=3, selection="trial", **TRIALS)
+
+    assert outcome.status == RunStatus.SUCCEEDED
+    trials = outcome.state.trials
+    # EQUAL and EQUAL_AGAIN are one function: the reference and two functions, one seed each.
+    assert len(trials) == 3 and len({t.subject for t in trials}) == 3
+    assert all(t.ok and len(t.curve) == 4 for t in trials)
+    # Equal weights written as a credit function train exactly as VDN does: the same seed fixes the
+    # networks, exploration, environments and evaluation, so only the credit function can differ.
+    # (DOUBLE normalises to equal weights too.)
+    reference = next(t for t in trials if t.subject == REFERENCE)
+    assert all([p.mean for p in t.curve] == [p.mean for p in reference.curve] for t in trials)
+    decision = outcome.state.decisions[-1]
+    assert decision.source == "trial" and "tied within the noise" in decision.note
+    assert decision.beats_reference is False
+    assert "did NOT beat equal weights" in outcome.reason
+    metadata = (outcome.run_dir / METADATA_FILE).read_text()
+    assert '"beats_reference": false' in metadata and '"reference"' in metadata
+
+
+def test_a_function_that_fails_in_training_never_wins(tmp_path: Path) -> None:
+    coder = scripted([HUGE_BIAS, SKEWED])
+    outcome = generate(tmp_path, coder, scripted([]), candidates=2, selection="trial", **TRIALS)
+
+    failed = [t for t in outcome.state.trials if t.status == TrialStatus.FAILED]
+    assert len(failed) == 1 and "NaN or infinite" in failed[0].error
+    assert outcome.status == RunStatus.SUCCEEDED and outcome.state.best.id == "r1-c1"
+
+
+def test_a_run_whose_every_function_fails_in_training_fails_with_the_reason(tmp_path: Path) -> None:
+    outcome = generate(
+        tmp_path, scripted([HUGE_BIAS]), scripted([]), candidates=1, selection="trial", **TRIALS
+    )
+
+    assert outcome.status == RunStatus.FAILED
+    assert "failed its trial training" in outcome.reason and "NaN or infinite" in outcome.reason
+
+
+def test_trials_that_time_out_leave_the_choice_to_the_judge_who_is_told(tmp_path: Path) -> None:
+    coder, judge = scripted([EQUAL, SKEWED]), scripted([evaluation(choice=2)])
+    outcome = generate(
+        tmp_path, coder, judge, candidates=2, selection="trial", evaluator="deepseek:judge",
+        **{**TRIALS, "trial_timeout_s": 0.01},
+    )  # fmt: skip
+
+    assert {t.status for t in outcome.state.trials} == {TrialStatus.TIMED_OUT}
+    decision = outcome.state.decisions[-1]
+    assert decision.source == "evaluator" and decision.chosen == "r1-c1"
+    assert "no contender's trial training finished" in decision.note
+    assert "Trial training did not finish (timed-out" in judge.prompts[0]
+
+
+def test_the_evaluator_and_the_next_rounds_coder_see_how_candidates_trained(tmp_path: Path) -> None:
+    coder = scripted([EQUAL, SKEWED, DOUBLE, EQUAL])
+    judge = scripted([evaluation(choice=2), evaluation(choice=1)])
+    generate(
+        tmp_path, coder, judge, candidates=2, rounds=2, early_stop=False, selection="evaluator",
+        evaluator="deepseek:judge", **TRIALS,
+    )  # fmt: skip
+
+    assert "Equal weights: Trial training (1 seeds): greedy team return at 25/50/75/100%" in judge.prompts[0]
+    assert judge.prompts[0].count("against equal weights (VDN)") == 2  # one line per candidate
+    improve = coder.prompts[2]  # round 2's first draft improves round 1's choice
+    assert "How it trained: Trial training (1 seeds)" in improve and "against equal weights (VDN)" in improve
+
+
+def test_a_resumed_run_reads_finished_trials_from_the_trace(tmp_path: Path) -> None:
+    outcome = generate(
+        tmp_path, scripted([EQUAL, SKEWED]), scripted([]), candidates=2, selection="trial", **TRIALS
+    )
+    assert len(outcome.state.trials) == 3
+    # As if killed before any checkpoint: the graph starts over, the trace answers every LLM call and
+    # every trial, and nothing is trained again (no trial run folder reappears).
+    (outcome.run_dir / CHECKPOINTS_FILE).unlink()
+    shutil.rmtree(outcome.run_dir / TRIALS_DIR)
+    resumed = GenerationRun.open(outcome.run_dir).execute(Models(scripted([]), scripted([])))
+
+    assert resumed.status == RunStatus.SUCCEEDED
+    assert [t.key for t in resumed.state.trials] == [t.key for t in outcome.state.trials]
+    assert not (outcome.run_dir / TRIALS_DIR).exists()
+    assert len(events(outcome.run_dir, "trial")) == 3  # recorded once, read back on resume
