@@ -1,4 +1,12 @@
-"""Shared test helpers: representative tasks of every family and a seeded random rollout."""
+"""Shared test helpers: representative tasks of every family, a seeded random rollout, and a guard that
+keeps tests away from real models.
+
+Tests drive the graph with fake chat models. A test that means to use a real one (the built-in local
+model's server, a provider's API) says so with ``@pytest.mark.real_model``; in every other test,
+starting the local model's server and any HTTP request to a host other than this machine fail at once
+with :class:`RealModelRefusedError`, instead of quietly costing minutes or money (pydantic-ai's test
+suite blocks model requests the same way).
+"""
 
 from __future__ import annotations
 
@@ -9,12 +17,56 @@ import os
 os.environ["QLLM_CHECKS"] = "1"
 
 from collections.abc import Iterator
+from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
 from qllm.envs import MultiAgentEnv, TimeStep
 from qllm.envs.recording import random_policy
+from qllm.llm import local
+
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+HTTP_CLIENTS: list[type] = [httpx.Client, httpx.AsyncClient]
+try:  # the openai SDK's own HTTP client, where this openai release uses it
+    import httpx2
+
+    HTTP_CLIENTS += [httpx2.Client, httpx2.AsyncClient]
+except ImportError:
+    pass
+
+
+class RealModelRefusedError(RuntimeError):
+    """A test reached for a real model without ``@pytest.mark.real_model``."""
+
+
+@pytest.fixture(autouse=True)
+def no_real_models(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.get_closest_marker("real_model") is not None:
+        return
+
+    def refuse_to_serve(*args: Any, **kwargs: Any) -> local.ServerState:
+        raise RealModelRefusedError(
+            f"{request.node.nodeid} tried to start the local model's server: use a fake chat model, or "
+            "mark the test @pytest.mark.real_model"
+        )
+
+    monkeypatch.setattr(local, "serve", refuse_to_serve)
+    for client in HTTP_CLIENTS:
+        monkeypatch.setattr(client, "send", _loopback_only(client.send, request.node.nodeid))
+
+
+def _loopback_only(send: Any, test: str) -> Any:
+    def guarded(self: Any, http_request: httpx.Request, *args: Any, **kwargs: Any) -> Any:
+        if http_request.url.host not in LOOPBACK:
+            raise RealModelRefusedError(
+                f"{test} sent a request to {http_request.url.host}: tests never call real providers "
+                "(mark the test @pytest.mark.real_model if it must)"
+            )
+        return send(self, http_request, *args, **kwargs)
+
+    return guarded
 
 # One or more tasks per family, covering variants whose state layouts differ.
 REPRESENTATIVE_TASKS = (

@@ -274,3 +274,16 @@ def test_a_function_that_crashes_on_the_padding_state_fails_validation() -> None
     with Sandbox() as sandbox:
         result = sandbox.validate(source, inputs)
     assert not result.ok and "UnboundLocalError" in result.message
+
+
+def test_tests_cannot_reach_real_models_unless_they_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard in conftest.py: the local model's server is never started, and a real provider is never
+    called, by a test not marked ``real_model``."""
+    from conftest import RealModelRefusedError
+
+    with pytest.raises(RealModelRefusedError, match="local model's server"):
+        make_chat_model(ModelSpec.parse("local"), 0.3, 256, 30)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    model = make_chat_model(ModelSpec.parse("openai:gpt-4o-mini"), 0.3, 256, 30)
+    with pytest.raises(RealModelRefusedError, match="api.openai.com"):
+        model.invoke("hello")

@@ -31,6 +31,7 @@ def local_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[lo
         local.stop()
 
 
+@pytest.mark.real_model
 @pytest.mark.integration
 def test_the_local_model_writes_a_validated_function_for_the_climbing_game(
     tmp_path: Path, local_server: local.ServerState

@@ -68,6 +68,7 @@ def test_a_stale_server_state_is_forgotten(tmp_path: Path, monkeypatch: pytest.M
     assert local.stop() is False
 
 
+@pytest.mark.real_model  # the real serve(), which stops before starting anything
 def test_serving_without_a_model_explains_how_to_install_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -76,6 +77,7 @@ def test_serving_without_a_model_explains_how_to_install_it(
         local.serve()
 
 
+@pytest.mark.real_model
 @pytest.mark.integration
 def test_the_real_model_serves_openai_compatible_chat(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
