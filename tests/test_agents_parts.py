@@ -285,5 +285,5 @@ def test_tests_cannot_reach_real_models_unless_they_opt_in(monkeypatch: pytest.M
         make_chat_model(ModelSpec.parse("local"), 0.3, 256, 30)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     model = make_chat_model(ModelSpec.parse("openai:gpt-4o-mini"), 0.3, 256, 30)
-    with pytest.raises(RealModelRefusedError, match="api.openai.com"):
+    with pytest.raises(RealModelRefusedError, match=r"api\.openai\.com"):
         model.invoke("hello")
