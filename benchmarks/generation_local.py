@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from qllm.agents import GenerationRun, GenerationSettings, RunStatus
-from qllm.agents.trace import read_events
+from qllm.agents.trace import LLMCallEvent, ValidationEvent, read_events
 
 TASKS = ("matrix-climbing", "lbf-2s-10x10-3p-3f", "mpe-spread-3")
 
@@ -30,20 +30,20 @@ def measure(settings: GenerationSettings, runs_dir: Path) -> dict[str, Any]:
     outcome = GenerationRun.create(settings, runs_dir).execute()
     wall = time.perf_counter() - started
     events = list(read_events(outcome.run_dir / "trace.jsonl"))
-    calls = [e for e in events if e["event"] == "llm_call"]
-    checks = [e for e in events if e["event"] == "validation"]
+    calls = [e for e in events if isinstance(e, LLMCallEvent)]
+    checks = [e for e in events if isinstance(e, ValidationEvent)]
     return {
         "task": settings.task,
         "seed": settings.seed,
         "status": outcome.status.value,
         "valid": outcome.status == RunStatus.SUCCEEDED,
         "llm_calls": len(calls),
-        "coder_calls": sum(c["role"] == "coder" for c in calls),
-        "tokens_in": sum(c["usage"]["input_tokens"] for c in calls),
-        "tokens_out": sum(c["usage"]["output_tokens"] for c in calls),
-        "llm_seconds": round(sum(c["latency_s"] for c in calls), 1),
+        "coder_calls": sum(c.role == "coder" for c in calls),
+        "tokens_in": sum(c.usage.input_tokens for c in calls),
+        "tokens_out": sum(c.usage.output_tokens for c in calls),
+        "llm_seconds": round(sum(c.latency_s for c in calls), 1),
         "attempts": len(checks),
-        "attempts_passed": sum(e["ok"] for e in checks),
+        "attempts_passed": sum(e.ok for e in checks),
         "rounds": len(outcome.state.decisions),
         "wall_s": round(wall, 1),
         "run_dir": str(outcome.run_dir),

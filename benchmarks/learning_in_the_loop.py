@@ -32,7 +32,7 @@ from typing import Any
 
 from qllm.agents import GenerationRun, GenerationSettings, RunStatus
 from qllm.agents.run import SETTINGS_FILE
-from qllm.agents.trace import read_events
+from qllm.agents.trace import DecisionEvent, LLMCallEvent, TrialEvent, read_events
 from qllm.agents.trial import DEFAULT_TRIAL_STEPS, TrialSettings, function_identity
 from qllm.envs import resolve_task
 from qllm.sweep.execute import RunJob, RunRecord
@@ -96,7 +96,7 @@ def generate(plan: Plan, out: Path) -> None:
 
 def _generation_record(outcome: Any, task: str, selection: str, seed: int, wall: float) -> dict[str, Any]:
     events = list(read_events(outcome.run_dir / "trace.jsonl"))
-    decisions = [e for e in events if e["event"] == "decision"]
+    decisions = [e for e in events if isinstance(e, DecisionEvent)]
     source = outcome.artifact.read_text() if outcome.artifact else None
     return {
         "task": task,
@@ -107,11 +107,11 @@ def _generation_record(outcome: Any, task: str, selection: str, seed: int, wall:
         "artifact": str(outcome.artifact) if outcome.artifact else None,
         "identity": function_identity(source) if source else None,
         "rounds": len(decisions),
-        "beats_reference": decisions[-1].get("beats_reference") if decisions else None,
+        "beats_reference": decisions[-1].beats_reference if decisions else None,
         "wall_seconds": wall,
-        "llm_seconds": sum(e["latency_s"] for e in events if e["event"] == "llm_call"),
-        "trial_seconds": sum(e["wall_s"] for e in events if e["event"] == "trial"),
-        "trials": sum(e["event"] == "trial" for e in events),
+        "llm_seconds": sum(e.latency_s for e in events if isinstance(e, LLMCallEvent)),
+        "trial_seconds": sum(e.wall_s for e in events if isinstance(e, TrialEvent)),
+        "trials": sum(isinstance(e, TrialEvent) for e in events),
     }
 
 
@@ -134,7 +134,7 @@ def training_jobs(plan: Plan, out: Path) -> list[RunJob]:
                 config = long.config(seed, Path(artifact) if artifact else None)
                 config = config.replace(
                     mixer=subject if artifact is None else "tfcaf", preset=subject,
-                    eval_interval=max(1, long.steps // 10), eval_episodes=64,
+                    eval_interval=max(1, long.steps // 5),
                 )  # fmt: skip
                 name = f"{task}__{subject}__{seed}"
                 jobs.append(RunJob(name, config.to_dict(), str((out / "train" / name).resolve()), 1))

@@ -68,6 +68,7 @@ def _loopback_only(send: Any, test: str) -> Any:
 
     return guarded
 
+
 # One or more tasks per family, covering variants whose state layouts differ.
 REPRESENTATIVE_TASKS = (
     "matrix-climbing",

@@ -21,14 +21,14 @@ from graph_fakes import (
 
 from qllm.agents import GenerationRun, Models, RunStatus
 from qllm.agents.artifact import ARTIFACT_FILE, METADATA_FILE
-from qllm.agents.trace import read_events
+from qllm.agents.trace import TraceEvent, read_events
 from qllm.envs.tasks import make_env
 from qllm.llm.providers import ProviderError
 from qllm.rl.tfcaf import load_tfcaf
 
 
-def events(outcome, kind: str) -> list[dict]:
-    return [e for e in read_events(outcome.run_dir / "trace.jsonl") if e["event"] == kind]
+def events(outcome, kind: str) -> list[TraceEvent]:
+    return [e for e in read_events(outcome.run_dir / "trace.jsonl") if e.event == kind]
 
 
 def test_all_candidates_valid_writes_a_loadable_artifact(tmp_path: Path) -> None:
@@ -112,7 +112,7 @@ def test_transient_provider_errors_are_retried_with_backoff(tmp_path: Path) -> N
 
     assert outcome.status == RunStatus.SUCCEEDED
     errors = events(outcome, "llm_error")
-    assert [e["transient"] for e in errors] == [True, True]
+    assert [e.transient for e in errors] == [True, True]
     assert len(outcome.state.candidates[0].attempts) == 1  # a retry is not a repair
 
 
@@ -179,7 +179,7 @@ def test_resume_after_a_crash_repeats_no_completed_llm_call(tmp_path: Path) -> N
         resumed.state.best.final.source.splitlines()[2:]
         == uninterrupted.state.best.final.source.splitlines()[2:]
     )
-    assert any(e["event"] == "resumed" for e in read_events(run.run_dir / "trace.jsonl"))
+    assert any(e.event == "resumed" for e in read_events(run.run_dir / "trace.jsonl"))
 
 
 def test_resuming_a_finished_run_makes_no_calls(tmp_path: Path) -> None:
@@ -200,8 +200,12 @@ def test_concurrent_candidates_with_a_provider_that_allows_it(tmp_path: Path) ->
 def test_trace_records_every_call_with_usage_and_latency(tmp_path: Path) -> None:
     outcome = generate(tmp_path, scripted([BAD_KEY, GOOD, GOOD]), scripted([evaluation()]))
     calls = events(outcome, "llm_call")
-    assert [c["label"] for c in calls] == ["r1-c0-a0", "r1-c0-a1", "r1-c1-a0", "r1-eval0"]
-    assert all(c["usage"] == {"input_tokens": 10, "output_tokens": 5} and c["latency_s"] >= 0 for c in calls)
-    assert [v["ok"] for v in events(outcome, "validation")] == [False, True, True]
-    assert events(outcome, "finished")[0]["status"] == "succeeded"
+    assert [c.label for c in calls] == ["r1-c0-a0", "r1-c0-a1", "r1-c1-a0", "r1-eval0"]
+    # Where each call sits is a field of the event, not something to parse back out of its label.
+    assert [(c.place.round, c.place.slot, c.place.attempt) for c in calls] == [
+        (1, 0, 0), (1, 0, 1), (1, 1, 0), (1, None, 0),
+    ]  # fmt: skip
+    assert all(c.usage.input_tokens == 10 and c.usage.output_tokens == 5 and c.latency_s >= 0 for c in calls)
+    assert [(v.ok, v.slot) for v in events(outcome, "validation")] == [(False, 0), (True, 0), (True, 1)]
+    assert events(outcome, "finished")[0].status == "succeeded"
     assert len(list((outcome.run_dir / "candidates").glob("*.py"))) == 3

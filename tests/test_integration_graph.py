@@ -41,8 +41,8 @@ def test_the_local_model_writes_a_validated_function_for_the_climbing_game(
     )
     outcome = GenerationRun.create(settings, tmp_path / "runs").execute()
 
-    calls = [e for e in read_events(outcome.run_dir / "trace.jsonl") if e["event"] == "llm_call"]
-    assert calls and all(c["model"].startswith("local:") and c["usage"]["output_tokens"] > 0 for c in calls)
+    calls = [e for e in read_events(outcome.run_dir / "trace.jsonl") if e.event == "llm_call"]
+    assert calls and all(c.model.startswith("local:") and c.usage.output_tokens > 0 for c in calls)
     # Sampling is seeded per call, so this run is reproducible on a given build of the model server.
     assert outcome.status == RunStatus.SUCCEEDED, outcome.reason
     assert outcome.artifact is not None

@@ -80,13 +80,13 @@ def test_consensus_makes_no_evaluator_call_and_stops_when_unanimous(tmp_path: Pa
         rounds=3,
     )  # fmt: skip
     assert outcome.status == RunStatus.SUCCEEDED
-    (decision,) = [e for e in read_events(outcome.run_dir / "trace.jsonl") if e["event"] == "decision"]
-    assert decision["source"] == "consensus" and decision["satisfied"]
-    assert "r1-c0 1.00" in decision["note"]
+    (decision,) = [e for e in read_events(outcome.run_dir / "trace.jsonl") if e.event == "decision"]
+    assert decision.source == "consensus" and decision.satisfied
+    assert "r1-c0 1.00" in decision.note
 
 
 def test_consensus_never_stops_early_on_state_independent_weights(tmp_path: Path) -> None:
     outcome = generate(tmp_path, scripted([GOOD] * 4), scripted([]), selection="consensus", rounds=2)
-    decisions = [e for e in read_events(outcome.run_dir / "trace.jsonl") if e["event"] == "decision"]
-    assert [d["source"] for d in decisions] == ["consensus", "consensus"]
+    decisions = [e for e in read_events(outcome.run_dir / "trace.jsonl") if e.event == "decision"]
+    assert [d.source for d in decisions] == ["consensus", "consensus"]
     assert outcome.status == RunStatus.SUCCEEDED

@@ -13,7 +13,7 @@ from qllm.agents.artifact import METADATA_FILE
 from qllm.agents.run import CHECKPOINTS_FILE
 from qllm.agents.selection import rank_by_trial
 from qllm.agents.state import Attempt, Candidate
-from qllm.agents.trace import read_events
+from qllm.agents.trace import TraceEvent, read_events
 from qllm.agents.trial import (
     REFERENCE,
     TRIALS_DIR,
@@ -39,8 +39,8 @@ HUGE_BIAS = "```python\ndef agent_weight(s, i):\n    return 1.0\n\ndef state_bia
 TRIALS = {"trial_steps": 1000, "trial_seeds": 1, "trial_executor": "inline"}
 
 
-def events(run_dir: Path, kind: str) -> list[dict]:
-    return [e for e in read_events(run_dir / "trace.jsonl") if e["event"] == kind]
+def events(run_dir: Path, kind: str) -> list[TraceEvent]:
+    return [e for e in read_events(run_dir / "trace.jsonl") if e.event == kind]
 
 
 def trial(subject: str, seed: int, means: list[float], std: float = 0.0) -> Trial:

@@ -43,7 +43,8 @@ from qllm.agents.state import (
     RunStatus,
 )
 from qllm.agents.template import TemplateError, assemble, keep_definitions
-from qllm.agents.trial import REFERENCE
+from qllm.agents.trace import CallPlace, DecisionEvent, FinishedEvent, ValidationEvent
+from qllm.agents.trial import REFERENCE, function_identity
 from qllm.sandbox import ErrorKind, ValidationResult
 
 Ctx = Runtime[GenerationContext]
@@ -62,8 +63,8 @@ def write(state: CandidateState, runtime: Ctx) -> dict[str, Any]:
         messages = mode.draft(
             ctx.prompts, ctx.task_prompt, contract, task.parent, task.tips, parent_trial=task.parent_trial
         )
-    label = f"{task.candidate_id}-a{len(state.attempts)}"
-    return {"reply": ctx.llm.ask(ctx.coder, label, messages, schema=mode.reply_schema).text}
+    place = CallPlace(round=task.round, slot=task.slot, attempt=len(state.attempts))
+    return {"reply": ctx.llm.ask(ctx.coder, place, messages, schema=mode.reply_schema).text}
 
 
 def check(state: CandidateState, runtime: Ctx) -> dict[str, Any]:
@@ -91,8 +92,10 @@ def check(state: CandidateState, runtime: Ctx) -> dict[str, Any]:
         result = ctx.validate(source)
         artifact.save_candidate(ctx.run_dir, f"{task.candidate_id}-a{number}", source)
     ctx.trace.record(
-        "validation", candidate=task.candidate_id, round=task.round, attempt=number, code=code,
-        ok=result.ok, result=result.model_dump(mode="json"),
+        ValidationEvent(
+            event="validation", candidate=task.candidate_id, round=task.round, slot=task.slot, attempt=number,
+            code=code, ok=result.ok, result=result, subject=function_identity(source) if source else "",
+        )
     )  # fmt: skip
     return {"attempts": [Attempt(number=number, reply=state.reply, code=code, source=source, result=result)]}
 
@@ -184,7 +187,7 @@ def evaluate(state: GenerationState, runtime: Ctx) -> dict[str, Any]:
             source="no-valid-candidate",
             note=note or state.failure_summary(),
         )
-        ctx.trace.record("decision", **decision.model_dump(mode="json"))
+        ctx.trace.record(DecisionEvent(event="decision", **decision.model_dump()))
         return {**advance, "decisions": [decision]}
     if ctx.selection == Selection.TRIAL:
         decision, tips = _choose_by_trial(ctx, state, contenders)
@@ -194,7 +197,7 @@ def evaluate(state: GenerationState, runtime: Ctx) -> dict[str, Any]:
     if state.trials:
         summary = state.trial_summary(chosen)
         decision = decision.model_copy(update={"beats_reference": bool(summary and summary.beats_reference)})
-    ctx.trace.record("decision", **decision.model_dump(mode="json"))
+    ctx.trace.record(DecisionEvent(event="decision", **decision.model_dump()))
     return {**advance, "decisions": [decision], "best": chosen, "tips": tips}
 
 
@@ -214,7 +217,7 @@ def _judge(
         ctx.prompts, ctx.task_prompt, ctx.named, ctx.inputs, contenders,
         trial_of=state.trial_summary, reference=state.reference_summary(),
     )  # fmt: skip
-    evaluation, problem = _ask_evaluator(ctx, f"r{state.round}-eval", messages, len(contenders))
+    evaluation, problem = _ask_evaluator(ctx, state.round, messages, len(contenders))
     if evaluation is None:
         chosen = max(contenders, key=_state_dependence)
         decision = Decision(
@@ -258,13 +261,14 @@ def _state_dependence(candidate: Candidate) -> float:
 
 
 def _ask_evaluator(
-    ctx: GenerationContext, label: str, messages: Any, n_contenders: int
+    ctx: GenerationContext, round_: int, messages: Any, n_contenders: int
 ) -> tuple[Evaluation | None, str]:
     """The evaluator's reply as an :class:`Evaluation`, asking once more if the first is unusable."""
     problem = ""
     for attempt in range(2):
         prompt = messages if attempt == 0 else evaluator_retry_messages(messages, problem)
-        reply = ctx.llm.ask(ctx.evaluator, f"{label}{attempt}", prompt, schema=Evaluation)
+        place = CallPlace(round=round_, attempt=attempt)
+        reply = ctx.llm.ask(ctx.evaluator, place, prompt, schema=Evaluation)
         try:
             evaluation = (
                 Evaluation.model_validate(reply.parsed)
@@ -316,7 +320,7 @@ def finish(state: GenerationState, runtime: Ctx) -> dict[str, Any]:
             "reason": f"candidate {state.best.id} chosen after {rounds_run} round(s); written to {path}"
             + _trial_verdict(state, state.best),
         }
-    ctx.trace.record("finished", status=str(update["status"]), reason=update["reason"])
+    ctx.trace.record(FinishedEvent(event="finished", status=str(update["status"]), reason=update["reason"]))
     return update
 
 

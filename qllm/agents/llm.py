@@ -21,7 +21,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage
 from pydantic import BaseModel
 
-from qllm.agents.trace import Trace, call_key
+from qllm.agents.trace import CallPlace, LLMCallEvent, LLMErrorEvent, Trace, Usage, call_key
 from qllm.llm.providers import ModelSpec, is_transient, provider_error
 
 Messages = Sequence[tuple[str, str]]
@@ -58,12 +58,11 @@ def _text(message: AIMessage) -> str:
     return message.text if isinstance(message.text, str) else str(message.content)
 
 
-def _usage(message: AIMessage | None) -> dict[str, int]:
+def _usage(message: AIMessage | None) -> Usage:
     usage = getattr(message, "usage_metadata", None) or {}
-    return {
-        "input_tokens": int(usage.get("input_tokens", 0)),
-        "output_tokens": int(usage.get("output_tokens", 0)),
-    }
+    return Usage(
+        input_tokens=int(usage.get("input_tokens", 0)), output_tokens=int(usage.get("output_tokens", 0))
+    )
 
 
 def call_seed(run_seed: int, label: str) -> int:
@@ -79,24 +78,26 @@ class LLMCaller:
         self.seed = seed
 
     def ask(
-        self, role: ChatRole, label: str, messages: Messages, schema: type[BaseModel] | None = None
+        self, role: ChatRole, place: CallPlace, messages: Messages, schema: type[BaseModel] | None = None
     ) -> LLMReply:
-        """``role``'s reply to ``messages``; ``label`` is the call's place in the run (``r1-c0-a0``)."""
-        key = call_key(role.name, label, messages)
+        """``role``'s reply to ``messages``, asked from ``place`` in the run."""
+        key = call_key(role.name, place.label, messages)
         earlier = self.trace.recorded_reply(key)
         if earlier is not None:
-            return LLMReply(earlier["response"], earlier.get("parsed"), replayed=True)
+            return LLMReply(earlier.response, earlier.parsed, replayed=True)
         started = time.perf_counter()
         try:
-            message, parsed = self._invoke(role, messages, schema, call_seed(self.seed, label))
+            message, parsed = self._invoke(role, messages, schema, call_seed(self.seed, place.label))
         except Exception as exc:
-            self._raise_classified(exc, role, label, time.perf_counter() - started)
+            self._raise_classified(exc, role, place, time.perf_counter() - started)
         latency = time.perf_counter() - started
         text = json.dumps(parsed) if parsed is not None and not _text(message).strip() else _text(message)
         self.trace.record(
-            "llm_call", key=key, role=role.name, model=str(role.spec), label=label,
-            messages=[list(m) for m in messages], response=text, parsed=parsed,
-            usage=_usage(message), latency_s=round(latency, 3),
+            LLMCallEvent(
+                event="llm_call", key=key, role=role.name, model=str(role.spec), label=place.label,
+                place=place, messages=[tuple(m) for m in messages], response=text, parsed=parsed,
+                usage=_usage(message), latency_s=round(latency, 3),
+            )
         )  # fmt: skip
         return LLMReply(text, parsed)
 
@@ -120,12 +121,14 @@ class LLMCaller:
             model = model.bind(response_format={"type": "json_object", "schema": schema.model_json_schema()})
         return model.invoke(list(messages)), None
 
-    def _raise_classified(self, exc: Exception, role: ChatRole, label: str, latency: float) -> None:
+    def _raise_classified(self, exc: Exception, role: ChatRole, place: CallPlace, latency: float) -> None:
         fatal = provider_error(exc, role.spec)
         transient = fatal is None and is_transient(exc)
         self.trace.record(
-            "llm_error", role=role.name, model=str(role.spec), label=label, latency_s=round(latency, 3),
-            error=f"{type(exc).__name__}: {exc}"[:500], transient=transient,
+            LLMErrorEvent(
+                event="llm_error", role=role.name, model=str(role.spec), label=place.label, place=place,
+                latency_s=round(latency, 3), error=f"{type(exc).__name__}: {exc}"[:500], transient=transient,
+            )
         )  # fmt: skip
         if fatal is not None:
             raise fatal from None

@@ -33,7 +33,7 @@ from qllm.agents.modes import resolve_mode, writing_mode
 from qllm.agents.selection import judge_for, resolve_selection
 from qllm.agents.state import CHECKPOINTED_TYPES, GenerationState, RunStatus
 from qllm.agents.template import NamedState
-from qllm.agents.trace import Listener, Trace
+from qllm.agents.trace import Listener, RunStarted, Trace
 from qllm.agents.trial import TrialBench
 from qllm.envs.recording import load_recording, record, save_recording
 from qllm.envs.tasks import resolve_task
@@ -182,10 +182,12 @@ class GenerationRun:
             resuming = bool(snapshot.values)
             if not (resuming and not snapshot.next):  # not already finished
                 trace.record(
-                    "resumed" if resuming else "started",
-                    settings=self.settings.to_dict(),
-                    prompt_version=ctx.prompts.version,
-                    prompt_hashes=ctx.prompts.hashes(),
+                    RunStarted(
+                        event="resumed" if resuming else "started",
+                        settings=self.settings.to_dict(),
+                        prompt_version=ctx.prompts.version,
+                        prompt_hashes=ctx.prompts.hashes(),
+                    )
                 )
                 graph.invoke(None if resuming else GenerationState(), config, context=ctx)
             values = graph.get_state(config).values

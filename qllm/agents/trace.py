@@ -1,5 +1,10 @@
 """The run's trace: every LLM call, sandbox verdict, trial and decision, as one JSON object per line.
 
+Each line is one :data:`TraceEvent`, a pydantic union discriminated by ``event``; :func:`read_events` is
+the one loader (the trace view, the eval scorers and ``qllm generate``'s progress all read typed events).
+Where an event sits in the run is in its fields (``round``, ``slot``, ``attempt``), never parsed back
+out of an id.
+
 Append-only and flushed per event, so a killed run keeps everything it did. It doubles as the replay
 journal that makes resume cheap: each LLM call is stored under a key derived from the role, the call's
 place in the run and the exact messages, and each finished trial training under its trial key; a
@@ -11,20 +16,167 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_validator
+
+from qllm.agents.state import Decision
 from qllm.agents.trial import Trial
+from qllm.sandbox import ValidationResult
 
 TRACE_FILE = "trace.jsonl"
 
-Event = dict[str, Any]
-Listener = Callable[[Event], None]
-JOURNALLED = ("llm_call", "trial")
-"""Events a resumed run reads back instead of redoing their work, by their ``key``."""
+
+class TraceFormatError(ValueError):
+    """A trace line this version cannot read (written by another version of qllm, or edited by hand)."""
+
+
+class CallPlace(BaseModel, frozen=True):
+    """Where an LLM call sits in a run: one attempt of a candidate, or a round's evaluation."""
+
+    round: int
+    slot: int | None = None
+    """The candidate's slot in its round; ``None`` for the round's evaluation."""
+    attempt: int = 0
+    """The candidate's attempt (0 the draft, 1.. repairs), or the evaluator's ask (1 when asked again)."""
+
+    @property
+    def label(self) -> str:
+        """The call's name in prompts, progress and the replay key: ``r1-c0-a0`` or ``r1-eval0``."""
+        if self.slot is None:
+            return f"r{self.round}-eval{self.attempt}"
+        return f"r{self.round}-c{self.slot}-a{self.attempt}"
+
+    @property
+    def candidate_id(self) -> str | None:
+        return None if self.slot is None else f"r{self.round}-c{self.slot}"
+
+
+_LEGACY_LABEL = re.compile(r"r(?P<round>\d+)-(?:c(?P<slot>\d+)-a(?P<attempt>\d+)|eval(?P<ask>\d+))")
+
+
+def _legacy_place(label: str) -> dict[str, Any] | None:
+    """The place of a call in a trace written before events carried it (the only label ever parsed)."""
+    match = _LEGACY_LABEL.fullmatch(label)
+    if match is None:
+        return None
+    slot = match["slot"]
+    attempt = match["attempt"] if slot is not None else match["ask"]
+    return {
+        "round": int(match["round"]),
+        "slot": None if slot is None else int(slot),
+        "attempt": int(attempt),
+    }
+
+
+class _Event(BaseModel):
+    time: float = Field(default_factory=time.time)
+
+
+class RunStarted(_Event):
+    """The run started, or was resumed, with these settings and prompts."""
+
+    event: Literal["started", "resumed"]
+    settings: dict[str, Any]
+    prompt_version: str
+    prompt_hashes: dict[str, str]
+
+
+class Usage(BaseModel):
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class _Call(_Event):
+    role: str
+    """``coder`` or ``evaluator``."""
+    model: str
+    label: str
+    place: CallPlace | None = None
+    """``None`` only for a call whose label names no place in the graph (none are made today)."""
+    latency_s: float
+
+    @model_validator(mode="before")
+    @classmethod
+    def _place_of_legacy_calls(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "place" not in data and "label" in data:
+            data = {**data, "place": _legacy_place(data["label"])}
+        return data
+
+
+class LLMCallEvent(_Call):
+    """A call that was answered."""
+
+    event: Literal["llm_call"]
+    key: str
+    """:func:`call_key`: a resumed run replays the reply of a call with the same key."""
+    messages: list[tuple[str, str]]
+    response: str
+    parsed: dict[str, Any] | None = None
+    usage: Usage = Field(default_factory=Usage)
+
+
+class LLMErrorEvent(_Call):
+    """A call that failed; ``transient`` ones are retried."""
+
+    event: Literal["llm_error"]
+    error: str
+    transient: bool
+
+
+class ValidationEvent(_Event):
+    """The sandbox's verdict on one attempt of a candidate."""
+
+    event: Literal["validation"]
+    candidate: str
+    round: int
+    slot: int
+    attempt: int
+    code: str
+    ok: bool
+    result: ValidationResult
+    subject: str = ""
+    """The assembled function's :func:`~qllm.agents.trial.function_identity` (its trials' subject);
+    "" when nothing could be assembled."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _slot_of_legacy_events(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "slot" not in data and "candidate" in data:
+            place = _legacy_place(f"{data['candidate']}-a0") or {"slot": 0}
+            data = {**data, "slot": place["slot"]}
+        return data
+
+
+class TrialEvent(Trial, _Event):
+    """One finished trial training (:mod:`qllm.agents.trial`)."""
+
+    event: Literal["trial"]
+
+
+class DecisionEvent(Decision, _Event):
+    """What a round chose."""
+
+    event: Literal["decision"]
+
+
+class FinishedEvent(_Event):
+    event: Literal["finished"]
+    status: str
+    reason: str
+
+
+TraceEvent = Annotated[
+    RunStarted | LLMCallEvent | LLMErrorEvent | ValidationEvent | TrialEvent | DecisionEvent | FinishedEvent,
+    Field(discriminator="event"),
+]
+_EVENT: TypeAdapter[TraceEvent] = TypeAdapter(TraceEvent)
+Listener = Callable[[TraceEvent], None]
 
 
 def call_key(role: str, label: str, messages: Sequence[tuple[str, str]]) -> str:
@@ -40,48 +192,62 @@ class Trace:
         self.path = run_dir / TRACE_FILE
         self.listener = listener
         self._lock = threading.Lock()
-        self._journal = {(e["event"], e["key"]): e for e in self.events() if e.get("event") in JOURNALLED}
+        self._replies: dict[str, LLMCallEvent] = {}
+        self._trials: dict[str, Trial] = {}
+        for event in read_events(self.path):
+            self._journal(event)
 
-    def events(self) -> list[Event]:
+    def events(self) -> list[TraceEvent]:
         return list(read_events(self.path))
 
-    def record(self, event: str, **data: Any) -> Event:
-        entry = {"event": event, "time": time.time(), **data}
-        line = json.dumps(entry, ensure_ascii=False, default=str)
+    def record(self, event: TraceEvent) -> TraceEvent:
+        line = event.model_dump_json()
         with self._lock:
             with self.path.open("a") as out:
                 out.write(line + "\n")
-            if event in JOURNALLED:
-                self._journal[event, entry["key"]] = entry
+            self._journal(event)
         if self.listener is not None:
-            self.listener(entry)
-        return entry
+            self.listener(event)
+        return event
 
-    def recorded_reply(self, key: str) -> Event | None:
+    def _journal(self, event: TraceEvent) -> None:
+        if isinstance(event, LLMCallEvent):
+            self._replies[event.key] = event
+        elif isinstance(event, TrialEvent):
+            self._trials[event.key] = Trial.model_validate(event.model_dump(exclude={"event", "time"}))
+
+    def recorded_reply(self, key: str) -> LLMCallEvent | None:
         """The earlier call with this key, if this run made it already."""
         with self._lock:
-            return self._journal.get(("llm_call", key))
+            return self._replies.get(key)
 
     def record_trial(self, trial: Trial) -> None:
-        self.record("trial", **trial.model_dump(mode="json"))
+        self.record(TrialEvent(event="trial", **trial.model_dump()))
 
     def recorded_trial(self, key: str) -> Trial | None:
         """The trial with this key, if this run finished it already."""
         with self._lock:
-            entry = self._journal.get(("trial", key))
-        return None if entry is None else Trial.model_validate(entry)
+            return self._trials.get(key)
 
 
-def read_events(path: Path) -> Iterator[Event]:
-    """The events of a trace file. Lines that are not JSON are skipped: a run killed mid-write leaves a
-    torn last line, and nothing else writes to the file."""
+def read_events(path: Path) -> Iterator[TraceEvent]:
+    """The typed events of a trace file. A line that is not JSON is skipped: a run killed mid-write leaves
+    a torn last line, and nothing else writes to the file. A JSON line that is not an event this version
+    knows raises :class:`TraceFormatError` naming the line."""
     if not path.is_file():
         return
     with path.open() as lines:
-        for line in lines:
+        for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
+                data = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            try:
+                yield _EVENT.validate_python(data)
+            except ValidationError as exc:
+                detail = " ".join(str(exc).split())[:200]
+                raise TraceFormatError(
+                    f"{path}, line {number}: not an event this version reads ({detail})"
+                ) from None

@@ -30,6 +30,7 @@ from qllm.agents.trace_view import (
     load_run,
     tokens_text,
     totals_line,
+    trial_brief,
     when_text,
 )
 from qllm.sandbox.result import ValidationResult, WeightReport
@@ -149,6 +150,11 @@ def _html_header(summary: RunSummary) -> str:
             ("started", _e(f"{when_text(summary.started)} ({count_text(summary.resumes, 'resume')})")),
             ("status", f"{status} {_e(summary.reason)}"),
             ("totals", _e(totals_line(summary.totals))),
+            *(
+                [("equal weights on trial", _e(trial_brief(summary.reference)))]
+                if summary.reference is not None
+                else []
+            ),
         ]
     )
     settings = _html_details("settings", f"<pre>{_e(json.dumps(summary.settings, indent=2))}</pre>")
@@ -164,6 +170,9 @@ def _html_round(summary: RunSummary, round_: RoundView) -> str:
     baseline = summary.best_before(round_.number)
     chosen = round_.decision.chosen if round_.decision else None
     parts = [_html_candidate(c, baseline, chosen) for c in round_.candidates]
+    trials = _html_trials(summary, round_)
+    if trials:
+        parts.append(trials)
     if round_.evaluator_calls:
         parts.append("<h3>Evaluator calls</h3>" + _html_calls(round_.evaluator_calls))
     parts.append(_html_decision(round_))
@@ -178,7 +187,12 @@ def _html_candidate(cand: CandidateView, baseline: CandidateView | None, chosen:
         f"tokens in/out {_e(tokens_text(cand.calls))}, {_e(latency_text(cand.calls))}</span></h3>"
     )
     attempts = (_html_attempt(a, f"{cand.id}-a{a.number}") for a in cand.attempts)
-    parts = [head, _html_diff_block(cand, baseline), *attempts]
+    trial = (
+        f'<p class="trial">trial: greedy return at 25/50/75/100% {_e(trial_brief(cand.trial))}</p>'
+        if cand.trial is not None
+        else ""
+    )
+    parts = [head, trial, _html_diff_block(cand, baseline), *attempts]
     css = "candidate ok" if cand.ok else "candidate"
     return f'<div class="{css}" id="cand-{_e(cand.id)}">\n' + "\n".join(p for p in parts if p) + "\n</div>"
 
@@ -290,6 +304,9 @@ def _html_decision(round_: RoundView) -> str:
         ]
     if decision.note:
         rows.append(("note", _e(decision.note)))
+    if decision.beats_reference is not None:
+        verdict = "beats" if decision.beats_reference else "does not beat"
+        rows.append(("on trial", f"{verdict} equal weights (VDN) beyond the noise"))
     return (
         f'<div class="decision" id="decision-{round_.number}"><h3>Decision after round {round_.number}</h3>'
         f"{_html_meta(rows)}</div>"
@@ -319,6 +336,43 @@ def _html_final(summary: RunSummary) -> str:
     if summary.final_source:
         parts.append(f'<h3>{_e(ARTIFACT_FILE)}</h3><pre id="final-source">{_e(summary.final_source)}</pre>')
     return _html_section("final", "Final", "\n".join(parts))
+
+
+def _html_trials(summary: RunSummary, round_: RoundView) -> str:
+    """The round's trial curves (each candidate's mean over seeds, and equal weights') as a figure."""
+    curves = {c.id: c.trial.returns for c in round_.candidates if c.trial is not None and c.trial.returns}
+    if not curves or summary.reference is None or not summary.reference.returns:
+        return ""
+    curves["equal weights (VDN)"] = summary.reference.returns
+    png = base64.b64encode(trial_plot_png(curves, f"Round {round_.number}: trial training")).decode("ascii")
+    return (
+        f'<figure class="trial-curves"><img alt="trial curves of round {round_.number}" '
+        f'src="data:image/png;base64,{png}"><figcaption class="muted">greedy return at 25, 50, 75 and 100% '
+        "of each trial (mean over its seeds); every candidate and equal weights trained with the same seeds "
+        "and initial networks</figcaption></figure>"
+    )
+
+
+def trial_plot_png(curves: dict[str, list[float]], title: str) -> bytes:
+    """Trial learning curves (greedy return at each quarter of the trial) as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 - see weights_plot_png
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    fig = Figure(figsize=(7, 3.6), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for name, returns in curves.items():
+        fractions = [25 * (k + 1) for k in range(len(returns))]
+        style = {"color": "0.3", "linestyle": "--"} if name.startswith("equal") else {}
+        ax.plot(fractions, returns, marker="o", label=name, **style)
+    ax.set_xlabel("% of the trial")
+    ax.set_ylabel("greedy return")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
 
 
 def weights_plot_png(episode: dict[str, Any]) -> bytes:

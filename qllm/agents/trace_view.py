@@ -23,7 +23,6 @@ plot as a PNG data URI) so it can be mailed, attached to a report or opened year
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -41,15 +40,23 @@ from rich.text import Text
 from qllm.agents.artifact import ARTIFACT_FILE, METADATA_FILE
 from qllm.agents.run import SETTINGS_FILE, RunFolderError
 from qllm.agents.state import Decision
-from qllm.agents.trace import TRACE_FILE, Event, read_events
+from qllm.agents.trace import (
+    TRACE_FILE,
+    CallPlace,
+    DecisionEvent,
+    FinishedEvent,
+    LLMCallEvent,
+    LLMErrorEvent,
+    RunStarted,
+    TraceEvent,
+    TrialEvent,
+    ValidationEvent,
+    read_events,
+)
+from qllm.agents.trial import REFERENCE, Trial, TrialSummary, summarise
 from qllm.sandbox.result import ValidationResult, WeightReport
 
 SUMMARY_FILE = "trace_summary.json"
-
-_CODER_LABEL = re.compile(r"r(?P<round>\d+)-c(?P<slot>\d+)-a(?P<attempt>\d+)")
-_EVALUATOR_LABEL = re.compile(r"r(?P<round>\d+)-eval\d+")
-_CANDIDATE_ID = re.compile(r"r(?P<round>\d+)-c(?P<slot>\d+)")
-_CALL_EVENTS = ("llm_call", "llm_error")
 
 
 class TraceNotFoundError(RunFolderError):
@@ -65,7 +72,8 @@ class LLMCall(BaseModel):
     role: str
     model: str
     label: str
-    """The call's place in the run: ``r1-c0-a0`` (round, candidate slot, attempt) or ``r1-eval0``."""
+    """The call's name: ``r1-c0-a0`` (round, candidate slot, attempt) or ``r1-eval0``."""
+    place: CallPlace | None = None
     messages: list[tuple[str, str]] = Field(default_factory=list)
     response: str = ""
     input_tokens: int = 0
@@ -88,6 +96,8 @@ class AttemptView(BaseModel):
     """``None`` when the run stopped before this attempt was checked."""
     calls: list[LLMCall] = Field(default_factory=list)
     """Failed tries first (if any), then the call whose reply was checked."""
+    subject: str = ""
+    """The assembled function's identity (what its trials are recorded under); "" if none was assembled."""
 
     @property
     def ok(self) -> bool:
@@ -109,6 +119,8 @@ class CandidateView(BaseModel):
     round: int
     slot: int
     attempts: list[AttemptView]
+    trial: TrialSummary | None = None
+    """How the candidate trained on trial against equal weights, when the run trained trials."""
 
     @property
     def final(self) -> AttemptView:
@@ -163,6 +175,10 @@ class RunSummary(BaseModel):
     other_calls: list[LLMCall] = Field(default_factory=list)
     """Calls whose label names no candidate or evaluation (kept so nothing in the trace is hidden)."""
     totals: Totals
+    trials: list[Trial] = Field(default_factory=list)
+    """Every finished trial training, in the order they ended."""
+    reference: TrialSummary | None = None
+    """How equal weights (VDN) trained on trial; ``None`` for a run without trials."""
     artifact: dict[str, Any] | None = None
     """``artifact.json`` of a succeeded run."""
     final_source: str = ""
@@ -202,109 +218,113 @@ def load_run(run_dir: Path) -> RunSummary:
         return _summary(run_dir, events)
     except RunFolderError:
         raise
-    except (KeyError, TypeError, ValueError) as exc:  # ValueError includes pydantic's ValidationError
+    except (KeyError, TypeError, ValueError) as exc:  # ValueError includes TraceFormatError
         # A trace from another version of the graph, or edited by hand: say so in one line.
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
         raise RunFolderError(f"{trace} has an event this version cannot read ({detail})") from None
 
 
-def _summary(run_dir: Path, events: list[Event]) -> RunSummary:
-    calls = [_call(e) for e in events if e.get("event") in _CALL_EVENTS]
+def _summary(run_dir: Path, events: list[TraceEvent]) -> RunSummary:
+    calls = [_call(e) for e in events if isinstance(e, LLMCallEvent | LLMErrorEvent)]
     settings = _settings(run_dir, events)
     artifact = _read_json(run_dir / METADATA_FILE)
     final = run_dir / ARTIFACT_FILE
     status, reason = _status(events)
-    times = [float(e["time"]) for e in events if "time" in e]
+    times = [e.time for e in events]
+    trials = [
+        Trial.model_validate(e.model_dump(exclude={"event", "time"}))
+        for e in events
+        if isinstance(e, TrialEvent)
+    ]
     return RunSummary(
         run_dir=run_dir,
         task=str(settings.get("task") or (artifact or {}).get("task", "?")),
         coder=_model(calls, "coder", artifact, settings),
         evaluator=_model(calls, "evaluator", artifact, settings),
-        prompt_version=next((e["prompt_version"] for e in events if "prompt_version" in e), "?"),
+        prompt_version=next((e.prompt_version for e in events if isinstance(e, RunStarted)), "?"),
         settings=settings,
         started=min(times) if times else None,
-        resumes=sum(e.get("event") == "resumed" for e in events),
+        resumes=sum(isinstance(e, RunStarted) and e.event == "resumed" for e in events),
         status=status,
         reason=reason,
-        rounds=_rounds(events, calls),
-        other_calls=[c for c in calls if _place(c.label) is None],
+        rounds=_rounds(events, calls, trials),
+        other_calls=[c for c in calls if c.place is None],
         totals=_totals(calls, times),
+        trials=trials,
+        reference=summarise(trials, REFERENCE) if trials else None,
         artifact=artifact,
         final_source=final.read_text() if final.is_file() else "",
     )
 
 
-def _call(event: Event) -> LLMCall:
-    usage = event.get("usage") or {}
+def _call(event: LLMCallEvent | LLMErrorEvent) -> LLMCall:
+    answered = isinstance(event, LLMCallEvent)
     return LLMCall(
-        role=event.get("role", "?"),
-        model=event.get("model", "?"),
-        label=event.get("label", ""),
-        messages=[(str(role), str(content)) for role, content in event.get("messages", [])],
-        response=event.get("response") or "",
-        input_tokens=int(usage.get("input_tokens", 0)),
-        output_tokens=int(usage.get("output_tokens", 0)),
-        latency_s=float(event.get("latency_s", 0.0)),
-        error=event.get("error", "") if event["event"] == "llm_error" else "",
-        transient=bool(event.get("transient", False)),
+        role=event.role,
+        model=event.model,
+        label=event.label,
+        place=event.place,
+        messages=event.messages if answered else [],
+        response=event.response if answered else "",
+        input_tokens=event.usage.input_tokens if answered else 0,
+        output_tokens=event.usage.output_tokens if answered else 0,
+        latency_s=event.latency_s,
+        error="" if answered else event.error,
+        transient=False if answered else event.transient,
     )
 
 
-def _place(label: str) -> tuple[str, int, int] | None:
-    """Where a call belongs, from its label: ``("coder", round, attempt)``, ``("evaluator", round, 0)``."""
-    if match := _CODER_LABEL.fullmatch(label):
-        return "coder", int(match["round"]), int(match["attempt"])
-    if match := _EVALUATOR_LABEL.fullmatch(label):
-        return "evaluator", int(match["round"]), 0
-    return None
-
-
-def _attempts(events: Iterable[Event], calls: Sequence[LLMCall]) -> dict[str, list[AttemptView]]:
-    """Coder calls and sandbox verdicts, joined by candidate id and attempt number."""
+def _attempts(events: Iterable[TraceEvent], calls: Sequence[LLMCall]) -> dict[str, list[AttemptView]]:
+    """Coder calls and sandbox verdicts, joined by candidate and attempt number."""
     table: dict[str, dict[int, AttemptView]] = defaultdict(dict)
     for call in calls:
-        place = _place(call.label)
-        if place is not None and place[0] == "coder":
-            candidate_id = call.label.rsplit("-a", 1)[0]
-            table[candidate_id].setdefault(place[2], AttemptView(number=place[2])).calls.append(call)
+        if call.place is not None and call.place.candidate_id is not None:
+            attempts = table[call.place.candidate_id]
+            attempts.setdefault(call.place.attempt, AttemptView(number=call.place.attempt)).calls.append(call)
     for event in events:
-        if event.get("event") != "validation":
+        if not isinstance(event, ValidationEvent):
             continue
-        attempt = table[event["candidate"]].setdefault(event["attempt"], AttemptView(number=event["attempt"]))
+        attempt = table[event.candidate].setdefault(event.attempt, AttemptView(number=event.attempt))
         # A run resumed mid-candidate may check an attempt again; the run went on with the later verdict.
-        attempt.code = event.get("code", "")
-        attempt.result = ValidationResult.model_validate(event["result"])
+        attempt.code, attempt.result, attempt.subject = event.code, event.result, event.subject
     return {cid: [by_number[n] for n in sorted(by_number)] for cid, by_number in table.items()}
 
 
-def _rounds(events: list[Event], calls: Sequence[LLMCall]) -> list[RoundView]:
+def _rounds(events: list[TraceEvent], calls: Sequence[LLMCall], trials: Sequence[Trial]) -> list[RoundView]:
     rounds: dict[int, RoundView] = {}
 
     def round_(number: int) -> RoundView:
         return rounds.setdefault(number, RoundView(number=number))
 
+    places = {e.candidate: (e.round, e.slot) for e in events if isinstance(e, ValidationEvent)}
+    places |= {
+        c.place.candidate_id: (c.place.round, c.place.slot)
+        for c in calls
+        if c.place is not None and c.place.candidate_id is not None and c.place.slot is not None
+    }
     for candidate_id, attempts in _attempts(events, calls).items():
-        # Ids come from the graph (``r{round}-c{slot}``); anything else is still shown, under round 0.
-        match = _CANDIDATE_ID.fullmatch(candidate_id)
-        number, slot = (int(match["round"]), int(match["slot"])) if match else (0, 0)
+        number, slot = places[candidate_id]
+        subject = attempts[-1].subject
+        trial = summarise(trials, subject) if subject and any(t.subject == subject for t in trials) else None
         round_(number).candidates.append(
-            CandidateView(id=candidate_id, round=number, slot=slot, attempts=attempts)
+            CandidateView(id=candidate_id, round=number, slot=slot, attempts=attempts, trial=trial)
         )
     for call in calls:
-        place = _place(call.label)
-        if place is not None and place[0] == "evaluator":
-            round_(place[1]).evaluator_calls.append(call)
+        if call.place is not None and call.place.slot is None:
+            round_(call.place.round).evaluator_calls.append(call)
     for event in events:
-        if event.get("event") == "decision":
-            round_(int(event["round"])).decision = Decision.model_validate(event)
+        if isinstance(event, DecisionEvent):
+            round_(event.round).decision = Decision.model_validate(
+                event.model_dump(exclude={"event", "time"})
+            )
     for view in rounds.values():
         view.candidates.sort(key=lambda c: c.slot)
     return [rounds[n] for n in sorted(rounds)]
 
 
-def _settings(run_dir: Path, events: list[Event]) -> dict[str, Any]:
-    recorded = next((e["settings"] for e in events if e.get("event") in ("started", "resumed")), None)
-    return recorded if isinstance(recorded, dict) else _read_json(run_dir / SETTINGS_FILE) or {}
+def _settings(run_dir: Path, events: list[TraceEvent]) -> dict[str, Any]:
+    recorded = next((e.settings for e in events if isinstance(e, RunStarted)), None)
+    return recorded if recorded is not None else _read_json(run_dir / SETTINGS_FILE) or {}
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -325,11 +345,11 @@ def _model(
     return str(used or (artifact or {}).get(role) or settings.get(role, "?"))
 
 
-def _status(events: list[Event]) -> tuple[str, str]:
-    finished = [e for e in events if e.get("event") == "finished"]
+def _status(events: list[TraceEvent]) -> tuple[str, str]:
+    finished = [e for e in events if isinstance(e, FinishedEvent)]
     if not finished:
         return "unfinished", "the trace has no 'finished' event: the run is still going, or was interrupted"
-    return str(finished[-1].get("status", "?")), str(finished[-1].get("reason", ""))
+    return finished[-1].status, finished[-1].reason
 
 
 def _totals(calls: Sequence[LLMCall], times: Sequence[float]) -> Totals:
@@ -417,6 +437,18 @@ def _header_panel(summary: RunSummary) -> Panel:
         ("status", summary.status, _STATUS_STYLE.get(summary.status, "bold yellow")),
         ("reason", summary.reason, ""),
         ("totals", totals_line(summary.totals), ""),
+        *(
+            [
+                (
+                    "trials",
+                    f"{count_text(len(summary.trials), 'training')}; equal weights (VDN): "
+                    f"{trial_brief(summary.reference)}",
+                    "",
+                )
+            ]
+            if summary.reference is not None
+            else []
+        ),
     ):
         rows.add_row(Text(name, style="dim"), Text(value, style=style))
     return Panel(rows, title=Text(summary.run_id), title_align="left")
@@ -428,6 +460,9 @@ def _round_table(round_: RoundView) -> Table:
     table.add_column("attempts", justify="right")
     table.add_column("verdict", no_wrap=True)
     table.add_column("error / weights", ratio=1, overflow="fold")
+    trained = any(c.trial is not None for c in round_.candidates)
+    if trained:
+        table.add_column("trial: return at 25/50/75/100%; vs equal weights", ratio=1, overflow="fold")
     table.add_column("tokens in / out", justify="right", no_wrap=True)
     table.add_column("latency", justify="right", no_wrap=True)
     for cand in round_.candidates:
@@ -435,15 +470,38 @@ def _round_table(round_: RoundView) -> Table:
         detail = _weights_brief(result.weights) if result is not None and result.ok else ""
         if result is not None and not result.ok:
             detail = result.message
+        trial = [Text(trial_brief(cand.trial), style=_trial_style(cand.trial))] if trained else []
         table.add_row(
             Text(cand.id),
             str(len(cand.attempts)),
             Text(cand.final.verdict, style="green" if cand.ok else "red"),
             Text(detail),
+            *trial,
             tokens_text(cand.calls),
             latency_text(cand.calls),
         )
     return table
+
+
+def trial_brief(summary: TrialSummary | None) -> str:
+    """A candidate's trial in one cell: its curve and its verdict against equal weights."""
+    if summary is None:
+        return ""
+    if summary.fitness is None:
+        return f"did not finish: {summary.problem[:120]}"
+    curve = ", ".join(f"{r:.3g}" for r in summary.returns)
+    d = summary.vs_reference
+    against = "" if d is None else f"; {d.mean:+.3g} ± {d.noise:.2g} ({d.verdict()})"
+    return f"{curve}{against}"
+
+
+def _trial_style(summary: TrialSummary | None) -> str:
+    if summary is None or summary.fitness is None:
+        return "yellow"
+    if summary.beats_reference:
+        return "green"
+    d = summary.vs_reference
+    return "red" if d is not None and d.beyond_noise else ""
 
 
 def _decision(round_: RoundView) -> Group:
@@ -472,6 +530,15 @@ def _decision(round_: RoundView) -> Group:
         details.add_row(Text("tips"), Text(evaluation.tips))
     if decision.note:
         details.add_row(Text("note"), Text(decision.note))
+    if decision.beats_reference is not None:
+        verdict = (
+            "beats equal weights (VDN) beyond the noise"
+            if decision.beats_reference
+            else ("does not beat equal weights (VDN) beyond the noise")
+        )
+        details.add_row(
+            Text("on trial"), Text(verdict, style="green" if decision.beats_reference else "yellow")
+        )
     return Group(head, Padding(details, (0, 0, 0, 2)))
 
 

@@ -15,7 +15,14 @@ from qllm.agents import (
     RunStatus,
     SettingsError,
 )
-from qllm.agents.trace import Event
+from qllm.agents.trace import (
+    DecisionEvent,
+    LLMCallEvent,
+    LLMErrorEvent,
+    TraceEvent,
+    TrialEvent,
+    ValidationEvent,
+)
 from qllm.agents.trial import REFERENCE, TrialStatus
 from qllm.cli.common import console, task_spec
 from qllm.llm.providers import ProviderError
@@ -89,52 +96,48 @@ CandidatesOption = Annotated[
 RoundsOption = Annotated[int | None, typer.Option("--rounds", "-l", min=1, help="L: rounds.")]
 
 
-def describe_event(event: Event) -> str | None:
+def describe_event(event: TraceEvent) -> str | None:
     """One progress line per trace event (None for events not worth a line)."""
-    kind = event["event"]
-    if kind == "llm_call":
-        usage = event["usage"]
+    if isinstance(event, LLMCallEvent):
+        usage = event.usage
         return (
-            f"  {event['label']:<12} {event['role']} replied "
-            f"({usage['input_tokens']}→{usage['output_tokens']} tokens, {event['latency_s']:.1f} s)"
+            f"  {event.label:<12} {event.role} replied "
+            f"({usage.input_tokens}→{usage.output_tokens} tokens, {event.latency_s:.1f} s)"
         )
-    if kind == "llm_error":
-        retry = "will retry" if event["transient"] else "not retryable"
-        error = event["error"][:120]
-        return f"  [yellow]{event['label']:<12} {event['role']} failed ({retry}): {error}[/yellow]"
-    if kind == "validation":
-        result = event["result"]
-        verdict = (
-            "[green]passed every check[/green]" if event["ok"] else f"[red]{result['error_kind']}[/red]: "
-        )
-        message = "" if event["ok"] else result["message"][:140]
-        return f"  {event['candidate']}-a{event['attempt']:<6} {verdict}{message}"
-    if kind == "trial":
+    if isinstance(event, LLMErrorEvent):
+        retry = "will retry" if event.transient else "not retryable"
+        return f"  [yellow]{event.label:<12} {event.role} failed ({retry}): {event.error[:120]}[/yellow]"
+    if isinstance(event, ValidationEvent):
+        result = event.result
+        verdict = "[green]passed every check[/green]" if event.ok else f"[red]{result.error_kind}[/red]: "
+        message = "" if event.ok else result.message[:140]
+        return f"  {event.candidate}-a{event.attempt:<6} {verdict}{message}"
+    if isinstance(event, TrialEvent):
         return _describe_trial(event)
-    if kind == "decision":
-        chosen = event["chosen"] or "nothing valid yet"
-        tips = ((event.get("evaluation") or {}).get("tips") or event.get("note") or "")[:200]
+    if isinstance(event, DecisionEvent):
+        chosen = event.chosen or "nothing valid yet"
+        tips = ((event.evaluation.tips if event.evaluation else "") or event.note)[:200]
         verdict = ""
-        if event.get("beats_reference") is not None:
+        if event.beats_reference is not None:
             verdict = (
                 " Beats equal weights on trial."
-                if event["beats_reference"]
-                else (" [yellow]Does not beat equal weights (VDN) on trial beyond the noise.[/yellow]")
+                if event.beats_reference
+                else " [yellow]Does not beat equal weights (VDN) on trial beyond the noise.[/yellow]"
             )
-        return f"[bold]round {event['round']}[/bold]: best is {chosen} ({event['source']}).{verdict} {tips}"
+        return f"[bold]round {event.round}[/bold]: best is {chosen} ({event.source}).{verdict} {tips}"
     return None
 
 
-def _describe_trial(event: Event) -> str:
-    subject = "equal weights" if event["subject"] == REFERENCE else f"function {event['subject'][:8]}"
-    head = f"  trial {subject}, seed {event['seed']}:"
-    if event["status"] != TrialStatus.DONE:
-        return f"  [yellow]{head.strip()} {event['status']} ({event['error'][:140]})[/yellow]"
-    returns = ", ".join(f"{p['mean']:.3g}" for p in event["curve"])
-    return f"{head} greedy return {returns} ({event['wall_s']:.0f} s)"
+def _describe_trial(event: TrialEvent) -> str:
+    subject = "equal weights" if event.subject == REFERENCE else f"function {event.subject[:8]}"
+    head = f"trial of {subject}, seed {event.seed}:"
+    if event.status != TrialStatus.DONE:
+        return f"  [yellow]{head} {event.status} ({event.error[:140]})[/yellow]"
+    returns = ", ".join(f"{p.mean:.3g}" for p in event.curve)
+    return f"  {head} greedy return {returns} ({event.wall_s:.0f} s)"
 
 
-def print_event(event: Event) -> None:
+def print_event(event: TraceEvent) -> None:
     line = describe_event(event)
     if line is not None:
         console.print(line, highlight=False)

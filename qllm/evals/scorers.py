@@ -12,13 +12,22 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 
 from qllm.agents.artifact import ARTIFACT_FILE, CANDIDATES_DIR
-from qllm.agents.trace import TRACE_FILE, read_events
+from qllm.agents.trace import (
+    TRACE_FILE,
+    DecisionEvent,
+    FinishedEvent,
+    LLMCallEvent,
+    TrialEvent,
+    ValidationEvent,
+    read_events,
+)
+from qllm.agents.trial import REFERENCE, Trial, function_identity, paired_difference
 from qllm.evals.semantics import Probe
 from qllm.sandbox import CheckOptions, Sandbox, ValidationInputs
 
@@ -52,34 +61,34 @@ class RunRecord:
     run_dir: Path
     status: str
     candidates: list[CandidateRecord]
-    decisions: list[dict[str, Any]]
-    calls: list[dict[str, Any]]
+    decisions: list[DecisionEvent]
+    calls: list[LLMCallEvent]
+    trials: list[TrialEvent]
     seconds: float
     """From the run's first trace event to its last (a resumed run counts its pause too)."""
 
     @classmethod
     def load(cls, run_dir: Path) -> RunRecord:
         events = list(read_events(run_dir / TRACE_FILE))
-        attempts: dict[str, list[dict[str, Any]]] = {}
+        attempts: dict[str, list[ValidationEvent]] = {}
         for e in events:
-            if e["event"] == "validation":
-                attempts.setdefault(e["candidate"], []).append(e)
+            if isinstance(e, ValidationEvent):
+                attempts.setdefault(e.candidate, []).append(e)
         candidates = [
             CandidateRecord(
-                cid,
-                [a["ok"] for a in tries],
-                [a["result"]["error_kind"] for a in tries if not a["ok"]],
+                cid, [a.ok for a in tries], [str(a.result.error_kind or "unknown") for a in tries if not a.ok]
             )
             for cid, tries in attempts.items()
         ]
-        finished = [e for e in events if e["event"] == "finished"]
+        finished = [e for e in events if isinstance(e, FinishedEvent)]
         return cls(
             run_dir=run_dir,
-            status=finished[-1]["status"] if finished else "unfinished",
+            status=finished[-1].status if finished else "unfinished",
             candidates=candidates,
-            decisions=[e for e in events if e["event"] == "decision"],
-            calls=[e for e in events if e["event"] == "llm_call"],
-            seconds=events[-1]["time"] - events[0]["time"] if events else 0.0,
+            decisions=[e for e in events if isinstance(e, DecisionEvent)],
+            calls=[e for e in events if isinstance(e, LLMCallEvent)],
+            trials=[e for e in events if isinstance(e, TrialEvent)],
+            seconds=events[-1].time - events[0].time if events else 0.0,
         )
 
     @property
@@ -218,20 +227,20 @@ def semantic_pass(run: RunRecord, judge: ProbeJudge) -> float | None:
 def evaluator_consistency(run: RunRecord, judge: ProbeJudge) -> float | None:
     verdicts = []
     for decision in run.decisions:
-        if decision["source"] not in ("evaluator", "consensus") or len(decision["contenders"]) < 2:
+        if decision.source not in ("evaluator", "consensus") or len(decision.contenders) < 2:
             continue
         scores = {
-            cid: judge.score(run.candidate(cid).source_path(run.run_dir)) for cid in decision["contenders"]
+            cid: judge.score(run.candidate(cid).source_path(run.run_dir)) for cid in decision.contenders
         }
         known = {cid: s for cid, s in scores.items() if s is not None}
-        if len(known) >= 2 and decision["chosen"] in known:
-            verdicts.append(known[decision["chosen"]] >= max(known.values()))
+        if len(known) >= 2 and decision.chosen in known:
+            verdicts.append(known[decision.chosen] >= max(known.values()))
     return sum(verdicts) / len(verdicts) if verdicts else None
 
 
 @scorer("tokens", "lower", "LLM tokens read and written in the run")
 def tokens(run: RunRecord, judge: ProbeJudge) -> float:
-    return float(sum(c["usage"]["input_tokens"] + c["usage"]["output_tokens"] for c in run.calls))
+    return float(sum(c.usage.input_tokens + c.usage.output_tokens for c in run.calls))
 
 
 @scorer("run_minutes", "lower", "minutes from the run's start to its end")
@@ -241,15 +250,33 @@ def run_minutes(run: RunRecord, judge: ProbeJudge) -> float:
 
 @scorer("llm_seconds", "lower", "seconds spent waiting for LLM replies")
 def llm_seconds(run: RunRecord, judge: ProbeJudge) -> float:
-    return float(sum(c["latency_s"] for c in run.calls))
+    return float(sum(c.latency_s for c in run.calls))
+
+
+@scorer(
+    "downstream_return",
+    "higher",
+    "the chosen function's mean greedy return over its trial trainings minus equal weights' (VDN), paired "
+    "by seed (none for a run that trained no trials)",
+)
+def downstream_return(run: RunRecord, judge: ProbeJudge) -> float | None:
+    artifact = run.artifact
+    if artifact is None or not run.trials:
+        return None
+    subject = function_identity(artifact.read_text())
+    trials = [Trial.model_validate(t.model_dump(exclude={"event", "time"})) for t in run.trials]
+    difference = paired_difference(
+        [t for t in trials if t.subject == subject], [t for t in trials if t.subject == REFERENCE]
+    )
+    return None if difference is None else difference.mean
 
 
 @scorer("cost_usd", "lower", "provider cost of the run's LLM calls at list prices (local: 0)")
 def cost_usd(run: RunRecord, judge: ProbeJudge) -> float:
     total = 0.0
     for call in run.calls:
-        price_in, price_out = PRICES_PER_MILLION.get(call["model"].split("@")[0], (0.0, 0.0))
-        total += (call["usage"]["input_tokens"] * price_in + call["usage"]["output_tokens"] * price_out) / 1e6
+        price_in, price_out = PRICES_PER_MILLION.get(call.model.split("@")[0], (0.0, 0.0))
+        total += (call.usage.input_tokens * price_in + call.usage.output_tokens * price_out) / 1e6
     return total
 
 
