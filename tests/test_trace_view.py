@@ -270,6 +270,6 @@ def test_cli_unreadable_trace_is_a_one_line_error(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert (
         result.output.startswith("error: ")
-        and "cannot read (ValidationError: 1 validation error" in result.output
+        and "line 1: not an event this version reads (decision.source: Input should be" in result.output
     )
     assert len(result.output.strip().splitlines()) == 1

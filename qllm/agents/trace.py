@@ -201,7 +201,7 @@ class Trace:
         return list(read_events(self.path))
 
     def record(self, event: TraceEvent) -> TraceEvent:
-        line = event.model_dump_json()
+        line = json.dumps(event.model_dump(mode="json"), ensure_ascii=False)  # as readable as ever by grep
         with self._lock:
             with self.path.open("a") as out:
                 out.write(line + "\n")
@@ -247,7 +247,8 @@ def read_events(path: Path) -> Iterator[TraceEvent]:
             try:
                 yield _EVENT.validate_python(data)
             except ValidationError as exc:
-                detail = " ".join(str(exc).split())[:200]
+                first = exc.errors()[0]
+                where = ".".join(str(part) for part in first["loc"])
                 raise TraceFormatError(
-                    f"{path}, line {number}: not an event this version reads ({detail})"
+                    f"{path}, line {number}: not an event this version reads ({where}: {first['msg']})"
                 ) from None

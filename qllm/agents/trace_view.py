@@ -49,6 +49,7 @@ from qllm.agents.trace import (
     LLMErrorEvent,
     RunStarted,
     TraceEvent,
+    TraceFormatError,
     TrialEvent,
     ValidationEvent,
     read_events,
@@ -213,11 +214,12 @@ def load_run(run_dir: Path) -> RunSummary:
     trace = run_dir / TRACE_FILE
     if not trace.is_file():
         raise TraceNotFoundError(f"{run_dir} is not a generation run folder (no {TRACE_FILE})")
-    events = list(read_events(trace))
     try:
-        return _summary(run_dir, events)
+        return _summary(run_dir, list(read_events(trace)))
     except RunFolderError:
         raise
+    except TraceFormatError as exc:
+        raise RunFolderError(str(exc)) from None
     except (KeyError, TypeError, ValueError) as exc:  # ValueError includes TraceFormatError
         # A trace from another version of the graph, or edited by hand: say so in one line.
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
