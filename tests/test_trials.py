@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from graph_fakes import evaluation, generate, scripted, settings
+from rich.console import Console
 
 from qllm.agents import GenerationRun, Models, RunStatus, SettingsError
 from qllm.agents.artifact import METADATA_FILE
@@ -14,6 +15,8 @@ from qllm.agents.run import CHECKPOINTS_FILE
 from qllm.agents.selection import rank_by_trial
 from qllm.agents.state import Attempt, Candidate
 from qllm.agents.trace import TraceEvent, read_events
+from qllm.agents.trace_html import render_html
+from qllm.agents.trace_view import load_run, print_trace
 from qllm.agents.trial import (
     REFERENCE,
     TRIALS_DIR,
@@ -203,3 +206,21 @@ def test_a_resumed_run_reads_finished_trials_from_the_trace(tmp_path: Path) -> N
     assert [t.key for t in resumed.state.trials] == [t.key for t in outcome.state.trials]
     assert not (outcome.run_dir / TRIALS_DIR).exists()
     assert len(events(outcome.run_dir, "trial")) == 3  # recorded once, read back on resume
+
+
+def test_the_trace_views_show_each_rounds_trials(tmp_path: Path) -> None:
+    outcome = generate(
+        tmp_path, scripted([EQUAL, SKEWED]), scripted([]), candidates=2, selection="trial", **TRIALS
+    )
+    summary = load_run(outcome.run_dir)
+
+    assert summary.reference is not None and summary.reference.finished == 1
+    (round_,) = summary.rounds
+    assert all(c.trial is not None and len(c.trial.returns) == 4 for c in round_.candidates)
+    console = Console(record=True, width=200)
+    print_trace(outcome.run_dir, console)
+    text = console.export_text()
+    assert "trial: return at 25/50/75/100%" in text and "equal weights (VDN):" in text
+    assert "does not beat equal weights (VDN) beyond the noise" in text or "beats equal weights" in text
+    page = render_html(summary)
+    assert 'class="trial-curves"' in page and "equal weights on trial" in page
