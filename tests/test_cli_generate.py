@@ -85,11 +85,29 @@ def test_generate_bad_input_is_a_usage_error(tmp_path: Path) -> None:
         (("generate", "--coder", "gpt-4o"), "unknown model spec"),
         (("generate", "--resume", str(tmp_path)), "not a generation run folder"),
         (("generate", "--config", str(tmp_path / "missing.toml")), "cannot read config file"),
+        (("generate", "--selection", "best"), "selection must be one of auto, evaluator, consensus, trial"),
+        (("generate", "--selection", "trial", "--trial-steps", "0"), "selection trial needs trials"),
+        (("generate", "--trial-executor", "gpu"), "trial_executor must be one of ray, inline"),
     ]
     for args, message in cases:
         result = invoke(*args, "--runs-dir", str(tmp_path / "runs"))
         assert result.exit_code == 2, args
         assert message in result.output, (args, result.output)
+
+
+def test_generate_with_trial_selection_prints_each_trial_and_the_verdict(tmp_path: Path) -> None:
+    # The two candidates are one function, so they tie and the evaluator (a hosted model's judge) decides.
+    with stub_server([GOOD, GOOD, evaluation(choice=2)]) as server:
+        result = invoke(
+            "generate", "--task", "matrix-climbing", *stub_flags(server.base_url), "-k", "2", "-l", "1",
+            "--selection", "trial", "--trial-steps", "100", "--trial-seeds", "1",
+            "--trial-executor", "inline", "--runs-dir", str(tmp_path),
+        )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "trials of 100 steps x 1 seeds on inline" in result.output
+    assert "trial of equal weights, seed 0: greedy return" in result.output
+    assert "round 1: best is r1-c1 (trial)" in result.output  # the evaluator broke the tie: choice 2
+    assert "equal weights (VDN)" in result.output  # the verdict, in the round's line and the final one
 
 
 def test_run_generates_trains_both_methods_and_reports(tmp_path: Path) -> None:
