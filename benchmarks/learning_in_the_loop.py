@@ -211,6 +211,31 @@ def _verdict(a: list[float], b: list[float]) -> str:
     return f"**{d.mean:+.3g} ± {d.half_width:.2g}: {'higher' if d.mean > 0 else 'lower'}**"
 
 
+def plot(table: dict[str, dict[str, Any]], methods: list[str], out: Path) -> None:
+    """Each task's final returns: every unit as a dot, the mean with its 95% interval as a bar."""
+    import matplotlib  # only the report needs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(table), figsize=(4.2 * len(table), 3.6), layout="constrained")
+    for ax, (task, row) in zip(list(getattr(axes, "flat", [axes])), table.items(), strict=True):
+        for k, method in enumerate(methods):
+            values = row[method]
+            if not values:
+                continue
+            estimate = mean_ci(values)
+            ax.scatter([k] * len(values), values, s=14, color="0.5", zorder=3)
+            half = 0.0 if estimate.n < 2 else estimate.half_width
+            ax.errorbar([k], [estimate.mean], yerr=[half], fmt="o", color="C0", capsize=5, zorder=4)
+        ax.set_xticks(range(len(methods)), methods)
+        ax.set_title(task)
+        ax.grid(alpha=0.3, axis="y")
+    fig.supylabel("final greedy return")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def report(plan: Plan, out: Path, report_dir: Path, command: str) -> Path:
     table = results(plan, out)
     gens = generations(out)
@@ -255,6 +280,8 @@ def report(plan: Plan, out: Path, report_dir: Path, command: str) -> Path:
             f"{g['beats_reference']} | {g['wall_seconds'] / 60:.1f} | {g['trials']} |"
         )
     report_dir.mkdir(parents=True, exist_ok=True)
+    plot(table, methods, report_dir / "final_returns.png")
+    lines += ["", "![final greedy return per method and task](final_returns.png)"]
     (report_dir / "results.json").write_text(
         json.dumps({"table": table, "generations": gens}, indent=2) + "\n"
     )
