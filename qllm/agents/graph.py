@@ -156,7 +156,12 @@ def round_contenders(state: GenerationState) -> list[Candidate]:
 
 def fit_to_train(state: GenerationState, contenders: list[Candidate]) -> list[Candidate]:
     """The contenders whose trial training did not fail (a run without trials keeps them all)."""
-    return [c for c in contenders if not ((s := state.trial_summary(c)) is not None and s.failed)]
+
+    def failed_in_training(candidate: Candidate) -> bool:
+        summary = state.trial_summary(candidate)
+        return summary is not None and summary.failed > 0
+
+    return [c for c in contenders if not failed_in_training(c)]
 
 
 def trial(state: GenerationState, runtime: Ctx) -> dict[str, Any]:
