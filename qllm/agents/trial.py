@@ -34,7 +34,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 from qllm.rl.config import TrainConfig, preset
 from qllm.rl.logger import read_metrics, series
@@ -89,20 +89,23 @@ class Trial(BaseModel):
     def ok(self) -> bool:
         return self.status == TrialStatus.DONE and bool(self.curve)
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
-    def fitness(self) -> float:
+    def fitness(self) -> float | None:
         """Area under the greedy-return curve per step: the mean of the evenly spaced evaluations."""
-        return statistics.fmean(p.mean for p in self.curve)
+        return statistics.fmean(p.mean for p in self.curve) if self.curve else None
 
     @property
     def fitness_se(self) -> float:
         """Standard error of :attr:`fitness` from the evaluation episodes alone."""
         variance = sum(p.std**2 / max(p.episodes, 1) for p in self.curve)
-        return math.sqrt(variance) / len(self.curve)
+        return math.sqrt(variance) / max(len(self.curve), 1)
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
-    def final_return(self) -> float:
-        return self.curve[-1].mean
+    def final_return(self) -> float | None:
+        """The greedy return at the end of the trial."""
+        return self.curve[-1].mean if self.curve else None
 
 
 @dataclass(frozen=True)
@@ -249,13 +252,19 @@ class Difference(BaseModel):
         return "better" if self.mean > 0 else "worse"
 
 
+def _fitness(trial: Trial) -> float:
+    if trial.fitness is None:
+        raise ValueError(f"trial {trial.key} has no curve")
+    return trial.fitness
+
+
 def paired_difference(a: Sequence[Trial], b: Sequence[Trial]) -> Difference | None:
     """Fitness of ``a`` minus ``b`` over the seeds where both trials finished (None if there are none)."""
     by_seed = {t.seed: t for t in b if t.ok}
     pairs = [(t, by_seed[t.seed]) for t in a if t.ok and t.seed in by_seed]
     if not pairs:
         return None
-    diffs = [x.fitness - y.fitness for x, y in pairs]
+    diffs = [_fitness(x) - _fitness(y) for x, y in pairs]
     n = len(diffs)
     seed_se = statistics.stdev(diffs) / math.sqrt(n) if n > 1 else 0.0
     eval_se = math.sqrt(sum(x.fitness_se**2 + y.fitness_se**2 for x, y in pairs)) / n
@@ -302,7 +311,7 @@ def summarise(trials: Sequence[Trial], subject: str) -> TrialSummary:
         finished=len(done),
         failed=failed,
         returns=returns,
-        fitness=statistics.fmean(t.fitness for t in done),
+        fitness=statistics.fmean(_fitness(t) for t in done),
         vs_reference=None if subject == REFERENCE else paired_difference(done, reference),
         problem=problem,
     )
