@@ -134,7 +134,7 @@ def training_jobs(plan: Plan, out: Path) -> list[RunJob]:
                 config = long.config(seed, Path(artifact) if artifact else None)
                 config = config.replace(
                     mixer=subject if artifact is None else "tfcaf", preset=subject,
-                    eval_interval=max(1, long.steps // 5),
+                    eval_interval=max(1, long.steps // 2),  # the final return is what is compared
                 )  # fmt: skip
                 name = f"{task}__{subject}__{seed}"
                 jobs.append(RunJob(name, config.to_dict(), str((out / "train" / name).resolve()), 1))
