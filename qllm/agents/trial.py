@@ -50,8 +50,8 @@ TRIAL_PRESET = "qmix"
 """Trials use EPyMARL's QMIX settings, as ``qllm run`` trains the generated function; only the mixer,
 the budget and the schedules scaled to it differ."""
 DEFAULT_TRIAL_STEPS: dict[str, int] = {"matrix": 1_000, "mpe": 5_000, "lbf": 10_000, "rware": 10_000}
-"""Trial budget per task family, sized so that one round (the reference and three candidates, two
-seeds each, on two cores) takes a few minutes; measured in ``benchmarks/learning_in_the_loop.py``."""
+"""Trial budget per task family, sized so that one round (the reference and three candidates, one seed
+each, on two cores) takes one to two minutes; measured in ``benchmarks/learning_in_the_loop.py``."""
 CURVE_POINTS = 4
 """Greedy evaluations per trial: after 25, 50, 75 and 100% of its steps."""
 NOISE_SE = 2.0

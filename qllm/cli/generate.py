@@ -69,7 +69,7 @@ TrialStepsOption = Annotated[
     ),
 ]
 TrialSeedsOption = Annotated[
-    int | None, typer.Option(min=1, help="Seeds per trial subject (the same for all). \\[default: 2]")
+    int | None, typer.Option(min=1, help="Seeds per trial subject (the same for all). \\[default: 1]")
 ]
 TrialExecutorOption = Annotated[
     str | None,
