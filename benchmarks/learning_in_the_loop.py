@@ -49,6 +49,8 @@ class Plan:
     selections: tuple[str, ...]
     generation_seeds: tuple[int, ...]
     training_seeds: tuple[int, ...]
+    baseline_seeds: tuple[int, ...]
+    """VDN and QMIX: as many training seeds as the functions get, or more (they are cheaper)."""
     factor: int
     rounds: int
     candidates: int
@@ -130,7 +132,7 @@ def training_jobs(plan: Plan, out: Path) -> list[RunJob]:
         subjects: dict[str, str | None] = dict.fromkeys(BASELINES)
         subjects |= {g["identity"][:12]: g["artifact"] for g in chosen if g["task"] == task}
         for subject, artifact in subjects.items():
-            for seed in plan.training_seeds:
+            for seed in plan.baseline_seeds if artifact is None else plan.training_seeds:
                 config = long.config(seed, Path(artifact) if artifact else None)
                 config = config.replace(
                     mixer=subject if artifact is None else "tfcaf", preset=subject,
@@ -186,7 +188,7 @@ def results(plan: Plan, out: Path) -> dict[str, dict[str, Any]]:
         row: dict[str, Any] = {}
         for baseline in BASELINES:
             row[baseline] = [
-                finals[n] for s in plan.training_seeds if (n := f"{task}__{baseline}__{s}") in finals
+                finals[n] for s in plan.baseline_seeds if (n := f"{task}__{baseline}__{s}") in finals
             ]
         for selection in plan.selections:
             per_function = []
@@ -300,6 +302,7 @@ def main() -> None:
     parser.add_argument("--selections", default=",".join(SELECTIONS))
     parser.add_argument("--generation-seeds", type=int, default=3)
     parser.add_argument("--training-seeds", type=int, default=3)
+    parser.add_argument("--baseline-seeds", type=int, help="default: --training-seeds")
     parser.add_argument("--factor", type=int, default=5, help="longer budget = factor x the trial budget")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--candidates", type=int, default=3)
@@ -311,6 +314,7 @@ def main() -> None:
         selections=tuple(args.selections.split(",")),
         generation_seeds=tuple(range(args.generation_seeds)),
         training_seeds=tuple(100 + k for k in range(args.training_seeds)),  # seeds no trial used
+        baseline_seeds=tuple(100 + k for k in range(args.baseline_seeds or args.training_seeds)),
         factor=args.factor,
         rounds=args.rounds,
         candidates=args.candidates,
@@ -326,6 +330,7 @@ def main() -> None:
             f"python benchmarks/learning_in_the_loop.py all --tasks {args.tasks} "
             f"--selections {args.selections} "
             f"--generation-seeds {args.generation_seeds} --training-seeds {args.training_seeds} "
+            f"--baseline-seeds {args.baseline_seeds or args.training_seeds} "
             f"--factor {args.factor} --rounds {args.rounds} --candidates {args.candidates} "
             f"--trial-seeds {args.trial_seeds}"
         )
