@@ -94,16 +94,16 @@ def main() -> None:
     reference = summarise(trials, REFERENCE)
     print(f"{args.task}, {args.steps} steps x {args.seeds} seeds (the same for every subject)")
     print(f"{'subject':<22} {'weights min..max':>17} {'mean return':>12} {'vs equal weights':>22}")
+    if reference.fitness is None:
+        raise SystemExit(f"equal weights did not finish its trials: {reference.problem}")
     print(f"{'equal weights (VDN)':<22} {'1.00..1.00':>17} {reference.fitness:>12.3f}")
     for floor, source in sources.items():
         summary = summarise(trials, function_identity(source))
         d = summary.vs_reference
         low, high = ranges[floor]
-        versus = f"{d.mean:+.3f} ± {d.noise:.3f} {d.verdict()}" if d else "-"
-        print(
-            f"{'floor ' + str(floor):<22} {f'{low:.3f}..{high:.3f}':>17} "
-            f"{summary.fitness:>12.3f} {versus:>22}"
-        )
+        versus = f"{d.mean:+.3f} ± {d.noise:.3f} {d.verdict()}" if d else f"did not finish: {summary.problem}"
+        fitness = f"{summary.fitness:.3f}" if summary.fitness is not None else "-"
+        print(f"{'floor ' + str(floor):<22} {f'{low:.3f}..{high:.3f}':>17} {fitness:>12} {versus:>22}")
         rows.append({"floor": floor, "weights": [low, high], "summary": summary.model_dump(mode="json")})
     if args.json:
         payload = {"task": args.task, "steps": args.steps, "seeds": args.seeds, "spec": SPEC.model_dump(),

@@ -304,9 +304,9 @@ def main() -> None:
     parser.add_argument("--training-seeds", type=int, default=3)
     parser.add_argument("--baseline-seeds", type=int, help="default: --training-seeds")
     parser.add_argument("--factor", type=int, default=5, help="longer budget = factor x the trial budget")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--candidates", type=int, default=3)
-    parser.add_argument("--trial-seeds", type=int, default=2)
+    parser.add_argument("--trial-seeds", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     plan = Plan(

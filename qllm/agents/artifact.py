@@ -5,7 +5,7 @@ Run folder layout::
     settings.json        the settings the run was started with (resume reads them back)
     task_prompt.md       the generated task prompt
     states.npz           the recorded states candidates are validated on
-    trace.jsonl          every LLM call, sandbox verdict and decision
+    trace.jsonl          every LLM call, sandbox verdict, trial and decision (typed: qllm.agents.trace)
     checkpoints.sqlite   LangGraph checkpoints
     candidates/          r{round}-c{slot}-a{attempt}.py: every candidate that could be assembled
     trials/              when the run trains trials: each function trained (by its identity) and one

@@ -129,13 +129,17 @@ class GenerationSettings:
             raise SettingsError(f"trial_steps must be at least 0, got {self.trial_steps}")
         if self.selection == Selection.TRIAL and self.trial_steps == 0:
             raise SettingsError("selection trial needs trials: give trial_steps above 0 (or leave it unset)")
+        if self.trial_timeout_s <= 0:
+            raise SettingsError(f"trial_timeout_s must be above 0, got {self.trial_timeout_s}")
 
     def trial_settings(self, family: str) -> TrialSettings | None:
         """How candidates are trained on trial, or ``None`` when this run trains none."""
         steps = self.trial_steps
-        if steps is None:
-            steps = DEFAULT_TRIAL_STEPS.get(family, 0) if self.selection == Selection.TRIAL else 0
-        if steps == 0:
+        if steps is None and self.selection == Selection.TRIAL:
+            if family not in DEFAULT_TRIAL_STEPS:
+                raise SettingsError(f"no default trial budget for the {family} family: give trial_steps")
+            steps = DEFAULT_TRIAL_STEPS[family]
+        if not steps:
             return None
         seeds = tuple(self.seed + k for k in range(self.trial_seeds))
         return TrialSettings(task=self.task, steps=steps, seeds=seeds, timeout_s=self.trial_timeout_s)

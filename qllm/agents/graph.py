@@ -176,7 +176,8 @@ def trial(state: GenerationState, runtime: Ctx) -> dict[str, Any]:
 
 
 def evaluate(state: GenerationState, runtime: Ctx) -> dict[str, Any]:
-    """Pick the best of this round's valid candidates (and the best so far), and get tips for the next."""
+    """Pick the best of this round's valid candidates (and the best so far) whose trial training, if
+    any, did not fail, and get tips for the next round."""
     ctx = runtime.context
     valid = round_contenders(state)
     contenders = fit_to_train(state, valid)
@@ -246,8 +247,10 @@ def _choose_by_trial(
     if ranking.best is None:  # no trial finished: the judge decides alone, and the decision says why
         decision, tips = _judge(ctx, state, contenders, ctx.judge)
         return decision.model_copy(update={"note": f"{ranking.note}; {decision.note}".strip("; ")}), tips
-    chosen, tips, evaluation, how = ranking.best, state.tips, None, "a clear winner"
-    if len(ranking.tied) > 1:
+    # A clear winner gets no tips: the last ones were about another function (the coder still sees
+    # how the winner trained).
+    chosen, tips, evaluation, how = ranking.best, "", None, "a clear winner"
+    if len({c.subject for c in ranking.tied}) > 1:  # a tie of one function written twice needs no judge
         judged, tips = _judge(ctx, state, ranking.tied, ctx.judge)
         chosen, evaluation = state.by_id(judged.chosen or ranking.best.id), judged.evaluation
         tied = ", ".join(c.id for c in ranking.tied)
@@ -294,9 +297,10 @@ STATE_DEPENDENCE = 1e-3
 
 
 def after_evaluate(state: GenerationState, runtime: Ctx) -> list[Send] | Literal["finish"]:
-    """Another round, or finish after L rounds or when the chooser is satisfied (the evaluator says so, or
-    consensus is unanimous) with a function whose weights actually depend on the state (a weak evaluator
-    is often satisfied with less)."""
+    """Another round, or finish after L rounds or when the chooser is satisfied (the evaluator says so,
+    consensus is unanimous, or under trial selection the choice beat equal weights beyond the noise) with
+    a function whose weights actually depend on the state (a weak evaluator is often satisfied with
+    less)."""
     settings = runtime.context.settings
     last = state.decisions[-1] if state.decisions else None
     satisfied = bool(

@@ -84,13 +84,18 @@ def trial_text(summary: TrialSummary | None) -> str:
         return f"Trial training did not finish ({summary.problem[:200]})."
     returns = ", ".join(f"{r:.3g}" for r in summary.returns)
     text = (
-        f"Trial training ({summary.finished} seeds): greedy team return at 25/50/75/100% of the trial "
+        f"Trial training ({_seeds(summary)}): greedy team return at 25/50/75/100% of the trial "
         f"{returns}; mean over the trial {summary.fitness:.3g}"
     )
     d = summary.vs_reference
     if d is None:
         return text + "."
     return f"{text}, {d.mean:+.3g} ± {d.noise:.2g} against equal weights (VDN): {d.verdict()}."
+
+
+def _seeds(summary: TrialSummary) -> str:
+    done = f"{summary.finished} seed{'' if summary.finished == 1 else 's'}"
+    return done if summary.finished == summary.seeds else f"{done} of {summary.seeds} finished"
 
 
 def improve_trial(summary: TrialSummary | None) -> str:
@@ -169,7 +174,9 @@ def evaluator_messages(
     if reference is not None and reference.fitness is not None:
         trials = (
             "\nEach candidate was also trained briefly on trial, beside equal weights (VDN), with the same "
-            f"seeds and initial networks. Equal weights: {trial_text(reference)}\n"
+            f"seeds and initial networks. Equal weights: {trial_text(reference)} Prefer, among sensible "
+            "weights, the candidate that helped the team learn: a higher return than equal weights means "
+            "it did.\n"
         )
     human = prompts.render(
         "evaluator", task=task, examples=examples, trials=trials, candidates="\n\n".join(blocks)

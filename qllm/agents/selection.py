@@ -1,4 +1,5 @@
-"""Choosing among valid candidates by what they do, not by an LLM's opinion of their code: consensus.
+"""Choosing among valid candidates by what they do, not by an LLM's opinion of their code: consensus, and
+the ranking by trial training (:func:`rank_by_trial`).
 
 A small evaluator model is a weak judge (measured: its choices agreed with the semantic probes about
 two times in three, and it is often "satisfied" with anything). Sampling several candidates and keeping
@@ -125,7 +126,8 @@ def rank_by_trial(contenders: Sequence[Candidate], trials: Sequence[Trial]) -> T
     tied = [best]
     for other in finished[1:]:
         gap = paired_difference(mine, [t for t in trials if t.subject == other.subject])
-        if other.subject == best.subject or (gap is not None and not gap.beyond_noise):
+        # No seed both finished: nothing says the other is worse, so it stays in the tie.
+        if other.subject == best.subject or gap is None or not gap.beyond_noise:
             tied.append(other)
     ranked = ", ".join(f"{c.id} {fitness[c.id]:.3g}" for c in finished)
     return TrialRanking(best, tied, f"mean greedy return over the trial: {ranked}")

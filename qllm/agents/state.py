@@ -94,7 +94,8 @@ class Decision(BaseModel):
     source: DecisionSource
     evaluation: Evaluation | None = None
     note: str = ""
-    """Why the evaluator was not used or not followed, when it was not; or how consensus was reached."""
+    """Why the evaluator was not used or not followed, when it was not; how consensus was reached; or,
+    under trial selection, each contender's trial fitness and how a tie was broken."""
     satisfied: bool = False
     """No further round is needed: the evaluator said so, consensus was unanimous, or (trial selection)
     the chosen function beat equal weights beyond the noise."""

@@ -154,15 +154,21 @@ class ValidationEvent(_Event):
 
 
 class TrialEvent(Trial, _Event):
-    """One finished trial training (:mod:`qllm.agents.trial`)."""
+    """One ended trial training (:mod:`qllm.agents.trial`)."""
 
     event: Literal["trial"]
+
+    def trial(self) -> Trial:
+        return Trial.model_validate(self.model_dump(exclude={"event", "time"}))
 
 
 class DecisionEvent(Decision, _Event):
     """What a round chose."""
 
     event: Literal["decision"]
+
+    def decision(self) -> Decision:
+        return Decision.model_validate(self.model_dump(exclude={"event", "time"}))
 
 
 class FinishedEvent(_Event):
@@ -213,8 +219,8 @@ class Trace:
     def _journal(self, event: TraceEvent) -> None:
         if isinstance(event, LLMCallEvent):
             self._replies[event.key] = event
-        elif isinstance(event, TrialEvent):
-            self._trials[event.key] = Trial.model_validate(event.model_dump(exclude={"event", "time"}))
+        elif isinstance(event, TrialEvent) and event.status.final:  # timed-out and lost ones are redone
+            self._trials[event.key] = event.trial()
 
     def recorded_reply(self, key: str) -> LLMCallEvent | None:
         """The earlier call with this key, if this run made it already."""

@@ -11,7 +11,8 @@ The HTML page is :mod:`qllm.agents.trace_html`.
 The trace (:mod:`qllm.agents.trace`) is a flat log in the order things happened, with the candidates of a
 round interleaved when they run concurrently and retried calls next to the ones that failed.
 :func:`load_run` regroups it by round: each candidate with its attempts (the code, the sandbox verdict
-and the coder calls behind it), the evaluator's calls and the decision, plus totals for the whole run.
+and the coder calls behind it) and, when the run trained trials, how it trained against equal weights;
+the evaluator's calls and the decision; plus totals for the whole run.
 
 Everything a model wrote is untrusted text. The terminal view passes it to rich as plain
 :class:`~rich.text.Text`, never as markup; the HTML page escapes it, carries no script, and declares a
@@ -220,7 +221,7 @@ def load_run(run_dir: Path) -> RunSummary:
         raise
     except TraceFormatError as exc:
         raise RunFolderError(str(exc)) from None
-    except (KeyError, TypeError, ValueError) as exc:  # ValueError includes TraceFormatError
+    except (KeyError, TypeError, ValueError) as exc:  # ValueError includes pydantic's ValidationError
         # A trace from another version of the graph, or edited by hand: say so in one line.
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
         raise RunFolderError(f"{trace} has an event this version cannot read ({detail})") from None
@@ -233,11 +234,7 @@ def _summary(run_dir: Path, events: list[TraceEvent]) -> RunSummary:
     final = run_dir / ARTIFACT_FILE
     status, reason = _status(events)
     times = [e.time for e in events]
-    trials = [
-        Trial.model_validate(e.model_dump(exclude={"event", "time"}))
-        for e in events
-        if isinstance(e, TrialEvent)
-    ]
+    trials = [e.trial() for e in events if isinstance(e, TrialEvent)]
     return RunSummary(
         run_dir=run_dir,
         task=str(settings.get("task") or (artifact or {}).get("task", "?")),
@@ -316,9 +313,7 @@ def _rounds(events: list[TraceEvent], calls: Sequence[LLMCall], trials: Sequence
             round_(call.place.round).evaluator_calls.append(call)
     for event in events:
         if isinstance(event, DecisionEvent):
-            round_(event.round).decision = Decision.model_validate(
-                event.model_dump(exclude={"event", "time"})
-            )
+            round_(event.round).decision = event.decision()
     for view in rounds.values():
         view.candidates.sort(key=lambda c: c.slot)
     return [rounds[n] for n in sorted(rounds)]

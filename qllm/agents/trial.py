@@ -4,7 +4,8 @@ What a credit function is for is helping a team learn, and reading its code or i
 show that. So, as Eureka does for LLM-written rewards, every valid candidate of a round (and the best
 so far) is trained for a short budget, and so is the *reference*: equal weights, which is VDN, the null
 credit function. The results go back to the chooser and the coder (:mod:`qllm.agents.messages`) and
-can choose the round's best themselves (``--selection trial``, :func:`choose_by_trial`).
+can choose the round's best themselves (``--selection trial``,
+:func:`qllm.agents.selection.rank_by_trial`).
 
 Common random numbers: every subject of a run trains with the same seeds, and a trial's seed fixes
 its network initialisation, its exploration, its environment resets and its evaluation episodes
@@ -13,9 +14,10 @@ are taken seed by seed (paired) for that reason.
 
 A trial is identified by its :attr:`TrialJob.key`: what is trained (:func:`function_identity` of its
 source, or the reference), the seed and the trial settings. Identical functions are trained once, and a
-finished trial is journalled in the trace as it ends, so a resumed run never repeats it. A trial that
-fails (its credit function fails on new states, an update goes non-finite) or runs past its wall-clock
-budget is recorded as such: it never wins a selection, and the run goes on.
+finished trial is journalled in the trace as it ends, so a resumed run never repeats it. How a trial
+ends decides what it means (:class:`TrialStatus`): a function whose training fails is ruled out; a
+trial past its wall-clock budget, or lost with its worker (out of memory, a node lost), says nothing
+about the function, never wins, and is trained again by a resumed run.
 """
 
 from __future__ import annotations
@@ -35,10 +37,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, Field, computed_field
+from scipy import stats
 
 from qllm.rl.config import TrainConfig, preset
 from qllm.rl.logger import read_metrics, series
-from qllm.rl.train import train
+from qllm.rl.tfcaf import TFCAFError
+from qllm.rl.train import TrainingError, train
 
 if TYPE_CHECKING:
     from qllm.sweep.execute import Executor
@@ -54,14 +58,27 @@ DEFAULT_TRIAL_STEPS: dict[str, int] = {"matrix": 1_000, "mpe": 5_000, "lbf": 10_
 each, on two cores) takes one to two minutes; measured in ``benchmarks/learning_in_the_loop.py``."""
 CURVE_POINTS = 4
 """Greedy evaluations per trial: after 25, 50, 75 and 100% of its steps."""
-NOISE_SE = 2.0
-"""Two results are within the noise when they differ by at most this many standard errors."""
+CONFIDENCE = 0.95
+"""Two results are within the noise when their difference is inside its 95% interval."""
+RESOLUTION = 1e-6
+"""Differences smaller than this fraction of the returns' scale are rounding, even with no other noise
+(a deterministic game's greedy evaluation has none)."""
 
 
 class TrialStatus(StrEnum):
     DONE = "done"
     FAILED = "failed"
+    """Training itself failed: the credit function failed on new states, or an update went non-finite.
+    The function is not fit to train with."""
     TIMED_OUT = "timed-out"
+    """Past the wall-clock budget: says nothing about the function; trained again on resume."""
+    LOST = "lost"
+    """Anything else (the worker died, out of memory, a full disk): trained again on resume."""
+
+    @property
+    def final(self) -> bool:
+        """Whether the result stands for the function (else a resumed run trains it again)."""
+        return self in (TrialStatus.DONE, TrialStatus.FAILED)
 
 
 class CurvePoint(BaseModel):
@@ -125,8 +142,9 @@ class TrialSettings:
             task=self.task,
             seed=seed,
             steps=self.steps,
+            device="cpu",  # one device for every subject: the same seed must give the same numbers
             mixer="vdn" if credit_file is None else "tfcaf",
-            tfcaf=None if credit_file is None else str(credit_file),
+            tfcaf=None if credit_file is None else str(credit_file.resolve()),
             preset="trial",
             epsilon_anneal_steps=max(1, self.steps // 2),
             eval_interval=max(1, self.steps // CURVE_POINTS),
@@ -187,31 +205,39 @@ class TrialJob:
         shutil.rmtree(run_dir, ignore_errors=True)  # a trial interrupted earlier starts over
         start = time.monotonic()
 
+        last_report = 0.0
+
         def on_progress(progress: Any) -> None:
-            if report is not None:
+            nonlocal last_report
+            now = time.monotonic()
+            if report is not None and now - last_report >= 1.0:
+                last_report = now
                 report(self.name, progress.t_env)
-            if time.monotonic() - start > self.timeout_s:
+            if now - start > self.timeout_s:
                 raise TrialTimeoutError(f"trial ran past its budget of {self.timeout_s:g} s")
 
+        config = TrainConfig.from_dict(self.config)
         try:
-            config = TrainConfig.from_dict(self.config)
             train(config, run_dir.parent, on_progress=on_progress, run_name=run_dir.name)
         except TrialTimeoutError as exc:
             return self._ended(TrialStatus.TIMED_OUT, start, error=str(exc))
-        except Exception as exc:  # any failure of one trial is its result; the generation run goes on
-            error = "".join(traceback.format_exception_only(exc)).strip()
-            return self._ended(TrialStatus.FAILED, start, error=error)
+        except (TrainingError, TFCAFError) as exc:  # the function's own failure
+            return self._ended(TrialStatus.FAILED, start, error=_one_line(exc))
+        except Exception as exc:  # anything else is the machine's, not the function's
+            return self._ended(TrialStatus.LOST, start, error=_one_line(exc))
         return self._ended(TrialStatus.DONE, start, curve=read_curve(run_dir, config.eval_interval))
 
     def failure(self, error: str) -> Trial:
         """The result of a trial whose worker died (out of memory, killed, node lost)."""
-        return Trial(
-            key=self.key, subject=self.subject, seed=self.seed, status=TrialStatus.FAILED, error=error
-        )
+        return Trial(key=self.key, subject=self.subject, seed=self.seed, status=TrialStatus.LOST, error=error)
 
     def _ended(self, status: TrialStatus, start: float, **result: Any) -> Trial:
         wall = time.monotonic() - start
         return Trial(key=self.key, subject=self.subject, seed=self.seed, status=status, wall_s=wall, **result)
+
+
+def _one_line(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(exc)).strip()
 
 
 def read_curve(run_dir: Path, interval: int) -> list[CurvePoint]:
@@ -222,12 +248,17 @@ def read_curve(run_dir: Path, interval: int) -> list[CurvePoint]:
     steps, means = series(rows, "eval/return_mean")
     _, stds = series(rows, "eval/return_std")
     _, episodes = series(rows, "eval/episodes")
-    points = {
-        t: CurvePoint(t_env=t, mean=m, std=s, episodes=int(n))
+    logged = [
+        CurvePoint(t_env=t, mean=m, std=s, episodes=int(n))
         for t, m, s, n in zip(steps, means, stds, episodes, strict=True)
-        if t >= interval
-    }
-    return list(points.values())
+    ]
+    if not logged:
+        return []
+    # The first evaluation at or past each quarter (one batch of episodes may overshoot one, or two).
+    quarters = [
+        next((p for p in logged if p.t_env >= k * interval), logged[-1]) for k in range(1, CURVE_POINTS + 1)
+    ]
+    return quarters
 
 
 # --- comparing subjects, seed by seed ---------------------------------------------------------------
@@ -238,8 +269,9 @@ class Difference(BaseModel):
 
     mean: float
     noise: float
-    """:data:`NOISE_SE` standard errors: the larger of the seed-to-seed one (two seeds or more) and the
-    one from the evaluation episodes."""
+    """Half-width of the difference's 95% interval: Student's t on the seed-to-seed spread (two seeds or
+    more) or the normal one on the evaluation episodes' standard error, whichever is wider, and never
+    below :data:`RESOLUTION` of the returns' scale. With one seed it holds the evaluation noise only."""
     seeds: int
 
     @property
@@ -266,9 +298,14 @@ def paired_difference(a: Sequence[Trial], b: Sequence[Trial]) -> Difference | No
         return None
     diffs = [_fitness(x) - _fitness(y) for x, y in pairs]
     n = len(diffs)
-    seed_se = statistics.stdev(diffs) / math.sqrt(n) if n > 1 else 0.0
+    seed_half = 0.0
+    if n > 1:
+        seed_half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * statistics.stdev(diffs) / math.sqrt(n)
     eval_se = math.sqrt(sum(x.fitness_se**2 + y.fitness_se**2 for x, y in pairs)) / n
-    return Difference(mean=statistics.fmean(diffs), noise=NOISE_SE * max(seed_se, eval_se), seeds=n)
+    eval_half = float(stats.norm.ppf(0.5 + CONFIDENCE / 2)) * eval_se
+    scale = max(abs(_fitness(t)) for pair in pairs for t in pair)
+    noise = max(seed_half, eval_half, RESOLUTION * max(scale, 1.0))
+    return Difference(mean=statistics.fmean(diffs), noise=noise, seeds=n)
 
 
 class TrialSummary(BaseModel):
@@ -291,14 +328,17 @@ class TrialSummary(BaseModel):
 
     @property
     def beats_reference(self) -> bool:
-        return self.vs_reference is not None and self.vs_reference.beyond_noise and self.vs_reference.mean > 0
+        """Better than equal weights beyond the noise, on every seed the trials were given."""
+        d = self.vs_reference
+        return self.finished == self.seeds and d is not None and d.beyond_noise and d.mean > 0
 
 
 def summarise(trials: Sequence[Trial], subject: str) -> TrialSummary:
     """The summary of ``subject``'s trials among ``trials`` (which hold the reference's too)."""
     mine = [t for t in trials if t.subject == subject]
     done = [t for t in mine if t.ok]
-    problem = next((f"{t.status}: {t.error}" for t in mine if not t.ok), "")
+    unfinished = sorted((t for t in mine if not t.ok), key=lambda t: t.status != TrialStatus.FAILED)
+    problem = f"{unfinished[0].status}: {unfinished[0].error}" if unfinished else ""
     failed = sum(t.status == TrialStatus.FAILED for t in mine)
     if not done:
         return TrialSummary(subject=subject, seeds=len(mine), finished=0, failed=failed, problem=problem)
@@ -333,6 +373,10 @@ class TrialJournal(Protocol):
     def record_trial(self, trial: Trial) -> None: ...
 
     def recorded_trial(self, key: str) -> Trial | None: ...
+
+
+STALL_GRACE_S = 120.0
+"""Beyond a trial's budget, how long the bench waits for any trial to end before giving up on the rest."""
 
 
 class TrialBench:
@@ -386,11 +430,25 @@ class TrialBench:
         executor = self._start()
         for job in jobs:
             executor.submit(job)
+        pending = {job.key: job for job in jobs}
         finished: list[Trial] = []
-        while len(finished) < len(jobs):
+        last_end = time.monotonic()
+        while pending:
             for _, trial in executor.wait(1.0):
+                if pending.pop(trial.key, None) is None:
+                    continue  # left over from an earlier, interrupted call
                 self.journal.record_trial(trial)  # journalled as it ends: a kill loses only unfinished ones
                 finished.append(trial)
+                last_end = time.monotonic()
+            if pending and time.monotonic() - last_end > self.settings.timeout_s + STALL_GRACE_S:
+                # Nothing ended for longer than one trial may take: the executor is not running them (a
+                # cluster with no free CPU, say). Give up on those; a resumed run tries them again.
+                for job in pending.values():
+                    trial = job.failure("no result from the executor within the trial budget")
+                    self.journal.record_trial(trial)
+                    finished.append(trial)
+                self.close()
+                break
         return finished
 
     def _start(self) -> Executor:

@@ -20,6 +20,7 @@ from qllm.agents.trace import (
     LLMCallEvent,
     LLMErrorEvent,
     TraceEvent,
+    TraceFormatError,
     TrialEvent,
     ValidationEvent,
 )
@@ -76,6 +77,14 @@ TrialExecutorOption = Annotated[
     typer.Option(
         help="Where trials train: `ray` (a local instance, one trial per core, or --address) or `inline` "
         "(this process). \\[default: ray]"
+    ),
+]
+TrialTimeoutOption = Annotated[
+    float | None,
+    typer.Option(
+        "--trial-timeout",
+        min=1.0,
+        help="Seconds one trial may take before it ends as timed out. \\[default: 900]",
     ),
 ]
 AddressOption = Annotated[
@@ -165,7 +174,7 @@ def run_generation(
     )
     try:
         outcome = run.execute(listener=print_event)
-    except (ProviderError, PromptError) as exc:
+    except (ProviderError, PromptError, TraceFormatError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         console.print(f"Fix it and resume with: qllm generate --resume {run.run_dir}")
         raise typer.Exit(2) from None
@@ -208,6 +217,7 @@ def generate_command(
     trial_steps: TrialStepsOption = None,
     trial_seeds: TrialSeedsOption = None,
     trial_executor: TrialExecutorOption = None,
+    trial_timeout: TrialTimeoutOption = None,
     address: AddressOption = None,
     credit_floor: CreditFloorOption = None,
     repairs: Annotated[int | None, typer.Option(min=0, help="Repair attempts per failed candidate.")] = None,
@@ -238,7 +248,8 @@ def generate_command(
             evaluator_base_url=evaluator_base_url, candidates=candidates, rounds=rounds, repairs=repairs,
             early_stop=early_stop, seed=seed, prompt_version=prompt_version, mode=mode,
             selection=selection, trial_steps=trial_steps, trial_seeds=trial_seeds,
-            trial_executor=trial_executor, trial_address=address, credit_floor=credit_floor,
+            trial_executor=trial_executor, trial_timeout_s=trial_timeout, trial_address=address,
+            credit_floor=credit_floor,
         )  # fmt: skip
     outcome = run_generation(settings, runs_dir, resume)
     if outcome.status != RunStatus.SUCCEEDED:

@@ -17,6 +17,7 @@ from rich.markdown import Markdown
 from qllm.agents import GenerationOutcome, RunStatus
 from qllm.cli.common import SeedOption, console, task_spec
 from qllm.cli.generate import (
+    AddressOption,
     CandidatesOption,
     CoderOption,
     CreditFloorOption,
@@ -24,8 +25,10 @@ from qllm.cli.generate import (
     ModeOption,
     RoundsOption,
     SelectionOption,
+    TrialExecutorOption,
     TrialSeedsOption,
     TrialStepsOption,
+    TrialTimeoutOption,
     generation_settings,
     run_generation,
 )
@@ -87,6 +90,9 @@ def run_command(
     rounds: RoundsOption = None,
     trial_steps: TrialStepsOption = None,
     trial_seeds: TrialSeedsOption = None,
+    trial_executor: TrialExecutorOption = None,
+    trial_timeout: TrialTimeoutOption = None,
+    address: AddressOption = None,
     credit_floor: CreditFloorOption = None,
     steps: Annotated[
         int, typer.Option(min=0, help="Training budget of each method (0: generate only).")
@@ -114,6 +120,9 @@ def run_command(
         rounds=rounds,
         trial_steps=trial_steps,
         trial_seeds=trial_seeds,
+        trial_executor=trial_executor,
+        trial_timeout_s=trial_timeout,
+        trial_address=address,
         credit_floor=credit_floor,
         seed=seed,
     )

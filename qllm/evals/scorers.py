@@ -27,7 +27,7 @@ from qllm.agents.trace import (
     ValidationEvent,
     read_events,
 )
-from qllm.agents.trial import REFERENCE, Trial, function_identity, paired_difference
+from qllm.agents.trial import REFERENCE, function_identity, paired_difference
 from qllm.evals.semantics import Probe
 from qllm.sandbox import CheckOptions, Sandbox, ValidationInputs
 
@@ -264,7 +264,7 @@ def downstream_return(run: RunRecord, judge: ProbeJudge) -> float | None:
     if artifact is None or not run.trials:
         return None
     subject = function_identity(artifact.read_text())
-    trials = [Trial.model_validate(t.model_dump(exclude={"event", "time"})) for t in run.trials]
+    trials = [t.trial() for t in run.trials]
     difference = paired_difference(
         [t for t in trials if t.subject == subject], [t for t in trials if t.subject == REFERENCE]
     )
