@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from graph_fakes import BAD_KEY, GOOD, evaluation
+from graph_fakes import BAD_KEY, GOOD, GOOD_OTHER, evaluation
 from openai_stub import stub_server
 from typer.testing import CliRunner
 
@@ -96,15 +96,16 @@ def test_generate_bad_input_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_generate_with_trial_selection_prints_each_trial_and_the_verdict(tmp_path: Path) -> None:
-    # The two candidates are one function, so they tie and the evaluator (a hosted model's judge) decides.
-    with stub_server([GOOD, GOOD, evaluation(choice=2)]) as server:
+    # 100 steps are four episodes and no update: both functions train exactly as the untrained networks
+    # play, so they tie, and the evaluator (a hosted model's judge) decides.
+    with stub_server([GOOD, GOOD_OTHER, evaluation(choice=2)]) as server:
         result = invoke(
             "generate", "--task", "matrix-climbing", *stub_flags(server.base_url), "-k", "2", "-l", "1",
             "--selection", "trial", "--trial-steps", "100", "--trial-seeds", "1",
             "--trial-executor", "inline", "--runs-dir", str(tmp_path),
         )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "trials of 100 steps x 1 seeds on inline" in result.output
+    assert "trials of 100 steps x 1 seed on inline" in result.output
     assert "trial of equal weights, seed 0: greedy return" in result.output
     assert "round 1: best is r1-c1 (trial)" in result.output  # the evaluator broke the tie: choice 2
     assert "equal weights (VDN)" in result.output  # the verdict, in the round's line and the final one

@@ -186,10 +186,10 @@ def test_the_evaluator_and_the_next_rounds_coder_see_how_candidates_trained(tmp_
         evaluator="deepseek:judge", **TRIALS,
     )  # fmt: skip
 
-    assert "Equal weights: Trial training (1 seeds): greedy team return at 25/50/75/100%" in judge.prompts[0]
+    assert "Equal weights: Trial training (1 seed): greedy team return at 25/50/75/100%" in judge.prompts[0]
     assert judge.prompts[0].count("against equal weights (VDN)") == 2  # one line per candidate
     improve = coder.prompts[2]  # round 2's first draft improves round 1's choice
-    assert "How it trained: Trial training (1 seeds)" in improve and "against equal weights (VDN)" in improve
+    assert "How it trained: Trial training (1 seed)" in improve and "against equal weights (VDN)" in improve
 
 
 def test_a_resumed_run_reads_finished_trials_from_the_trace(tmp_path: Path) -> None:

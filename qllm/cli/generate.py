@@ -24,6 +24,7 @@ from qllm.agents.trace import (
     TrialEvent,
     ValidationEvent,
 )
+from qllm.agents.trace_view import count_text
 from qllm.agents.trial import REFERENCE, TrialStatus
 from qllm.cli.common import console, task_spec
 from qllm.llm.providers import ProviderError
@@ -163,7 +164,7 @@ def run_generation(
     s = run.settings
     trials = s.trial_settings(task_spec(s.task).family)
     trained = (
-        f"; trials of {trials.steps} steps x {len(trials.seeds)} seeds on {s.trial_executor}"
+        f"; trials of {trials.steps} steps x {count_text(len(trials.seeds), 'seed')} on {s.trial_executor}"
         if trials
         else ""
     )
