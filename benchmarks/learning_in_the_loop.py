@@ -35,7 +35,7 @@ from qllm.agents.run import SETTINGS_FILE
 from qllm.agents.trace import DecisionEvent, LLMCallEvent, TrialEvent, read_events
 from qllm.agents.trial import DEFAULT_TRIAL_STEPS, TrialSettings, function_identity
 from qllm.envs import resolve_task
-from qllm.sweep.execute import RunJob, RunRecord
+from qllm.sweep.execute import InlineExecutor, RunJob, RunRecord
 from qllm.sweep.report import difference_ci, mean_ci
 
 TASKS = ("matrix-climbing", "mpe-spread-3", "lbf-8x8-2p-2f")
@@ -154,7 +154,7 @@ def train(plan: Plan, out: Path, workers: int) -> None:
     print(f"{len(jobs)} training runs to do ({len(done)} done)", flush=True)
     if not jobs:
         return
-    executor = RayExecutor(workers=workers)
+    executor = InlineExecutor() if workers == 1 else RayExecutor(workers=workers)
     try:
         for job in jobs:
             executor.submit(job)
