@@ -29,6 +29,7 @@ from qllm.agents.trial import (
     paired_difference,
     summarise,
 )
+from qllm.evals.scorers import SCORERS, RunRecord
 from qllm.sandbox import ValidationResult
 
 EQUAL = "```python\ndef agent_weight(s, i):\n    return 1.0\n```"
@@ -225,6 +226,11 @@ def test_the_trace_views_show_each_rounds_trials(tmp_path: Path) -> None:
     assert "does not beat equal weights (VDN) beyond the noise" in text or "beats equal weights" in text
     page = render_html(summary)
     assert 'class="trial-curves"' in page and "equal weights on trial" in page
+    # The evals store's downstream_return: the chosen function's trial fitness minus equal weights'.
+    record = RunRecord.load(outcome.run_dir)
+    chosen = summarise(summary.trials, function_identity(outcome.artifact.read_text()))
+    expected = chosen.vs_reference.mean
+    assert SCORERS["downstream_return"].fn(record, None) == pytest.approx(expected)
 
 
 def test_a_deterministic_evaluation_still_needs_a_difference_above_rounding() -> None:
