@@ -213,6 +213,19 @@ def _verdict(a: list[float], b: list[float]) -> str:
     return f"**{d.mean:+.3g} ± {d.half_width:.2g}: {'higher' if d.mean > 0 else 'lower'}**"
 
 
+def _trial_versus(generation: dict[str, Any]) -> str:
+    """The chosen function's trial difference from equal weights, as its artifact recorded it."""
+    if not generation["artifact"]:
+        return "-"
+    metadata = json.loads((Path(generation["artifact"]).parent / "artifact.json").read_text())
+    trials = metadata.get("trials")
+    if not trials or not trials["chosen"].get("vs_reference"):
+        return "-"
+    d = trials["chosen"]["vs_reference"]
+    verdict = "beats" if generation["beats_reference"] else "within noise"
+    return f"{d['mean']:+.3g} ± {d['noise']:.2g} ({verdict})"
+
+
 def plot(table: dict[str, dict[str, Any]], methods: list[str], out: Path) -> None:
     """Each task's final returns: every unit as a dot, the mean with its 95% interval as a bar."""
     import matplotlib  # only the report needs it
@@ -269,17 +282,27 @@ def report(plan: Plan, out: Path, report_dir: Path, command: str) -> Path:
         for selection in plan.selections:
             if row[selection] and row["vdn"]:
                 lines.append(f"| {task} | {selection} | {_verdict(row[selection], row['vdn'])} |")
+    finals = _finals(out)
     lines += [
         "",
-        "## Generation",
+        "## Each generation: its function, its trial against VDN, and its longer training against VDN",
         "",
-        "| task | selection | seed | status | rounds | beats VDN on trial | minutes | trials |",
-        "|---|---|---|---|---|---|---|---|",
+        "Trial: the chosen function's mean greedy return over its trial minus equal weights' on the same "
+        "seed (from `artifact.json`; consensus runs train no trials). Long run: the function's mean final "
+        "return over its training seeds minus VDN's mean.",
+        "",
+        "| task | selection | seed | function | rounds | trial vs VDN | long run vs VDN | minutes | trials |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for g in gens:
+        row = table[g["task"]]
+        vdn = statistics.fmean(row["vdn"]) if row["vdn"] else None
+        ident = (g["identity"] or "")[:12]
+        runs = [finals[n] for s in plan.training_seeds if (n := f"{g['task']}__{ident}__{s}") in finals]
+        long = f"{statistics.fmean(runs) - vdn:+.3g}" if runs and vdn is not None else "-"
         lines.append(
-            f"| {g['task']} | {g['selection']} | {g['seed']} | {g['status']} | {g['rounds']} | "
-            f"{g['beats_reference']} | {g['wall_seconds'] / 60:.1f} | {g['trials']} |"
+            f"| {g['task']} | {g['selection']} | {g['seed']} | `{ident[:8]}` | {g['rounds']} | "
+            f"{_trial_versus(g)} | {long} | {g['wall_seconds'] / 60:.1f} | {g['trials']} |"
         )
     report_dir.mkdir(parents=True, exist_ok=True)
     plot(table, methods, report_dir / "final_returns.png")
