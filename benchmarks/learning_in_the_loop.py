@@ -33,7 +33,7 @@ from typing import Any
 from qllm.agents import GenerationRun, GenerationSettings, RunStatus
 from qllm.agents.run import SETTINGS_FILE
 from qllm.agents.trace import DecisionEvent, LLMCallEvent, TrialEvent, read_events
-from qllm.agents.trial import DEFAULT_TRIAL_STEPS, TrialSettings, function_identity
+from qllm.agents.trial import TrialSettings, function_identity
 from qllm.envs import resolve_task
 from qllm.sweep.execute import InlineExecutor, RunJob, RunRecord
 from qllm.sweep.report import difference_ci, mean_ci
@@ -58,7 +58,7 @@ class Plan:
 
     def long_settings(self, task: str) -> TrialSettings:
         """The longer training: the trials' RL settings at ``factor`` times their budget."""
-        steps = self.factor * DEFAULT_TRIAL_STEPS[resolve_task(task).family]
+        steps = self.factor * resolve_task(task).trial_steps
         return TrialSettings(task=task, steps=steps, seeds=self.training_seeds, timeout_s=3600.0)
 
 

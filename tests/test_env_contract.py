@@ -1,4 +1,5 @@
-"""Every task family honours the one environment contract."""
+"""Every task family honours the one environment contract: the built-in ones, the installed example plugin,
+and environments made through the generic adapter (PettingZoo with an opponent, gymnasium tuples)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ import pytest
 
 from qllm.envs import make_env
 from qllm.envs.recording import random_policy
-from tests.conftest import rollout
+from tests.conftest import REPRESENTATIVE_TASKS, rollout
+
+PLUGGED_IN_TASKS = ("coordgrid-5x5-2ag", "plugin_fixtures:solo_with_opponent", "plugin_fixtures:lbf_tuple")
+
+
+@pytest.fixture(params=REPRESENTATIVE_TASKS + PLUGGED_IN_TASKS)
+def task(request: pytest.FixtureRequest) -> str:
+    return request.param
 
 
 def test_info_is_consistent(task: str) -> None:

@@ -14,11 +14,10 @@ from qllm.agents import Models
 from qllm.agents.template import NamedState, assemble, keep_definitions
 from qllm.cli import app
 from qllm.envs.recording import record
-from qllm.envs.tasks import make_env
+from qllm.envs.tasks import make_env, resolve_task
 from qllm.evals.compare import compare, markdown_report, markdown_table
 from qllm.evals.runner import EvalModels, run_suite, score_generation_run
 from qllm.evals.scorers import SCORERS, ProbeJudge
-from qllm.evals.semantics import probes_for
 from qllm.evals.store import SCHEMA, CaseResult, EvalRun, ResultsStore, StoreError, resolve_run
 from qllm.evals.suites import EvalCase, EvalSuite, SuiteError, available_suites, load_suite
 from qllm.sandbox import Sandbox, ValidationInputs
@@ -63,12 +62,12 @@ def sandbox() -> Iterator[Sandbox]:
 
 
 def _judge_file(task: str, code: str, tmp_path: Path, sandbox: Sandbox) -> float | None:
-    env = make_env(task)
     rec = record(task, 3, seed=0)
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / f"{task}.py"
     path.write_text(assemble(NamedState.for_task(rec.info), keep_definitions(code)))
-    return ProbeJudge(sandbox, probes_for(env), ValidationInputs.from_recording(rec)).score(path)
+    probes = resolve_task(task).semantic_probes()
+    return ProbeJudge(sandbox, probes, ValidationInputs.from_recording(rec)).score(path)
 
 
 # --- semantic probes --------------------------------------------------------------------------------
@@ -92,7 +91,7 @@ def test_constant_and_agent_biased_functions_score_low(tmp_path: Path, sandbox: 
 def test_probe_states_follow_the_schema() -> None:
     for task in ("lbf-15x15-4p-4f", "mpe-spread-10", "rware-small-4ag", "matrix-penalty-50"):
         env = make_env(task)
-        probes = probes_for(env)
+        probes = resolve_task(task).semantic_probes()
         assert probes, task
         for probe in probes:
             assert probe.state.shape == (env.info.state_dim,) and probe.favoured != probe.other

@@ -16,9 +16,8 @@ from qllm.agents.run import SETTINGS_FILE
 from qllm.agents.spec import SPEC_TEMPLATE_ID, CreditSpec, compile_spec, per_agent_quantities, spec_model
 from qllm.agents.template import NamedState, assemble, keep_definitions
 from qllm.envs.recording import record
-from qllm.envs.tasks import make_env
+from qllm.envs.tasks import make_env, resolve_task
 from qllm.evals.scorers import ProbeJudge
-from qllm.evals.semantics import probes_for
 from qllm.llm.providers import ModelSpec
 from qllm.sandbox import Sandbox, ValidationInputs
 
@@ -74,10 +73,9 @@ def test_the_spec_schema_admits_only_listed_quantities_and_a_few_terms() -> None
 def probe_score(tmp_path: Path, task: str, credit: CreditSpec) -> float | None:
     path = tmp_path / f"{task}-{abs(hash(credit.model_dump_json()))}.py"
     path.write_text(tfcaf(task, credit))
-    env = make_env(task)
     inputs = ValidationInputs.from_recording(record(task, 2, seed=0))
     with Sandbox() as sandbox:
-        return ProbeJudge(sandbox, probes_for(env), inputs).score(path)
+        return ProbeJudge(sandbox, resolve_task(task).semantic_probes(), inputs).score(path)
 
 
 def test_a_compiled_spec_assigns_credit_the_way_it_says(tmp_path: Path) -> None:

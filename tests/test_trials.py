@@ -29,6 +29,7 @@ from qllm.agents.trial import (
     paired_difference,
     summarise,
 )
+from qllm.envs import resolve_task
 from qllm.evals.scorers import SCORERS, RunRecord
 from qllm.sandbox import ValidationResult
 
@@ -117,9 +118,10 @@ def test_settings_refuse_unknown_selections_and_trial_selection_without_trials()
         settings(selection="best")
     with pytest.raises(SettingsError, match="needs trials"):
         settings(selection="trial", trial_steps=0)
-    assert settings(selection="trial").trial_settings("lbf").steps == 10_000  # the family default
-    assert settings(selection="consensus").trial_settings("lbf") is None  # no trials unless asked
-    assert settings(selection="consensus", trial_steps=50).trial_settings("lbf").steps == 50
+    lbf = resolve_task("lbf-8x8-2p-2f").trial_steps
+    assert settings(selection="trial").trial_settings(lbf).steps == lbf == 10_000  # the task's default
+    assert settings(selection="consensus").trial_settings(lbf) is None  # no trials unless asked
+    assert settings(selection="consensus", trial_steps=50).trial_settings(lbf).steps == 50
 
 
 # --- the graph --------------------------------------------------------------------------------------

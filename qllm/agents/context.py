@@ -25,7 +25,7 @@ from qllm.agents.modes import Mode, WritingMode
 from qllm.agents.selection import Selection
 from qllm.agents.template import NamedState
 from qllm.agents.trace import Trace
-from qllm.agents.trial import DEFAULT_TRIAL_STEPS, TrialBench, TrialExecutorKind, TrialSettings
+from qllm.agents.trial import TrialBench, TrialExecutorKind, TrialSettings
 from qllm.envs.recording import Recording
 from qllm.envs.tasks import TaskSpec
 from qllm.files import read_toml
@@ -132,13 +132,12 @@ class GenerationSettings:
         if self.trial_timeout_s <= 0:
             raise SettingsError(f"trial_timeout_s must be above 0, got {self.trial_timeout_s}")
 
-    def trial_settings(self, family: str) -> TrialSettings | None:
-        """How candidates are trained on trial, or ``None`` when this run trains none."""
+    def trial_settings(self, task_trial_steps: int) -> TrialSettings | None:
+        """How candidates are trained on trial, or ``None`` when this run trains none; under trial selection
+        without ``trial_steps``, for the task's own budget (:attr:`~qllm.envs.tasks.TaskSpec.trial_steps`)."""
         steps = self.trial_steps
         if steps is None and self.selection == Selection.TRIAL:
-            if family not in DEFAULT_TRIAL_STEPS:
-                raise SettingsError(f"no default trial budget for the {family} family: give trial_steps")
-            steps = DEFAULT_TRIAL_STEPS[family]
+            steps = task_trial_steps
         if not steps:
             return None
         seeds = tuple(self.seed + k for k in range(self.trial_seeds))

@@ -36,7 +36,7 @@ from qllm.agents.template import NamedState
 from qllm.agents.trace import Listener, RunStarted, Trace
 from qllm.agents.trial import TrialBench
 from qllm.envs.recording import load_recording, record, save_recording
-from qllm.envs.tasks import resolve_task
+from qllm.envs.tasks import folder_name, resolve_task
 from qllm.llm.providers import ModelSpec, make_chat_model
 from qllm.prompts import PromptLibrary
 from qllm.sandbox import Sandbox, ValidationInputs
@@ -102,10 +102,10 @@ class GenerationRun:
     def create(cls, settings: GenerationSettings, runs_dir: Path) -> GenerationRun:
         """A new run folder with the settings, the recorded states and the task prompt."""
         spec = resolve_task(settings.task)
-        run_dir = runs_dir / f"{spec.name}__tfcaf__{settings.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
-        suffix = 1
+        base = f"{folder_name(spec.name)}__tfcaf__{settings.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir, suffix = runs_dir / base, 1
         while run_dir.exists():
-            run_dir = run_dir.with_name(f"{run_dir.name.split('.')[0]}.{suffix}")
+            run_dir = runs_dir / f"{base}.{suffix}"
             suffix += 1
         run_dir.mkdir(parents=True)
         (run_dir / SETTINGS_FILE).write_text(json.dumps(settings.to_dict(), indent=2) + "\n")
@@ -127,7 +127,7 @@ class GenerationRun:
 
     def _trial_bench(self, trace: Trace) -> TrialBench | None:
         s = self.settings
-        trial_settings = s.trial_settings(resolve_task(s.task).family)
+        trial_settings = s.trial_settings(resolve_task(s.task).trial_steps)
         if trial_settings is None:
             return None
         return TrialBench(trial_settings, self.run_dir, trace, s.trial_executor, s.trial_address)

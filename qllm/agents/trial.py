@@ -53,9 +53,6 @@ TRIALS_DIR = "trials"
 TRIAL_PRESET = "qmix"
 """Trials use EPyMARL's QMIX settings, as ``qllm run`` trains the generated function; only the mixer,
 the budget and the schedules scaled to it differ."""
-DEFAULT_TRIAL_STEPS: dict[str, int] = {"matrix": 1_000, "mpe": 5_000, "lbf": 10_000, "rware": 10_000}
-"""Trial budget per task family, sized so that one round (the reference and three candidates, one seed
-each, on two cores) takes one to two minutes; measured in ``benchmarks/learning_in_the_loop.py``."""
 CURVE_POINTS = 4
 """Greedy evaluations per trial: after 25, 50, 75 and 100% of its steps."""
 CONFIDENCE = 0.95

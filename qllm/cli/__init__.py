@@ -10,10 +10,11 @@ LLM stack (LangGraph, LangChain), Ray or the report's plotting, which would add 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
-from collections.abc import Iterable
-from typing import Annotated
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any
 
 import typer
 
@@ -64,10 +65,34 @@ def build_app(names: Iterable[str] = COMMANDS) -> typer.Typer:
         module, attribute = COMMANDS[name]
         target = getattr(importlib.import_module(module), attribute)
         if isinstance(target, typer.Typer):
+            for command in target.registered_commands:
+                if command.callback is not None and not hasattr(command.callback, "__wrapped__"):
+                    command.callback = _reporting_plugin_errors(command.callback)
             app.add_typer(target, name=name)
         else:
-            app.command(name)(target)
+            app.command(name)(_reporting_plugin_errors(target))
     return app
+
+
+def _reporting_plugin_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``command``, ending in one line and exit code 1 when a plugged-in task breaks while it runs (its
+    environment fails to build or step, or its states leave the declared schema): that is the plugin's
+    failure, whichever command met it. A bad task *name* is caught earlier, as a usage error."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except Exception as exc:
+            # Looked up, not imported: the task registry imports torch, which `qllm llm` never needs. A
+            # process that never imported it cannot have met a plugin's error.
+            tasks = sys.modules.get("qllm.envs.tasks")
+            if tasks is None or not isinstance(exc, tasks.TaskPluginError):
+                raise
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+    return run
 
 
 def __getattr__(name: str) -> typer.Typer:

@@ -16,7 +16,13 @@ notes = Console(stderr=True)  # progress notes stay off stdout, so `--json` outp
 DEFAULT_TASK = "lbf-8x8-2p-2f"
 
 TaskOption = Annotated[
-    str, typer.Option("--task", "-t", help="Task name (see `qllm tasks list`) or a raw env id.")
+    str,
+    typer.Option(
+        "--task",
+        "-t",
+        help="Task name (see `qllm tasks list`, plugins included), a raw env id, or module:factory for "
+        "a task of your own.",
+    ),
 ]
 SeedOption = Annotated[int, typer.Option(help="Seed; episode e is reset with seed + e.")]
 EpisodesOption = Annotated[int, typer.Option(min=1, help="Number of episodes to roll out.")]

@@ -162,7 +162,7 @@ def run_generation(
     except RunFolderError as exc:
         raise typer.BadParameter(str(exc), param_hint="--resume") from None
     s = run.settings
-    trials = s.trial_settings(task_spec(s.task).family)
+    trials = s.trial_settings(task_spec(s.task).trial_steps)
     trained = (
         f"; trials of {trials.steps} steps x {count_text(len(trials.seeds), 'seed')} on {s.trial_executor}"
         if trials

@@ -34,6 +34,7 @@ from qllm.cli.generate import (
 )
 from qllm.cli.training import train_with_progress
 from qllm.envs.describe import describe_task
+from qllm.envs.tasks import folder_name
 from qllm.rl import TrainResult, preset
 from qllm.rl.credit import CreditFunctionError
 from qllm.rl.logger import plot_comparison
@@ -106,7 +107,7 @@ def run_command(
     Uses the built-in local model unless --coder/--evaluator (or QLLM_CODER/QLLM_EVALUATOR) say otherwise.
     """
     spec = task_spec(task)
-    run_dir = runs_dir / f"{spec.name}__run__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = runs_dir / f"{folder_name(spec.name)}__run__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True)
     settings = generation_settings(
         spec.name,

@@ -143,7 +143,7 @@ def _executor(local: bool, address: str | None, workers: int | None) -> Executor
 def sweep_command(
     sweep_dir: Annotated[Path, typer.Argument(help="Sweep folder: created, or resumed if it exists.")],
     tasks: Annotated[
-        str | None, typer.Option(help=f"Comma-separated tasks. \\[default: {PAPER_TASKS}]")
+        str | None, typer.Option(help=f"Comma-separated tasks, plugins included. \\[default: {PAPER_TASKS}]")
     ] = None,
     mixers: Annotated[
         str | None,

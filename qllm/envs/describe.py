@@ -11,7 +11,7 @@ import torch
 
 from qllm.envs.contract import EnvInfo
 from qllm.envs.schema import StateSchema
-from qllm.envs.tasks import TaskSpec
+from qllm.envs.tasks import BUILT_IN, TaskSpec
 
 SCHEMA_COLUMNS = ("field", "slice", "shape (entities x features)", "features", "range", "meaning")
 
@@ -44,7 +44,7 @@ def describe_task(spec: TaskSpec, info: EnvInfo, with_schema: bool = True) -> st
     return (
         f"# {spec.name}\n\n"
         f"{spec.description}\n\n"
-        f"- **Family:** {spec.family}\n"
+        f"- **Family:** {spec.family}" + ("" if spec.origin == BUILT_IN else f" ({spec.origin})") + "\n"
         f"- **Team:** {spec.team} ({info.n_agents} agents: {', '.join(info.agent_names)})\n"
         f"- **Team reward:** {spec.reward}\n"
         f"{opponent}"

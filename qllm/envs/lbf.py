@@ -10,7 +10,9 @@ use for unseen food).
 
 from __future__ import annotations
 
+import itertools
 import re
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -20,12 +22,15 @@ import numpy as np
 from lbforaging.foraging.environment import Action, ForagingEnv
 
 from qllm.envs.contract import EnvInfo, MultiAgentEnv, last_action_field
+from qllm.envs.probes import Probe, zero_values
 from qllm.envs.schema import StateField, StateSchema
 from qllm.envs.tasks import TaskFamily, TaskSpec
 
 ACTION_NAMES = tuple(a.name for a in Action)  # NONE NORTH SOUTH WEST EAST LOAD
 ID_PATTERN = re.compile(r"Foraging(-\d+s)?-\d+x\d+-\d+p-\d+f(-coop)?-v3")
 EMPTY_FOOD = -1.0
+TRIAL_STEPS = 10_000
+"""Trial budget (see :mod:`qllm.agents.trial`): one round takes one to two minutes on two cores."""
 
 
 class LBFEnv(MultiAgentEnv):
@@ -144,6 +149,39 @@ class LBFEnv(MultiAgentEnv):
         self.env.close()
 
 
+def _far_cells(size: int, count: int) -> list[tuple[int, int]]:
+    corners = [
+        (0, 0),
+        (0, size - 1),
+        (size - 1, 0),
+        (size - 1, size - 1),
+        (0, size // 2),
+        (size - 1, size // 2),
+    ]
+    return [corners[k % len(corners)] for k in range(count)]
+
+
+def probes(env: MultiAgentEnv) -> Iterator[Probe]:
+    """An agent next to a live food whose last action was LOAD over an idle agent far from any food."""
+    info = env.info
+    schema = info.schema
+    size = int(schema["agent_position"].high) + 1
+    load = info.action_names.index("LOAD")
+    for a, b in itertools.permutations(range(info.n_agents), 2):
+        v = zero_values(schema)
+        v["food_position"][:] = -1  # every food eaten but the first
+        v["food_position"][0] = (size // 2, size // 2)
+        v["food_level"][0] = 1
+        v["agent_level"][:] = 1
+        others = [k for k in range(info.n_agents) if k != a]
+        for k, cell in zip(others, _far_cells(size, len(others)), strict=True):
+            v["agent_position"][k] = cell
+            v["last_action"][k, 0] = 1  # NONE
+        v["agent_position"][a] = (size // 2, size // 2 - 1)  # west of the food
+        v["last_action"][a, load] = 1
+        yield Probe(f"loading next to food: agent {a} over idle agent {b}", schema.pack(v), a, b)
+
+
 def _describe(env_id: str) -> dict[str, str]:
     kwargs = gym.spec(env_id).kwargs
     size = kwargs["field_size"][0]
@@ -183,6 +221,8 @@ def parse(name: str) -> TaskSpec | None:
             "level), normalised so that collecting every food in an episode totals 1"
         ),
         factory=partial(LBFEnv, canonical, env_id),
+        probes=probes,
+        trial_steps=TRIAL_STEPS,
         **_describe(env_id),
     )
 

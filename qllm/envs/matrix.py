@@ -12,19 +12,24 @@ state is the one-hot of the previous joint action (all zeros at the first step).
 
 from __future__ import annotations
 
+import itertools
 import re
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
 import numpy as np
 
 from qllm.envs.contract import EnvInfo, MultiAgentEnv
+from qllm.envs.probes import Probe, zero_values
 from qllm.envs.schema import StateField, StateSchema
 from qllm.envs.tasks import TaskFamily, TaskNameError, TaskSpec
 
 EPISODE_LIMIT = 25
 N_AGENTS = 2
 MAX_PENALTY = 100
+TRIAL_STEPS = 1_000
+"""Trial budget (see :mod:`qllm.agents.trial`): 40 episodes, enough for the greedy joint action to settle."""
 
 CLIMBING = ((11, -30, 0), (-30, 7, 0), (0, 6, 5))
 QTRAN = ((8, -12, -12), (-12, 0, 0), (-12, 0, 0))
@@ -84,6 +89,29 @@ class MatrixGame(MultiAgentEnv):
         return obs, state, avail
 
 
+def probes(env: MultiAgentEnv) -> Iterator[Probe]:
+    """After a miscoordinated joint action from which exactly one agent can reach an optimum by changing
+    its own action: that agent over the other."""
+    if not isinstance(env, MatrixGame):
+        raise TypeError(f"matrix-game probes need a MatrixGame, got {type(env).__name__}")
+    payoff, schema = env.payoff, env.info.schema
+    optima = [tuple(int(x) for x in o) for o in np.argwhere(payoff == payoff.max())]
+
+    def reaches_alone(agent: int, joint: tuple[int, int]) -> bool:
+        other = 1 - agent
+        return any(joint[other] == o[other] and joint[agent] != o[agent] for o in optima)
+
+    for joint in itertools.product(range(payoff.shape[0]), range(payoff.shape[1])):
+        can_reach = [agent for agent in (0, 1) if reaches_alone(agent, joint)]
+        if len(can_reach) != 1:
+            continue
+        v = zero_values(schema)
+        v["last_joint_action"][0, joint[0] * payoff.shape[1] + joint[1]] = 1
+        agent = can_reach[0]
+        name = f"after joint action {joint}: only agent {agent} can reach an optimum by changing its action"
+        yield Probe(name, schema.pack(v), agent, 1 - agent)
+
+
 def _spec(name: str, title: str, payoff: tuple[tuple[int, ...], ...], origin: str) -> TaskSpec:
     rows = "; ".join(f"agent 0 plays {i}: {list(row)}" for i, row in enumerate(payoff))
     return TaskSpec(
@@ -99,6 +127,8 @@ def _spec(name: str, title: str, payoff: tuple[tuple[int, ...], ...], origin: st
         team="agent_0 and agent_1, both controlled",
         reward="the payoff of the joint action, shared by both agents",
         factory=partial(MatrixGame, name, payoff),
+        probes=probes,
+        trial_steps=TRIAL_STEPS,
     )
 
 

@@ -17,8 +17,9 @@ Positions and velocities are read from the simulator's world, not from the agent
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -27,12 +28,15 @@ import numpy as np
 from mpe2 import simple_adversary_v3, simple_spread_v3, simple_tag_v3
 
 from qllm.envs.contract import EnvInfo, MultiAgentEnv
+from qllm.envs.probes import Probe, zero_values
 from qllm.envs.schema import StateField, StateSchema
 from qllm.envs.tasks import TaskFamily, TaskNameError, TaskSpec
 
 EPISODE_LIMIT = 25
 ACTION_NAMES = ("no_op", "move_left", "move_right", "move_down", "move_up")
 MAX_SPREAD_AGENTS = 30
+TRIAL_STEPS = 5_000
+"""Trial budget (see :mod:`qllm.agents.trial`): 200 episodes."""
 # Past this distance from the centre, the scripted prey's flight also pulls it back inwards (the
 # scenario penalises prey for leaving the screen at |x| > 0.9).
 PREY_EDGE = 0.8
@@ -189,6 +193,52 @@ def _tag_fields(world: Any, team: Sequence[Any], others: Sequence[Any]) -> dict[
     }
 
 
+# --- semantic probes (see qllm.envs.probes) -------------------------------------------------------
+
+
+def spread_probes(env: MultiAgentEnv) -> Iterator[Probe]:
+    """An agent close to a landmark no one covers over an agent far from every landmark (the other
+    agents sit on the remaining landmarks)."""
+    schema, n = env.info.schema, env.info.n_agents
+    angles = np.linspace(0, 2 * np.pi, schema["landmark_position"].count, endpoint=False)
+    landmarks = np.stack([np.cos(angles), np.sin(angles)], axis=1) * 0.8
+    for a, b in itertools.permutations(range(n), 2):
+        v = zero_values(schema)
+        v["landmark_position"][:] = landmarks
+        covering = [k for k in range(n) if k not in (a, b)]
+        for k, landmark in zip(covering, range(2, n), strict=True):
+            v["agent_position"][k] = landmarks[landmark]  # landmarks 2.. are covered
+        v["agent_position"][a] = landmarks[0] * 0.9  # close to uncovered landmark 0
+        v["agent_position"][b] = (3.0, 3.0)  # far from every landmark
+        yield Probe(f"near an uncovered landmark: agent {a} over distant agent {b}", schema.pack(v), a, b)
+
+
+def tag_probes(env: MultiAgentEnv) -> Iterator[Probe]:
+    """The predator next to the prey over the predator farthest from it."""
+    schema = env.info.schema
+    for a, b in itertools.permutations(range(env.info.n_agents), 2):
+        v = zero_values(schema)
+        v["prey_position"][0] = (0.0, 0.0)
+        v["agent_position"][:] = (-0.8, 0.8)
+        v["agent_position"][a] = (0.15, 0.0)
+        v["agent_position"][b] = (1.2, -1.2)
+        v["obstacle_position"][:] = (0.8, 0.8)
+        yield Probe(f"next to the prey: predator {a} over distant predator {b}", schema.pack(v), a, b)
+
+
+def adversary_probes(env: MultiAgentEnv) -> Iterator[Probe]:
+    """The good agent next to the goal landmark over one far from it."""
+    schema = env.info.schema
+    for a, b in itertools.permutations(range(env.info.n_agents), 2):
+        v = zero_values(schema)
+        v["landmark_position"][:] = ((0.5, 0.5), (-0.5, -0.5))
+        v["landmark_is_goal"][0] = 1
+        v["adversary_position"][0] = (-0.5, 0.5)
+        v["agent_position"][a] = (0.45, 0.5)
+        v["agent_position"][b] = (-1.2, -1.2)
+        yield Probe(f"next to the goal: agent {a} over distant agent {b}", schema.pack(v), a, b)
+
+
 # --- tasks ----------------------------------------------------------------------------------------
 
 
@@ -225,6 +275,8 @@ def _spread_spec(n: int) -> TaskSpec:
             "plus half of -1 per other agent it collides with"
         ),
         factory=partial(MPEEnv, name, scenario, schema),
+        probes=spread_probes,
+        trial_steps=TRIAL_STEPS,
     )
 
 
@@ -273,6 +325,8 @@ def _adversary_spec() -> TaskSpec:
         ),
         opponent="scripted adversary: always moves towards the good agent nearest to it",
         factory=partial(MPEEnv, name, scenario, schema),
+        probes=adversary_probes,
+        trial_steps=TRIAL_STEPS,
     )
 
 
@@ -311,6 +365,8 @@ def _tag_spec() -> TaskSpec:
             f"|x| or |y| > {PREY_EDGE}"
         ),
         factory=partial(MPEEnv, name, scenario, schema),
+        probes=tag_probes,
+        trial_steps=TRIAL_STEPS,
     )
 
 

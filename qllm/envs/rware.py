@@ -9,7 +9,9 @@ and moving FORWARD while facing UP decreases ``y``.
 
 from __future__ import annotations
 
+import itertools
 import re
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -19,12 +21,15 @@ import rware  # noqa: F401  (registers the rware-* ids with gymnasium)
 from rware.warehouse import Action, Direction, RewardType, Warehouse
 
 from qllm.envs.contract import EnvInfo, MultiAgentEnv, last_action_field
+from qllm.envs.probes import Probe
 from qllm.envs.schema import StateField, StateSchema
 from qllm.envs.tasks import TaskFamily, TaskSpec
 
 ACTION_NAMES = tuple(a.name for a in Action)  # NOOP FORWARD LEFT RIGHT TOGGLE_LOAD
 DIRECTIONS = tuple(d.name.lower() for d in Direction)  # up down left right
 ID_PATTERN = re.compile(r"rware-(tiny|small|medium|large)-\d+ag(-easy|-hard)?-v2")
+TRIAL_STEPS = 10_000
+"""Trial budget (see :mod:`qllm.agents.trial`)."""
 
 
 class RwareEnv(MultiAgentEnv):
@@ -148,6 +153,26 @@ class RwareEnv(MultiAgentEnv):
         self.env.close()
 
 
+def probes(env: MultiAgentEnv) -> Iterator[Probe]:
+    """A robot carrying a requested shelf next to a goal over an empty robot far away, from a real initial
+    state (for the warehouse's own goal cells)."""
+    info = env.info
+    schema = info.schema
+    base = env.reset(seed=0).state
+    for a, b in itertools.permutations(range(info.n_agents), 2):
+        v = {name: value.copy() for name, value in schema.unpack(base).items()}
+        goal_x, goal_y = v["goal_position"][0]
+        v["agent_carrying"][:] = 0
+        v["requested_shelf_carried"][:] = 0
+        v["agent_position"][:] = (0, 0)
+        v["agent_position"][a] = (goal_x, goal_y - 1)  # one step above a goal cell
+        v["agent_direction"][a] = (0, 1, 0, 0)  # facing down, towards it
+        v["agent_carrying"][a] = (1, 1)  # carrying a requested shelf
+        v["requested_shelf_position"][0] = v["agent_position"][a]
+        v["requested_shelf_carried"][0] = 1
+        yield Probe(f"delivering a requested shelf: robot {a} over empty robot {b}", schema.pack(v), a, b)
+
+
 def _describe(env_id: str) -> dict[str, str]:
     kwargs = gym.spec(env_id).kwargs
     size = env_id.split("-")[1]
@@ -177,6 +202,8 @@ def parse(name: str) -> TaskSpec | None:
         team="every robot in the warehouse, all controlled",
         reward="+1 to the team for each requested shelf delivered to a goal cell (rware's GLOBAL reward)",
         factory=partial(RwareEnv, canonical, env_id),
+        probes=probes,
+        trial_steps=TRIAL_STEPS,
         **_describe(env_id),
     )
 

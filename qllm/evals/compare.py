@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from qllm.envs.tasks import TaskNameError, resolve_task
 from qllm.evals.scorers import SCORERS, Scorer
 from qllm.evals.store import EvalRun
 
@@ -149,6 +150,19 @@ def markdown_table(runs: list[EvalRun], unseen: bool | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def tasks_without_probes(run: EvalRun) -> list[str]:
+    """The run's tasks whose family declares no semantic probes (their semantic scorers are empty)."""
+    unprobed = []
+    for task in sorted({r.task for r in run.results}):
+        try:
+            spec = resolve_task(task)
+        except TaskNameError:  # a plugin task whose plugin is not installed here: nothing to say
+            continue
+        if spec.probes is None:
+            unprobed.append(task)
+    return unprobed
+
+
 def markdown_report(run: EvalRun) -> str:
     """One eval run as Markdown: provenance, scorers (all tasks, seen, unseen), per-task rows, errors."""
     lines = [
@@ -184,6 +198,9 @@ def markdown_report(run: EvalRun) -> str:
     minutes = aggregate(run, "run_minutes")
     if minutes.median is not None:
         lines += ["", f"Median minutes per run: {minutes.median:.1f} (longest {max_minutes(run):.1f})."]
+    unprobed = tasks_without_probes(run)
+    if unprobed:
+        lines += ["", f"No semantic scores for {', '.join(unprobed)}: the task declares no semantic probes."]
     kinds = error_kind_totals(run)
     lines += ["", "Sandbox errors over all failed attempts: " + (
         ", ".join(f"{k} {v}" for k, v in kinds.most_common()) or "none"

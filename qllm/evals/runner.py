@@ -11,9 +11,8 @@ from qllm.agents import GenerationRun, GenerationSettings, Models
 from qllm.agents.modes import Mode, resolve_mode
 from qllm.agents.selection import Selection
 from qllm.envs.recording import load_recording
-from qllm.envs.tasks import make_env
+from qllm.envs.tasks import resolve_task
 from qllm.evals.scorers import ProbeJudge, RunRecord, error_kinds, score_run
-from qllm.evals.semantics import probes_for
 from qllm.evals.store import CaseResult, EvalRun, ResultsStore
 from qllm.evals.suites import EvalCase, EvalSuite
 from qllm.llm.providers import ModelSpec
@@ -48,7 +47,7 @@ def score_generation_run(
     """The scores of one finished generation run folder."""
     record = RunRecord.load(run_dir)
     recorded = ValidationInputs.from_recording(load_recording(run_dir / "states.npz"))
-    judge = ProbeJudge(sandbox, probes_for(make_env(task)), recorded)
+    judge = ProbeJudge(sandbox, resolve_task(task).semantic_probes() or [], recorded)
     return score_run(record, judge), record
 
 

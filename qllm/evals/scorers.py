@@ -1,7 +1,7 @@
 """Scorers: small named functions that turn one generation run into one number each.
 
 A scorer reads a :class:`RunRecord` (the run folder's trace, read back) and, for the semantic ones, the
-weights candidate functions assign on the task's :mod:`semantic probes <qllm.evals.semantics>`, which
+weights candidate functions assign on the task's :mod:`semantic probes <qllm.envs.probes>`, which
 :class:`ProbeJudge` measures through the sandbox. ``None`` means "not applicable to this run" (e.g. no
 semantic score without an artifact) and is left out of averages rather than counted as zero.
 """
@@ -28,7 +28,7 @@ from qllm.agents.trace import (
     read_events,
 )
 from qllm.agents.trial import REFERENCE, function_identity, paired_difference
-from qllm.evals.semantics import Probe
+from qllm.envs.probes import Probe
 from qllm.sandbox import CheckOptions, Sandbox, ValidationInputs
 
 PRICES_PER_MILLION: dict[str, tuple[float, float]] = {

@@ -26,6 +26,7 @@ import torch
 
 from qllm.envs import EnvInfo, make_env
 from qllm.envs.episodes import Episodes
+from qllm.envs.tasks import folder_name
 from qllm.rl.agent import RNNAgent, build_agent
 from qllm.rl.buffer import ReplayBuffer
 from qllm.rl.coma import COMALearner
@@ -163,7 +164,7 @@ LEARNERS: dict[str, Callable[[TrainConfig, EnvInfo, torch.device], Learner]] = {
 def new_run_dir(config: TrainConfig, runs_dir: Path, name: str | None = None) -> Path:
     """A new run folder under ``runs_dir``: ``name``, or ``{task}__{preset}__{seed}__{time}``."""
     if name is None:
-        name = f"{config.task}__{config.preset}__{config.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+        name = f"{folder_name(config.task)}__{config.preset}__{config.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = runs_dir / name
     run_dir.mkdir(parents=True, exist_ok=False)
     (run_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))

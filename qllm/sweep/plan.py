@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from qllm.envs import TaskNameError, resolve_task
+from qllm.envs.tasks import folder_name
 from qllm.rl.config import PRESETS, TrainConfig, preset
 
 SWEEP_FILE = "sweep.json"
@@ -49,7 +50,7 @@ class RunKey:
     @property
     def name(self) -> str:
         """The run's folder name under ``runs/`` (also how the ledger refers to it)."""
-        return f"{self.task}__{self.preset}__{self.seed}"
+        return f"{folder_name(self.task)}__{self.preset}__{self.seed}"
 
 
 @dataclass(frozen=True)
