@@ -47,3 +47,21 @@ def test_the_local_model_writes_a_validated_function_for_the_climbing_game(
     assert outcome.status == RunStatus.SUCCEEDED, outcome.reason
     assert outcome.artifact is not None
     assert load_tfcaf(outcome.artifact, make_env("matrix-climbing").info).linear_in_q
+
+
+@pytest.mark.real_model
+@pytest.mark.integration
+def test_the_local_model_writes_a_validated_function_for_a_plugged_in_task(
+    tmp_path: Path, local_server: local.ServerState
+) -> None:
+    """The installed example plugin's task, from its declared schema alone: prompts, spec quantities and
+    validation all come from the plugin's declaration."""
+    settings = GenerationSettings(
+        task="coordgrid-5x5-2ag", candidates=2, rounds=1, repairs=2, record_episodes=5
+    )
+    outcome = GenerationRun.create(settings, tmp_path / "runs").execute()
+
+    assert outcome.status == RunStatus.SUCCEEDED, outcome.reason
+    assert outcome.artifact is not None
+    assert "goal_position" in (outcome.run_dir / "task_prompt.md").read_text()
+    assert load_tfcaf(outcome.artifact, make_env("coordgrid-5x5-2ag").info).linear_in_q

@@ -96,6 +96,23 @@ def test_generate_then_train_qllm_on_the_plugged_in_task(tmp_path: Path) -> None
     assert (train_dir / "final_model.pt").is_file()
 
 
+def test_the_main_job_runs_on_the_plugged_in_task(tmp_path: Path) -> None:
+    with stub_server([GOOD, GOOD, evaluation()]) as server:
+        env = {
+            "COLUMNS": "250",
+            "QLLM_CODER_BASE_URL": server.base_url,
+            "QLLM_EVALUATOR_BASE_URL": server.base_url,
+        }
+        result = runner.invoke(app, [
+            "run", "--task", PLUGIN_TASK, "--coder", "openai:stub", "--evaluator", "openai:stub",
+            "-k", "2", "-l", "1", "--steps", "200", "--runs-dir", str(tmp_path),
+        ], env=env)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (run_dir,) = tmp_path.iterdir()
+    assert {p.name.split("__")[1] for p in (run_dir / "training").iterdir()} == {"tfcaf", "qmix"}
+    assert PLUGIN_TASK in (run_dir / "report.md").read_text()
+
+
 def test_a_two_run_sweep_on_ray_trains_the_plugged_in_task(tmp_path: Path) -> None:
     """Ray's workers are fresh processes: they find the plugin through its entry point too."""
     sweep = tmp_path / "sweep"
@@ -204,6 +221,18 @@ def test_a_state_outside_its_schema_stops_training_with_one_line(tmp_path: Path)
     )
     with pytest.raises(StateMismatchError):
         check_task(resolve_task("plugin_fixtures:nan_state"))
+
+
+def test_generate_on_a_task_whose_states_break_its_schema_fails_in_one_line_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    unreachable = "http://127.0.0.1:9"  # never called: the states are recorded before any model is asked
+    result = invoke("generate", "--task", "plugin_fixtures:nan_state", "--coder", "openai:stub",
+                    "--evaluator", "openai:stub", "--coder-base-url", unreachable,
+                    "--evaluator-base-url", unreachable, "--runs-dir", str(tmp_path))  # fmt: skip
+    assert result.exit_code == 1
+    assert "error: task 'grid': state field 'goal_position' (row) is nan" in result.output
+    assert "Traceback" not in result.output and not list(tmp_path.iterdir())
 
 
 @pytest.fixture

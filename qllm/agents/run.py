@@ -102,6 +102,8 @@ class GenerationRun:
     def create(cls, settings: GenerationSettings, runs_dir: Path) -> GenerationRun:
         """A new run folder with the settings, the recorded states and the task prompt."""
         spec = resolve_task(settings.task)
+        # Recorded first: an environment that fails (a plugin's, say) leaves no half-made run folder.
+        recording = record(spec.name, settings.record_episodes, seed=settings.seed)
         base = f"{folder_name(spec.name)}__tfcaf__{settings.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir, suffix = runs_dir / base, 1
         while run_dir.exists():
@@ -109,7 +111,7 @@ class GenerationRun:
             suffix += 1
         run_dir.mkdir(parents=True)
         (run_dir / SETTINGS_FILE).write_text(json.dumps(settings.to_dict(), indent=2) + "\n")
-        save_recording(record(spec.name, settings.record_episodes, seed=settings.seed), run_dir / STATES_FILE)
+        save_recording(recording, run_dir / STATES_FILE)
         return cls(run_dir, settings)
 
     @classmethod

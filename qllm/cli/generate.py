@@ -26,7 +26,7 @@ from qllm.agents.trace import (
 )
 from qllm.agents.trace_view import count_text
 from qllm.agents.trial import REFERENCE, TrialStatus
-from qllm.cli.common import console, task_spec
+from qllm.cli.common import TaskOption, console, task_spec
 from qllm.llm.providers import ProviderError
 from qllm.prompts import PromptError
 
@@ -204,9 +204,7 @@ def generation_settings(
 
 
 def generate_command(
-    task: Annotated[
-        str, typer.Option("--task", "-t", help="Task name (see `qllm tasks list`).")
-    ] = "matrix-climbing",
+    task: TaskOption = "matrix-climbing",
     coder: CoderOption = None,
     evaluator: EvaluatorOption = None,
     coder_base_url: CoderBaseUrlOption = None,

@@ -15,7 +15,7 @@ import typer
 from rich.markdown import Markdown
 
 from qllm.agents import GenerationOutcome, RunStatus
-from qllm.cli.common import SeedOption, console, task_spec
+from qllm.cli.common import SeedOption, TaskOption, console, task_spec
 from qllm.cli.generate import (
     AddressOption,
     CandidatesOption,
@@ -82,7 +82,7 @@ def _report(
 
 
 def run_command(
-    task: Annotated[str, typer.Option("--task", "-t", help="Task name (see `qllm tasks list`).")] = MAIN_TASK,
+    task: TaskOption = MAIN_TASK,
     coder: CoderOption = None,
     evaluator: EvaluatorOption = None,
     mode: ModeOption = None,

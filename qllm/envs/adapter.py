@@ -33,6 +33,7 @@ check only in debug mode; a declaration is new code, and the check costs microse
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any
@@ -146,9 +147,11 @@ class EnvTask(BaseModel):
             f"{', '.join(self.team)}, controlled" if self.team else "every agent, controlled"
         )
         reward = REWARD_TEXT[self.team_reward]
-        opponent = self.opponent_text or (
-            None if self.team is None else "agents outside the team act uniformly at random"
-        )
+        opponent = self.opponent_text
+        if opponent is None and self.team is not None:
+            opponent = (
+                "the plugin's opponent policy" if self.opponent else "uniformly random available actions"
+            )
         return TaskSpec(
             name=self.name,
             family=self.family,
@@ -176,20 +179,25 @@ def _observation_and_mask(obs: Any) -> tuple[np.ndarray, np.ndarray | None]:
     return np.asarray(obs, dtype=np.float32).reshape(-1), None
 
 
-class _Driver:
-    """One convention's reset and step, in terms of the team's agents."""
+class _Driver(ABC):
+    """One convention's reset and step, in terms of agent names."""
 
     agents: tuple[str, ...]
+    """Every agent, in the environment's order."""
     team: tuple[str, ...]
+    """The controlled agents, in agent-index order."""
     n_actions: int
+    action_spaces: dict[str, gym.spaces.Discrete]
 
+    @abstractmethod
     def reset(self, seed: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
-        raise NotImplementedError
+        """(observations, infos) by agent."""
 
+    @abstractmethod
     def step(
         self, actions: dict[str, int]
     ) -> tuple[dict[str, Any], dict[str, float], bool, bool, dict[str, Any]]:
-        raise NotImplementedError
+        """(observations, team rewards, terminated, truncated, infos), by agent where per agent."""
 
 
 class _ParallelDriver(_Driver):
@@ -242,6 +250,7 @@ class _TupleDriver(_Driver):
         ):
             raise TaskPluginError(f"task {name!r}: the action space is {spaces}, not a Tuple of Discrete")
         self.agents = self.team = tuple(f"agent_{i}" for i in range(len(spaces)))
+        self.action_spaces = dict(zip(self.agents, spaces, strict=True))
         sizes = {int(s.n) for s in spaces}
         if len(sizes) != 1:
             raise TaskPluginError(f"task {name!r}: agents have different numbers of actions {sorted(sizes)}")
@@ -315,7 +324,10 @@ class DeclaredEnv(MultiAgentEnv):
         )
         self._low = np.concatenate([np.full(f.size, f.low, dtype=np.float32) for f in schema])
         self._high = np.concatenate([np.full(f.size, f.high, dtype=np.float32) for f in schema])
-        self._gather = self._source_indices(len(self._source_vector()) if task.state_fn is None else None)
+        first = self._read_source()
+        # A vector is gathered by index (checked against its length once, here); a mapping is packed by
+        # field name and checked field by field at every state.
+        self._gather = None if isinstance(first, Mapping) else self._source_indices(first.size)
         self._rng = np.random.default_rng(0)
 
     # --- the state, checked against the declaration ---------------------------------------------------
@@ -323,15 +335,13 @@ class DeclaredEnv(MultiAgentEnv):
     def _mismatch(self, message: str) -> StateMismatchError:
         return StateMismatchError(f"task {self.task.name!r}: {message}")
 
-    def _source_vector(self) -> np.ndarray:
+    def _read_source(self) -> np.ndarray | Mapping[str, Any]:
+        """What ``state_fn`` (or the environment's ``state()``) gives: a flat vector, or arrays by field."""
         source = self.task.state_fn(self.env) if self.task.state_fn else self.env.state()
-        return np.asarray(source, dtype=np.float32).reshape(-1)
+        return source if isinstance(source, Mapping) else np.asarray(source, dtype=np.float32).reshape(-1)
 
-    def _source_indices(self, length: int | None) -> np.ndarray | None:
-        """Where each state entry comes from in the environment's state vector (checked against its
-        ``length``); None when ``state_fn`` may return one array per field instead."""
-        if length is None:
-            return None
+    def _source_indices(self, length: int) -> np.ndarray:
+        """Where each state entry comes from in a state vector of ``length`` numbers."""
         parts, start = [], 0
         for f in self.task.state:
             if f.at is not None:
@@ -358,18 +368,14 @@ class DeclaredEnv(MultiAgentEnv):
         return np.concatenate(parts)
 
     def _state(self) -> np.ndarray:
-        if self.task.state_fn is not None:
-            source = self.task.state_fn(self.env)
-            if isinstance(source, Mapping):
-                return self._pack_fields(source)
-            if self._gather is None:
-                self._gather = self._source_indices(np.asarray(source).size)
-            state = np.asarray(source, dtype=np.float32).reshape(-1)
-        else:
-            state = self._source_vector()
-        if state.size <= self._gather.max():
-            raise self._mismatch(f"the environment's state now has {state.size} numbers, it had more before")
-        return state[self._gather]
+        source = self._read_source()
+        if isinstance(source, Mapping):
+            return self._pack_fields(source)
+        if self._gather is None:
+            raise self._mismatch("state_fn returned a vector after returning arrays by field name")
+        if source.size <= self._gather.max():
+            raise self._mismatch(f"the environment's state now has {source.size} numbers, it had more before")
+        return source[self._gather]
 
     def _pack_fields(self, values: Mapping[str, Any]) -> np.ndarray:
         for f in self.info.schema:
@@ -439,8 +445,7 @@ class DeclaredEnv(MultiAgentEnv):
         )
 
     def _opponent_action(self, agent: str) -> int:
-        space = self.driver.action_spaces[agent]  # type: ignore[attr-defined]  (only ParallelEnvs have opponents)
-        mask = self._mask(agent, int(space.n))
+        mask = self._mask(agent, int(self.driver.action_spaces[agent].n))
         if self.task.opponent is not None:
             return int(self.task.opponent(agent, self._obs[agent], mask, self._rng))
         return int(self._rng.choice(np.flatnonzero(mask)))
