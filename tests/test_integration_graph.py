@@ -63,5 +63,5 @@ def test_the_local_model_writes_a_validated_function_for_a_plugged_in_task(
 
     assert outcome.status == RunStatus.SUCCEEDED, outcome.reason
     assert outcome.artifact is not None
-    assert "goal_position" in (outcome.run_dir / "task_prompt.md").read_text()
+    assert "goal_position" in outcome.artifact.read_text()  # its named state is the declared schema's
     assert load_tfcaf(outcome.artifact, make_env("coordgrid-5x5-2ag").info).linear_in_q
