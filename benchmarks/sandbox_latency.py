@@ -1,18 +1,21 @@
 """Validation latency per candidate credit function: each sandbox backend against no isolation at all.
 
-For every available backend among bwrap, unshare, process and docker (unavailable ones are skipped, and
-said so), two ways of validating a candidate are timed on the host, around the whole ``validate`` call:
+For every available backend among gvisor, bwrap, unshare, process and docker (unavailable ones are skipped,
+and said so), two ways of validating a candidate are timed on the host, around the whole ``validate`` call:
 
 - cold: a new ``Sandbox(backend, warm=False)`` per candidate, so each time includes starting the worker
   (and the isolation around it) and its ``import torch``;
 - warm: one ``Sandbox(backend, warm=True)``; the first call (which starts the worker) is a warm-up and is
   excluded; each timed call still runs its candidate in a freshly forked, rlimited child.
 
-The reference is the same work in this process with no isolation: ``load_credit_function`` followed by
+The backends take turns, call by call (cold: one new sandbox of each in turn; warm: one warm sandbox of
+each, open side by side, called in turn), so that a busy moment of the machine falls on all of them
+alike. The reference is the same work in this process with no isolation: ``load_credit_function`` followed by
 ``run_checks``, timed the same way as warm (one warm-up call, then the repeats). Three realistic candidates
 (VDN, a state-dependent softmax mixer, an LBF level-weighted mixer) are cycled through, and every one must
-pass. Each row gives median and p90 ms per candidate and ``ratio`` = its median / the in-process median.
-Peak RSS of this process is printed last (the workers' memory is not included).
+pass. Each row gives median and p90 ms per candidate and ``ratio`` = its median / the in-process median;
+then warm gVisor against warm bubblewrap (the target: at most 2x). Peak RSS of this process is printed
+last (the workers' memory is not included).
 
 Run:  .venv/bin/python benchmarks/sandbox_latency.py [--backends bwrap,process] [--json out.json]
 """
@@ -20,6 +23,7 @@ Run:  .venv/bin/python benchmarks/sandbox_latency.py [--backends bwrap,process] 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import sys
@@ -64,7 +68,9 @@ def credit_assignment(agents_q, state):
     weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-6) * n
     return (weights * agents_q).sum(dim=1, keepdim=True)
 """
-BACKEND_ORDER = "bwrap,unshare,process,docker"
+BACKEND_ORDER = "gvisor,bwrap,unshare,process,docker"
+GVISOR_TARGET = 2.0
+"""Warm gVisor may cost at most this many times warm bubblewrap per candidate."""
 Runner = Callable[[str], ValidationResult]
 """Validates one candidate source."""
 
@@ -86,35 +92,44 @@ def in_process(source: str, inputs: ValidationInputs) -> ValidationResult:
     )
 
 
-def timed(call: Runner, sources: list[str], repeats: int, where: str) -> list[float]:
-    """Seconds per call of ``call`` on ``repeats`` candidates cycled from ``sources``; each must pass."""
-    samples = []
+def timed_in_turn(calls: dict[str, Runner], sources: list[str], repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each runner, the runners taking turns on the same ``repeats`` candidates
+    (cycled from ``sources``); each must pass."""
+    samples: dict[str, list[float]] = {name: [] for name in calls}
     for i in range(repeats):
         source = sources[i % len(sources)]
-        start = time.perf_counter()
-        result = call(source)
-        samples.append(time.perf_counter() - start)
-        check(result, source, where)
+        for name, call in calls.items():
+            start = time.perf_counter()
+            result = call(source)
+            samples[name].append(time.perf_counter() - start)
+            check(result, source, name)
     return samples
 
 
-def bench_cold(backend: str, sources: list[str], inputs: ValidationInputs, repeats: int) -> list[float]:
-    def call(source: str) -> ValidationResult:
-        with Sandbox(backend=backend, warm=False) as sandbox:
-            return sandbox.validate(source, inputs)
+def bench_cold(backends: list[str], sources: list[str], inputs: ValidationInputs, repeats: int) -> dict:
+    def cold(backend: str) -> Runner:
+        def call(source: str) -> ValidationResult:
+            with Sandbox(backend=backend, warm=False) as sandbox:
+                return sandbox.validate(source, inputs)
 
-    return timed(call, sources, repeats, f"{backend} cold")
+        return call
+
+    return timed_in_turn({b: cold(b) for b in backends}, sources, repeats)
 
 
-def bench_warm(backend: str, sources: list[str], inputs: ValidationInputs, repeats: int) -> list[float]:
-    with Sandbox(backend=backend, warm=True) as sandbox:
-        check(sandbox.validate(sources[-1], inputs), sources[-1], f"{backend} warm-up")
-        return timed(lambda s: sandbox.validate(s, inputs), sources, repeats, f"{backend} warm")
+def bench_warm(backends: list[str], sources: list[str], inputs: ValidationInputs, repeats: int) -> dict:
+    with contextlib.ExitStack() as stack:
+        calls: dict[str, Runner] = {}
+        for backend in backends:
+            sandbox = stack.enter_context(Sandbox(backend=backend, warm=True))
+            check(sandbox.validate(sources[-1], inputs), sources[-1], f"{backend} warm-up")
+            calls[backend] = lambda s, box=sandbox: box.validate(s, inputs)
+        return timed_in_turn(calls, sources, repeats)
 
 
 def bench_reference(sources: list[str], inputs: ValidationInputs, repeats: int) -> list[float]:
     check(in_process(sources[-1], inputs), sources[-1], "in-process warm-up")
-    return timed(lambda s: in_process(s, inputs), sources, repeats, "in-process")
+    return timed_in_turn({"in-process": lambda s: in_process(s, inputs)}, sources, repeats)["in-process"]
 
 
 def row(backend: str, mode: str, samples: list[float]) -> dict[str, Any]:
@@ -161,21 +176,30 @@ def main(argv: list[str] | None = None) -> None:
     inputs = ValidationInputs.from_recording(record(args.task, episodes=20), max_states=args.states)
     print(f"{args.task}: {inputs.states.shape[0]} states, {len(sources)} candidates cycled", flush=True)
     reference = row("in-process", "warm", bench_reference(sources, inputs, args.warm_repeats))
-    rows, skipped = [reference], []
+    backends, skipped = [], []
     for name in (b.strip() for b in args.backends.split(",") if b.strip()):
         try:
             detect_backend(name)
+            backends.append(name)
         except SandboxUnavailableError as exc:
             print(f"skipping {name}: {exc}", flush=True)
             skipped.append(name)
-            continue
-        rows.append(row(name, "cold", bench_cold(name, sources, inputs, args.cold_repeats)))
-        rows.append(row(name, "warm", bench_warm(name, sources, inputs, args.warm_repeats)))
-        print(f"{name}: cold {rows[-2]['median_ms']:.0f} ms, warm {rows[-1]['median_ms']:.1f} ms", flush=True)
+    cold = bench_cold(backends, sources, inputs, args.cold_repeats)
+    warm = bench_warm(backends, sources, inputs, args.warm_repeats)
+    rows = [reference]
+    for name in backends:
+        rows += [row(name, "cold", cold[name]), row(name, "warm", warm[name])]
     for r in rows:
         r["ratio"] = r["median_ms"] / reference["median_ms"]
     print()
     print_table(rows)
+    if {"gvisor", "bwrap"} <= set(backends):
+        ratio = float(np.median(warm["gvisor"]) / np.median(warm["bwrap"]))
+        verdict = "met" if ratio <= GVISOR_TARGET else "NOT met"
+        print(
+            f"\nwarm gvisor / warm bwrap: {ratio:.2f}x per candidate "
+            f"(target at most {GVISOR_TARGET:g}x: {verdict})"
+        )
     rss = peak_rss_mib()
     print(f"\npeak RSS: {rss:.1f} MiB (this process only)")
     if args.json is not None:

@@ -156,7 +156,7 @@ def test_sandbox_check_json_records_states_when_none_given(tmp_path: Path) -> No
     result = runner.invoke(app, ["sandbox", "check", str(path), "-t", "mpe-spread-3", "--json"], env=WIDE)
     assert result.exit_code == 0
     data = json.loads(result.stdout)  # notes about recording go to stderr, not into the JSON
-    assert data["ok"] and data["backend"] == "bwrap" and len(data["weights"]["agents"]) == 3
+    assert data["ok"] and data["backend"] == "gvisor" and len(data["weights"]["agents"]) == 3
 
 
 @pytest.mark.parametrize(

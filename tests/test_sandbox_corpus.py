@@ -4,7 +4,9 @@ Each file in ``tests/sandbox_corpus/`` starts with ``# expect: <error kind>`` (a
 ``# options: monotonic``). ``{CANARY}`` in a file is replaced by a path on the host that no candidate may
 create, ``{PORT}`` by the port of a listener on the host that no candidate may reach. After the whole
 corpus has run, the canary must not exist, the listener must have accepted nothing, torch in this
-process must be untouched, and the same sandbox must still validate a good function.
+process must be untouched, and the same sandbox must still validate a good function. The whole corpus
+runs under every isolation backend that can run here (``scripts/setup.sh`` installs gVisor and
+bubblewrap; ``unshare`` comes with util-linux; Docker where an engine runs).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 
 from qllm.envs.recording import record
 from qllm.sandbox import CheckOptions, ErrorKind, Sandbox, SandboxLimits, ValidationInputs
+from qllm.sandbox.backends import available_backends
 
 CORPUS = sorted((Path(__file__).parent / "sandbox_corpus").glob("*.py"))
 VDN = "def credit_assignment(agents_q, state):\n    return agents_q.sum(dim=1, keepdim=True)\n"
@@ -65,11 +68,15 @@ def canary(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("escape") / "canary"
 
 
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[Sandbox]:
+@pytest.fixture(scope="module", params=available_backends())
+def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
     # Short budgets: the corpus has several infinite loops.
-    with Sandbox(limits=SandboxLimits(wall_s=3.0, cpu_s=3, memory_mb=512)) as box:
+    with Sandbox(limits=SandboxLimits(wall_s=3.0, cpu_s=3, memory_mb=512), backend=request.param) as box:
         yield box
+
+
+def test_the_corpus_runs_under_the_strong_backends() -> None:
+    assert {"gvisor", "bwrap"} <= set(available_backends())  # installed by scripts/setup.sh
 
 
 @pytest.fixture(scope="module")

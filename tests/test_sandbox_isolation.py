@@ -1,7 +1,8 @@
 """The process layer alone contains plain Python: what holds even if the language layer were bypassed.
 
 These tests run *unrestricted* probe code in the sandbox (``Sandbox.probe``), so they show what the
-isolation backend and the worker's rlimits guarantee by themselves.
+isolation backend and the worker's rlimits guarantee by themselves, under each backend that hides the
+host's files (gvisor and bwrap; ``scripts/setup.sh`` installs both, so CI runs both).
 """
 
 from __future__ import annotations
@@ -15,23 +16,93 @@ import pytest
 
 from qllm.envs.recording import record
 from qllm.sandbox import ErrorKind, Sandbox, SandboxLimits, ValidationInputs, detect_backend
-from qllm.sandbox.backends import BACKENDS, DockerBackend, SandboxUnavailableError
+from qllm.sandbox.backends import (
+    AUTO_ORDER,
+    BACKENDS,
+    DockerBackend,
+    GvisorBackend,
+    SandboxUnavailableError,
+    available_backends,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 VDN = "def credit_assignment(agents_q, state):\n    return agents_q.sum(dim=1, keepdim=True)\n"
 
 
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[Sandbox]:
-    with Sandbox(limits=SandboxLimits(wall_s=5.0, cpu_s=5, memory_mb=256)) as box:
+HIDING_BACKENDS = ("gvisor", "bwrap")
+
+
+@pytest.fixture(scope="module", params=HIDING_BACKENDS)
+def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
+    limits = SandboxLimits(wall_s=5.0, cpu_s=5, memory_mb=256)
+    with Sandbox(limits=limits, backend=request.param) as box:  # refused, not skipped, where one is missing
         yield box
 
 
-def test_the_strongest_backend_is_chosen_and_reported(sandbox: Sandbox) -> None:
-    # scripts/setup.sh installs bubblewrap, so CI runs the strongest backend available without Docker.
-    assert sandbox.backend.name == "bwrap"
-    result = sandbox.probe("pass")
-    assert result.ok and result.backend == "bwrap"
+def test_the_strongest_backend_is_chosen_and_reported() -> None:
+    # scripts/setup.sh installs runsc and bubblewrap, so CI runs gVisor, the strongest backend.
+    assert available_backends()[:2] == ["gvisor", "bwrap"]
+    with Sandbox() as auto:
+        assert auto.backend.name == "gvisor"
+        result = auto.probe("pass")
+    assert result.ok and result.backend == "gvisor"
+
+
+def test_the_environment_variable_forces_a_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QLLM_SANDBOX_BACKEND", "bwrap")
+    assert detect_backend().name == "bwrap"
+    monkeypatch.setenv("QLLM_SANDBOX_BACKEND", "vm")
+    with pytest.raises(SandboxUnavailableError, match="unknown sandbox backend 'vm'"):
+        detect_backend()
+
+
+def test_a_weaker_backend_is_used_and_said_once_where_gvisor_cannot_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PATH", "/nowhere")  # no runsc (nor anything else) on the PATH
+    monkeypatch.setattr("qllm.sandbox.backends._available", lambda name: name in {"bwrap", "unshare"})
+    assert [detect_backend().name for _ in range(3)] == ["bwrap"] * 3
+    lines = [line for line in capsys.readouterr().err.splitlines() if "gvisor" in line]
+    assert lines == [
+        "qllm: the gvisor sandbox backend cannot run here (runsc is not installed): using bwrap, which "
+        "shares the host's kernel with generated code"
+    ]
+
+
+def test_host_files_outside_the_binds_do_not_exist_inside(sandbox: Sandbox) -> None:
+    home = Path.home()
+    for hidden in (
+        "/etc/shadow",
+        "/etc/passwd",
+        str(ROOT / ".git"),
+        str(home / ".cache"),
+        "/var",
+        "/root/.bashrc",
+    ):
+        result = sandbox.probe(f"import os\nassert not os.path.exists({hidden!r}), 'visible'")
+        assert result.ok, (hidden, result.message)
+
+
+def test_nothing_written_inside_survives_the_call(sandbox: Sandbox) -> None:
+    # RLIMIT_FSIZE=0 stops contents, not empty files and folders: those land in the private /tmp, which
+    # the worker empties after every job.
+    written = sandbox.probe("import os\nopen('/tmp/qllm-left', 'w').close()\nos.mkdir('/tmp/qllm-dir')")
+    assert written.ok, written.message
+    assert not Path("/tmp/qllm-left").exists() and not Path("/tmp/qllm-dir").exists()  # not the host's /tmp
+    after = sandbox.probe("import os\nprint(sorted(os.listdir('/tmp')))")
+    assert after.ok and after.printed.strip() == "[]"
+
+
+def test_the_gvisor_bundle_binds_only_what_the_worker_needs() -> None:
+    backend = GvisorBackend()
+    spec = backend._spec(["python"])
+    binds = {m["destination"] for m in spec["mounts"] if m["type"] == "bind"}
+    assert all("ro" in m["options"] for m in spec["mounts"] if m["type"] == "bind")
+    assert str(ROOT / ".git") not in binds and str(ROOT) not in binds and "/etc" not in binds
+    assert spec["root"]["readonly"] and spec["process"]["user"] == {"uid": 65534, "gid": 65534}
+    assert not any(spec["process"]["capabilities"].values())
+    assert "--network=none" in backend.command()
+    assert AUTO_ORDER[0] == "gvisor"
 
 
 def test_no_network_even_to_the_host_loopback(sandbox: Sandbox) -> None:
@@ -77,7 +148,14 @@ def test_memory_cpu_output_and_process_limits(sandbox: Sandbox) -> None:
         "        time.sleep(3)\n"
         "        os._exit(0)\n"
     )
-    assert not forks.ok and "Resource temporarily unavailable" in forks.message
+    assert not forks.ok
+    if sandbox.backend.name == "gvisor":
+        # gVisor does not enforce RLIMIT_NPROC: the host's pids cgroup stops the flood, and the worker
+        # (runsc) with it; the next job gets a new one.
+        assert forks.error_kind == ErrorKind.SANDBOX
+        assert sandbox.probe("pass").ok
+    else:
+        assert "Resource temporarily unavailable" in forks.message
 
 
 def test_a_killed_worker_is_replaced_and_the_host_is_unharmed(sandbox: Sandbox) -> None:

@@ -90,7 +90,7 @@ def sandbox_check(
         typer.Option(help="Recording to validate on (`qllm record`); default: record 20 episodes."),
     ] = None,
     monotonic: Annotated[bool, typer.Option(help="Also require every weight to be >= 0 (IGM).")] = False,
-    backend: Annotated[str, typer.Option(help="auto, bwrap, docker, unshare or process.")] = "auto",
+    backend: Annotated[str, typer.Option(help="auto, gvisor, bwrap, docker, unshare or process.")] = "auto",
     max_states: Annotated[int, typer.Option(min=2, help="States in the validation batch.")] = 256,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:

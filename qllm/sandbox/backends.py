@@ -6,6 +6,10 @@ guarantees around the worker (the worker adds its own per-job rlimits in every c
 ==========  =================================================================================  ===========
 backend     isolation                                                                            needs
 ==========  =================================================================================  ===========
+gvisor      gVisor: the worker's system calls are served by a user-space kernel (the Sentry),    ``runsc``
+            not the host's, so a kernel bug is not an escape; an OCI bundle whose root holds
+            only read-only binds of /usr, the Python install, the venv and the qllm package, a
+            private /tmp, no network at all, runs as nobody with no capabilities
 bwrap       bubblewrap: new user/pid/net/ipc namespaces (network: loopback only), read-only       ``bwrap``
             binds of the Python install, the venv and the qllm package only, private /tmp,
             all capabilities dropped, runs as nobody, dies with its parent
@@ -17,23 +21,32 @@ process     a plain child process: rlimits only, *no network isolation*. Never c
             automatically; only when asked for by name
 ==========  =================================================================================  ===========
 
-``detect_backend()`` picks the first available of bwrap, docker, unshare.
+``detect_backend()`` picks the first available of gvisor, bwrap, docker, unshare (``QLLM_SANDBOX_BACKEND``
+names one instead), and says once on stderr when gVisor cannot run here and a weaker backend is used.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import uuid
+import weakref
 from abc import ABC, abstractmethod
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import qllm
+from qllm.sandbox.protocol import SCRATCH_ENV
 
 WORKER_MODULE = "qllm.sandbox.worker"
-AUTO_ORDER = ("bwrap", "docker", "unshare")
+AUTO_ORDER = ("gvisor", "bwrap", "docker", "unshare")
+BACKEND_ENV = "QLLM_SANDBOX_BACKEND"
+"""Names the backend ``auto`` resolves to (for a machine where the automatic choice is not wanted)."""
 NOBODY = 65534
 DOCKER_IMAGE_ENV = "QLLM_SANDBOX_DOCKER_IMAGE"
 DEFAULT_DOCKER_IMAGE = "debian:bookworm-slim"
@@ -72,6 +85,9 @@ class Backend(ABC):
     """How to start a sandbox worker."""
 
     name: str
+    runtime_pids: int = 0
+    """Host processes and threads the isolation runtime itself holds in the worker's pids cgroup, on top of
+    the worker's own allowance."""
 
     @abstractmethod
     def available(self) -> bool:
@@ -81,13 +97,134 @@ class Backend(ABC):
     def command(self) -> list[str]:
         """The argv that starts a worker speaking the frame protocol on stdin/stdout."""
 
+    private_scratch: tuple[str, ...] = ()
+    """Writable folders inside that only this worker sees (its private /tmp), which the worker empties
+    after every job; empty for backends that share the host's."""
+
     def environment(self) -> dict[str, str]:
-        """Environment variables of the started command (never the caller's: no API keys leak in)."""
-        return dict(_ENV)
+        """The worker's environment variables (never the caller's: no API keys leak in)."""
+        env = dict(_ENV)
+        if self.private_scratch:
+            env[SCRATCH_ENV] = ":".join(self.private_scratch)
+        return env
+
+    def release(self) -> None:  # noqa: B027  (optional hook: most backends leave nothing behind)
+        """Clean up after the workers this backend started, once they have exited."""
+
+
+def _system_tops() -> list[tuple[str, Path | None]]:
+    """The top-level system folders the interpreter's shared libraries may live under: (path, the
+    target of a symlink such as merged-/usr's ``/lib -> usr/lib``, or None for a real folder)."""
+    tops = []
+    for top in ("/bin", "/sbin", "/lib", "/lib64", "/lib32"):
+        path = Path(top)
+        if path.is_symlink():
+            tops.append((top, path.readlink()))
+        elif path.exists():
+            tops.append((top, None))
+    return tops
+
+
+class GvisorBackend(Backend):
+    """The worker in a gVisor sandbox (``runsc run`` on an OCI bundle made here, with no network).
+
+    The bundle's root is an empty read-only folder: only what is bound in exists inside. Each worker is a
+    container with its own id and its own ``runsc`` state folder, removed by :meth:`release`: ``runsc``
+    takes its sandbox down with it when it is killed, but leaves the container's state behind.
+    """
+
+    name = "gvisor"
+    private_scratch = ("/tmp", "/dev/shm")
+    runtime_pids = 192
+    """Measured: runsc's sandbox, gofer and platform stubs hold about 60 host threads once a worker is
+    warm, a few more per job; a guest's processes run in stubs too, so a fork bomb still meets the
+    cgroup."""
+    TMP_MB = 64
+    """Size of the private /tmp (the worker writes nothing there; RLIMIT_FSIZE=0 forbids it anyway)."""
+
+    def __init__(self) -> None:
+        self._home = Path(tempfile.mkdtemp(prefix="qllm-gvisor-"))
+        self._finalizer = weakref.finalize(self, shutil.rmtree, self._home, ignore_errors=True)
+        self._bundles: dict[tuple[str, ...], Path] = {}
+        self._states: list[Path] = []
+
+    def available(self) -> bool:
+        if shutil.which("runsc") is None:
+            return False
+        try:
+            return _probe(self._run_argv([sys.executable, "-I", "-c", "pass"]))
+        finally:
+            self.release()
+
+    def command(self) -> list[str]:
+        return self._run_argv(_worker_argv())
+
+    def release(self) -> None:
+        for state in self._states:
+            shutil.rmtree(state, ignore_errors=True)
+        self._states.clear()
+
+    def _run_argv(self, process: list[str]) -> list[str]:
+        state = Path(tempfile.mkdtemp(prefix="state-", dir=self._home))
+        self._states.append(state)
+        flags = ["--root", str(state), "--network=none", "--ignore-cgroups"]
+        if os.geteuid() != 0:
+            flags.append("--rootless")
+        container = f"qllm-{uuid.uuid4().hex[:12]}"
+        return ["runsc", *flags, "run", "--bundle", str(self._bundle(process)), container]
+
+    def _bundle(self, process: list[str]) -> Path:
+        """An OCI bundle running ``process`` (made once per command line)."""
+        key = tuple(process)
+        if key not in self._bundles:
+            bundle = Path(tempfile.mkdtemp(prefix="bundle-", dir=self._home))
+            root = bundle / "rootfs"
+            root.mkdir()
+            for top, target in _system_tops():
+                if target is not None:
+                    (root / top.lstrip("/")).symlink_to(target)
+            (bundle / "config.json").write_text(json.dumps(self._spec(process)))
+            self._bundles[key] = bundle
+        return self._bundles[key]
+
+    def _spec(self, process: list[str]) -> dict[str, Any]:
+        def read_only(path: str) -> dict[str, Any]:
+            return {"destination": path, "type": "bind", "source": path, "options": ["rbind", "ro"]}
+
+        binds = ["/usr", *(top for top, target in _system_tops() if target is None)]
+        binds += [str(path) for path in _read_only_paths()]
+        no_capabilities = {
+            kind: [] for kind in ("bounding", "effective", "inheritable", "permitted", "ambient")
+        }
+        return {
+            "ociVersion": "1.0.0",
+            "process": {
+                "user": {"uid": NOBODY, "gid": NOBODY},
+                "args": process,
+                "env": [f"{key}={value}" for key, value in self.environment().items()],
+                "cwd": "/tmp",
+                "capabilities": no_capabilities,
+                "noNewPrivileges": True,
+            },
+            "root": {"path": "rootfs", "readonly": True},
+            "hostname": "sandbox",
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},  # runsc makes /dev itself
+                {
+                    "destination": "/tmp",
+                    "type": "tmpfs",
+                    "source": "tmpfs",
+                    "options": ["nosuid", "nodev", f"size={self.TMP_MB}m"],
+                },
+                *(read_only(path) for path in binds),
+            ],
+            "linux": {"namespaces": [{"type": kind} for kind in ("pid", "network", "ipc", "uts", "mount")]},
+        }
 
 
 class BwrapBackend(Backend):
     name = "bwrap"
+    private_scratch = ("/tmp", "/dev/shm")
 
     def available(self) -> bool:
         return shutil.which("bwrap") is not None and _probe([*self._sandbox_argv(), "/bin/true"])
@@ -102,22 +239,19 @@ class BwrapBackend(Backend):
         # The private /tmp comes first: bwrap mounts in order, and a later tmpfs would hide binds below it
         # (a checkout, venv or interpreter under /tmp).
         argv += ["--tmpfs", "/tmp", "--ro-bind", "/usr", "/usr"]
-        for top in ("/bin", "/sbin", "/lib", "/lib64", "/lib32"):
-            path = Path(top)
-            if path.is_symlink():
-                argv += ["--symlink", str(path.readlink()), top]
-            elif path.exists():
-                argv += ["--ro-bind", top, top]
+        for top, target in _system_tops():
+            argv += ["--symlink", str(target), top] if target is not None else ["--ro-bind", top, top]
         for path in _read_only_paths():
             argv += ["--ro-bind", str(path), str(path)]
         argv += ["--dev", "/dev", "--proc", "/proc", "--remount-ro", "/", "--chdir", "/tmp", "--clearenv"]
-        for key, value in _ENV.items():
+        for key, value in self.environment().items():
             argv += ["--setenv", key, value]
         return argv
 
 
 class DockerBackend(Backend):
     name = "docker"
+    private_scratch = ("/tmp", "/dev/shm")
 
     def __init__(self, image: str | None = None, memory_mb: int = 4096) -> None:
         self.image = image or os.environ.get(DOCKER_IMAGE_ENV, DEFAULT_DOCKER_IMAGE)
@@ -141,7 +275,7 @@ class DockerBackend(Backend):
         argv += ["--user", f"{NOBODY}:{NOBODY}", "--tmpfs", "/tmp", "--workdir", "/tmp"]
         for path in _read_only_paths():
             argv += ["--volume", f"{path}:{path}:ro"]
-        for key, value in _ENV.items():
+        for key, value in self.environment().items():
             argv += ["--env", f"{key}={value}"]
         return [*argv, self.image, *_worker_argv()]
 
@@ -171,7 +305,7 @@ class ProcessBackend(Backend):
 
 
 BACKENDS: dict[str, type[Backend]] = {
-    b.name: b for b in (BwrapBackend, DockerBackend, UnshareBackend, ProcessBackend)
+    b.name: b for b in (GvisorBackend, BwrapBackend, DockerBackend, UnshareBackend, ProcessBackend)
 }
 
 
@@ -180,8 +314,21 @@ def _available(name: str) -> bool:
     return BACKENDS[name]().available()
 
 
+def available_backends() -> list[str]:
+    """The backends of the automatic order that can run here, strongest first."""
+    return [name for name in AUTO_ORDER if _available(name)]
+
+
+@cache
+def _say_once(message: str) -> None:
+    print(f"qllm: {message}", file=sys.stderr)
+
+
 def detect_backend(name: str = "auto") -> Backend:
-    """The backend called ``name``, or with ``auto`` the strongest one available here."""
+    """The backend called ``name``, or with ``auto`` the one ``QLLM_SANDBOX_BACKEND`` names, else the
+    strongest one available here."""
+    if name == "auto":
+        name = os.environ.get(BACKEND_ENV, "").strip() or "auto"
     if name != "auto":
         if name not in BACKENDS:
             raise SandboxUnavailableError(
@@ -192,6 +339,12 @@ def detect_backend(name: str = "auto") -> Backend:
         return BACKENDS[name]()
     for candidate in AUTO_ORDER:
         if _available(candidate):
+            if candidate != AUTO_ORDER[0]:
+                why = "does not start" if shutil.which("runsc") else "is not installed"
+                _say_once(
+                    f"the gvisor sandbox backend cannot run here (runsc {why}): using {candidate}, which "
+                    "shares the host's kernel with generated code"
+                )
             return BACKENDS[candidate]()
     raise SandboxUnavailableError(
         "no isolation backend is available: install bubblewrap (`apt-get install bubblewrap`, done by "

@@ -112,7 +112,7 @@ class SandboxWorker:
         return self.process is not None and self.process.poll() is None
 
     def start(self) -> None:
-        self.cgroup = PidsCgroup.create(MAX_PIDS)
+        self.cgroup = PidsCgroup.create(MAX_PIDS + self.backend.runtime_pids)
         self.process = subprocess.Popen(
             self.backend.command(),
             stdin=subprocess.PIPE,
@@ -147,6 +147,7 @@ class SandboxWorker:
         if self.process.stdout:
             self.process.stdout.close()
         self.process = None
+        self.backend.release()
         if self.cgroup is not None:
             self.cgroup.remove()
             self.cgroup = None

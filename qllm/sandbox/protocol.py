@@ -15,6 +15,9 @@ from typing import IO, Any
 
 import numpy as np
 
+SCRATCH_ENV = "QLLM_SCRATCH"
+"""Colon-separated folders private to the worker, which it empties after every job (set by the backend)."""
+
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 

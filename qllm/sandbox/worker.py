@@ -10,6 +10,10 @@ it imports torch once, says it is ready, then serves jobs read from stdin as len
   file writes (RLIMIT_FSIZE 0), few file descriptors, no core dumps,
 - runs the job and writes one JSON result into a private pipe.
 
+After each job the worker empties the scratch folders its backend made private to it (``QLLM_SCRATCH``:
+the private /tmp, /dev/shm), so that nothing a job wrote (RLIMIT_FSIZE stops contents, not empty files and
+folders) is there for the next one. Backends that share the host's /tmp set none.
+
 The worker itself never runs candidate code, so a job that crashes, hangs, floods or corrupts its
 process cannot affect the next one. Verdicts on how the child ended (timeout, signal, output flood)
 are made here, outside the child.
@@ -22,12 +26,15 @@ import json
 import os
 import resource
 import selectors
+import shutil
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from qllm.sandbox.protocol import (
+    SCRATCH_ENV,
     ProtocolError,
     SandboxLimits,
     decode_array,
@@ -83,7 +90,20 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         _child(job, limits, result_w, output_w, baseline)
     os.close(result_w)
     os.close(output_w)
-    return _supervise(pid, result_r, output_r, limits)  # the host times the whole round trip
+    try:
+        return _supervise(pid, result_r, output_r, limits)  # the host times the whole round trip
+    finally:
+        _empty_scratch()
+
+
+def _empty_scratch() -> None:
+    for folder in filter(None, os.environ.get(SCRATCH_ENV, "").split(":")):
+        with contextlib.suppress(OSError):
+            for entry in Path(folder).iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
 
 
 def _address_space_bytes() -> int:
