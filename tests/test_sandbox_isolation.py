@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -185,3 +187,12 @@ def test_docker_command_isolates_the_container() -> None:
         assert flag in text
     assert all(v.endswith(":ro") for i, v in enumerate(argv) if argv[i - 1] == "--volume")
     assert argv[argv.index("example/python:3.11") + 1 :][-2:] == ["-m", "qllm.sandbox.worker"]
+
+
+def test_a_killed_backends_folder_is_removed_by_the_next_one() -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs
+    orphan = Path(tempfile.gettempdir()) / f"qllm-gvisor-{dead.pid}-test"
+    (orphan / "state-x").mkdir(parents=True)
+    mine = GvisorBackend()
+    assert not orphan.exists() and mine._home.exists()

@@ -125,6 +125,18 @@ def _system_tops() -> list[tuple[str, Path | None]]:
     return tops
 
 
+HOME_PREFIX = "qllm-gvisor-"
+"""Each gVisor backend's folder (bundles, runsc state) is ``/tmp/qllm-gvisor-<pid>-<random>``."""
+
+
+def _remove_orphaned_homes() -> None:
+    """Remove the folders of gVisor backends whose process is gone (killed before it could clean up)."""
+    for home in Path(tempfile.gettempdir()).glob(f"{HOME_PREFIX}*-*"):
+        pid = home.name.removeprefix(HOME_PREFIX).split("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(home, ignore_errors=True)
+
+
 class GvisorBackend(Backend):
     """The worker in a gVisor sandbox (``runsc run`` on an OCI bundle made here, with no network).
 
@@ -143,7 +155,8 @@ class GvisorBackend(Backend):
     """Size of the private /tmp (the worker writes nothing there; RLIMIT_FSIZE=0 forbids it anyway)."""
 
     def __init__(self) -> None:
-        self._home = Path(tempfile.mkdtemp(prefix="qllm-gvisor-"))
+        _remove_orphaned_homes()
+        self._home = Path(tempfile.mkdtemp(prefix=f"{HOME_PREFIX}{os.getpid()}-"))
         self._finalizer = weakref.finalize(self, shutil.rmtree, self._home, ignore_errors=True)
         self._bundles: dict[tuple[str, ...], Path] = {}
         self._states: list[Path] = []
