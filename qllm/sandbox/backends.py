@@ -152,7 +152,8 @@ class GvisorBackend(Backend):
     warm, a few more per job; a guest's processes run in stubs too, so a fork bomb still meets the
     cgroup."""
     TMP_MB = 64
-    """Size of the private /tmp (the worker writes nothing there; RLIMIT_FSIZE=0 forbids it anyway)."""
+    """Size of the private /tmp (jobs can only leave empty files there, RLIMIT_FSIZE being 0, and the worker
+    empties it after each)."""
 
     def __init__(self) -> None:
         _remove_orphaned_homes()
