@@ -179,7 +179,7 @@ def test_agents_outside_the_team_are_driven_by_the_opponent_policy() -> None:
 
 def test_an_environment_that_truncates_before_the_declared_limit_is_refused() -> None:
     with pytest.raises(TaskPluginError, match="declare episode_limit=25"):
-        check_task(resolve_task("plugin_fixtures:long_limit"), episodes=1)
+        check_task(make_env("plugin_fixtures:long_limit"), episodes=1)
 
 
 # --- broken plugins: one line each -----------------------------------------------------------------
@@ -220,7 +220,7 @@ def test_a_state_outside_its_schema_stops_training_with_one_line(tmp_path: Path)
         result.output.strip().splitlines()[-1].startswith("error: task 'grid': state field 'goal_position'")
     )
     with pytest.raises(StateMismatchError):
-        check_task(resolve_task("plugin_fixtures:nan_state"))
+        check_task(make_env("plugin_fixtures:nan_state"))
 
 
 def test_generate_on_a_task_whose_states_break_its_schema_fails_in_one_line_and_leaves_nothing(

@@ -69,10 +69,12 @@ def tasks_show(
     A plugged-in task is first played for a few random episodes, so that a schema that does not match
     its environment's states is reported here rather than in the middle of a run."""
     spec = task_spec(task, param_hint="TASK")
-    checked = None if spec.origin == BUILT_IN else check_task(spec)
     env = spec.make()
+    try:
+        checked = None if spec.origin == BUILT_IN else check_task(env)
+    finally:
+        env.close()
     info = env.info
-    env.close()
     if as_json:
         fields = ("name", "family", "summary", "description", "team", "reward", "opponent")
         typer.echo(json.dumps({**{k: getattr(spec, k) for k in fields}, "info": info.to_dict()}, indent=2))

@@ -328,6 +328,8 @@ class DeclaredEnv(MultiAgentEnv):
         # A vector is gathered by index (checked against its length once, here); a mapping is packed by
         # field name and checked field by field at every state.
         self._gather = None if isinstance(first, Mapping) else self._source_indices(first.size)
+        # How many entries a state vector must have for the gather: found once, checked at every state.
+        self._needed = 0 if self._gather is None else int(self._gather.max()) + 1
         self._rng = np.random.default_rng(0)
 
     # --- the state, checked against the declaration ---------------------------------------------------
@@ -373,7 +375,7 @@ class DeclaredEnv(MultiAgentEnv):
             return self._pack_fields(source)
         if self._gather is None:
             raise self._mismatch("state_fn returned a vector after returning arrays by field name")
-        if source.size <= self._gather.max():
+        if source.size < self._needed:
             raise self._mismatch(f"the environment's state now has {source.size} numbers, it had more before")
         return source[self._gather]
 
@@ -386,7 +388,8 @@ class DeclaredEnv(MultiAgentEnv):
                     f"state field {f.name!r} is declared {f.count} x {len(f.features)} but state_fn gave "
                     f"shape {np.shape(values[f.name])}"
                 )
-        return self.info.schema.pack({f.name: np.reshape(values[f.name], f.shape) for f in self.info.schema})
+        shaped = {f.name: np.reshape(values[f.name], f.shape) for f in self.info.schema}
+        return self.info.schema.pack(shaped, check=False)  # names and sizes checked just above
 
     def _check_ranges(self, state: np.ndarray) -> None:
         inside = (state >= self._low) & (state <= self._high)  # False for NaN too

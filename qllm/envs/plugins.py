@@ -39,6 +39,7 @@ from qllm.envs.tasks import (
     TaskPluginError,
     TaskSpec,
     builtin_families,
+    describe_error,
 )
 
 ENTRY_POINT_GROUP = "qllm.tasks"
@@ -47,8 +48,9 @@ CHECK_EPISODES = 3
 """Random episodes ``qllm tasks show`` plays on a plugged-in task to check it against its schema."""
 
 
-def _describe_error(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+def _made(target: Any, kind: type) -> Any:
+    """``target`` itself when it is a ``kind``, else what calling it (a factory of no arguments) returns."""
+    return target() if callable(target) and not isinstance(target, kind) else target
 
 
 def _stamp(spec: TaskSpec | None, origin: str) -> TaskSpec | None:
@@ -66,7 +68,7 @@ def _guarded_parse(family: TaskFamily, origin: str) -> Callable[[str], TaskSpec 
             raise
         except Exception as exc:
             raise TaskPluginError(
-                f"{origin}: parsing task name {name!r} failed: {_describe_error(exc)}"
+                f"{origin}: parsing task name {name!r} failed: {describe_error(exc)}"
             ) from exc
 
     return parse
@@ -82,11 +84,10 @@ def load_family(entry_point: EntryPoint, taken: dict[str, TaskFamily]) -> TaskFa
     """The family an entry point names, checked against the families already ``taken`` (by key)."""
     origin = _origin(entry_point)
     try:
-        loaded: Any = entry_point.load()
-        family = loaded() if callable(loaded) and not isinstance(loaded, TaskFamily) else loaded
+        family = _made(entry_point.load(), TaskFamily)
     except Exception as exc:
         raise TaskPluginError(
-            f"{origin} ({entry_point.value}) failed to load: {_describe_error(exc)}"
+            f"{origin} ({entry_point.value}) failed to load: {describe_error(exc)}"
         ) from exc
     if not isinstance(family, TaskFamily):
         raise TaskPluginError(
@@ -98,7 +99,7 @@ def load_family(entry_point: EntryPoint, taken: dict[str, TaskFamily]) -> TaskFa
     try:
         names = family.names()
     except Exception as exc:
-        raise TaskPluginError(f"{origin}: listing its tasks failed: {_describe_error(exc)}") from exc
+        raise TaskPluginError(f"{origin}: listing its tasks failed: {describe_error(exc)}") from exc
     for name in names:
         for other in taken.values():
             if other.origin == BUILT_IN and other.parse(name) is not None:
@@ -122,22 +123,18 @@ def installed_plugins() -> Registry:
     return Registry(tuple(loaded), tuple(problems))
 
 
-def check_task(spec: TaskSpec, episodes: int = CHECK_EPISODES, seed: int = 0) -> int:
-    """Play ``episodes`` episodes of ``spec`` with uniformly random available actions, so that a plugin's
+def check_task(env: MultiAgentEnv, episodes: int = CHECK_EPISODES, seed: int = 0) -> int:
+    """Play ``episodes`` episodes of ``env`` with uniformly random available actions, so that a plugin's
     errors (a failing step, states outside the declared schema) show at once; the number of states seen."""
-    env = spec.make()
     rng = np.random.default_rng(seed)
     states = 0
-    try:
-        for episode in range(episodes):
-            step = env.reset(seed=seed + episode)
+    for episode in range(episodes):
+        step = env.reset(seed=seed + episode)
+        states += 1
+        while not step.done:
+            scores = np.where(step.avail_actions, rng.random(step.avail_actions.shape), -1.0)
+            step = env.step(scores.argmax(axis=1))
             states += 1
-            while not step.done:
-                scores = np.where(step.avail_actions, rng.random(step.avail_actions.shape), -1.0)
-                step = env.step(scores.argmax(axis=1))
-                states += 1
-    finally:
-        env.close()
     return states
 
 
@@ -169,14 +166,14 @@ def resolve_reference(reference: str) -> TaskSpec:
             f"{origin}: no module named {exc.name!r} (install it, or run from the folder that holds it)"
         ) from exc
     except Exception as exc:
-        raise TaskPluginError(f"{origin}: importing {module_name} failed: {_describe_error(exc)}") from exc
+        raise TaskPluginError(f"{origin}: importing {module_name} failed: {describe_error(exc)}") from exc
     if not hasattr(module, attribute):
         raise TaskPluginError(f"{origin}: module {module_name} has no attribute {attribute!r}")
     target = getattr(module, attribute)
     try:
-        spec = target() if callable(target) and not isinstance(target, TaskSpec) else target
+        spec = _made(target, TaskSpec)
     except Exception as exc:
-        raise TaskPluginError(f"{origin}: {attribute}() raised {_describe_error(exc)}") from exc
+        raise TaskPluginError(f"{origin}: {attribute}() raised {describe_error(exc)}") from exc
     if not isinstance(spec, TaskSpec):
         raise TaskPluginError(
             f"{origin} names an object of type {type(spec).__name__}, not a qllm.envs.TaskSpec"

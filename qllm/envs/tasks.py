@@ -32,6 +32,11 @@ class TaskPluginError(TaskNameError):
     the plugin and says what is wrong)."""
 
 
+def describe_error(exc: BaseException) -> str:
+    """A plugin's exception in one line: its type and message."""
+    return f"{type(exc).__name__}: {exc}"
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """Everything known about a task before its environment is built."""
@@ -68,8 +73,7 @@ class TaskSpec:
             raise
         except Exception as exc:
             raise TaskPluginError(
-                f"task {self.name!r} ({self.origin}): building its environment failed: "
-                f"{type(exc).__name__}: {exc}"
+                f"task {self.name!r} ({self.origin}): building its environment failed: {describe_error(exc)}"
             ) from exc
 
     def semantic_probes(self) -> list[Probe] | None:
