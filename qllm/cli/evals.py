@@ -9,14 +9,14 @@ import typer
 from rich.markdown import Markdown
 from rich.table import Table
 
-from qllm.cli.common import console
-from qllm.cli.generate import (
+from qllm.cli.common import (
     CoderBaseUrlOption,
     CoderOption,
     EvaluatorBaseUrlOption,
     EvaluatorOption,
     ModeOption,
     SelectionOption,
+    console,
 )
 from qllm.evals.compare import compare, markdown_report, markdown_table, plot_comparison
 from qllm.evals.runner import EvalModels, rescore, run_suite

@@ -26,84 +26,30 @@ from qllm.agents.trace import (
 )
 from qllm.agents.trace_view import count_text
 from qllm.agents.trial import REFERENCE, TrialStatus
-from qllm.cli.common import TaskOption, console, task_spec
+from qllm.cli.common import (
+    AddressOption,
+    CandidatesOption,
+    CoderBaseUrlOption,
+    CoderOption,
+    CreditFloorOption,
+    EvaluatorBaseUrlOption,
+    EvaluatorOption,
+    ModeOption,
+    RoundsOption,
+    SelectionOption,
+    TaskOption,
+    TrialExecutorOption,
+    TrialSeedsOption,
+    TrialStepsOption,
+    TrialTimeoutOption,
+    console,
+    task_spec,
+)
+from qllm.envs.tasks import DEFAULT_TASK
 from qllm.llm.providers import ProviderError
 from qllm.prompts import PromptError
 
 GENERATE_RUNS = Path("runs/generate")
-
-CoderOption = Annotated[
-    str | None,
-    typer.Option(
-        help="Coder model: `local` (built-in) or PROVIDER:MODEL, e.g. openai:gpt-4o-mini. \\[default: local]"
-    ),
-]
-EvaluatorOption = Annotated[
-    str | None, typer.Option(help="Evaluator model, same form as --coder. \\[default: local]")
-]
-CoderBaseUrlOption = Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint for the coder.")]
-EvaluatorBaseUrlOption = Annotated[
-    str | None, typer.Option(help="OpenAI-compatible endpoint for the evaluator.")
-]
-ModeOption = Annotated[
-    str | None,
-    typer.Option(
-        help="What the coder writes: `code` (the function), `spec` (a credit spec that qllm compiles), "
-        "or `auto` (spec for the built-in local model, code otherwise). \\[default: auto]"
-    ),
-]
-SelectionOption = Annotated[
-    str | None,
-    typer.Option(
-        help="How each round's best candidate is chosen: `evaluator` (the evaluator LLM), `consensus` "
-        "(the one whose measured weights the others agree with most), `trial` (the one that trains best "
-        "in short trial trainings; ties within the noise broken as `auto` would) or `auto` (consensus "
-        "for the built-in local evaluator, evaluator otherwise). \\[default: auto]"
-    ),
-]
-TrialStepsOption = Annotated[
-    int | None,
-    typer.Option(
-        min=0,
-        help="Environment steps of each trial training of a candidate and of equal weights (VDN); 0: no "
-        "trials. \\[default: the task family's (matrix 1000, mpe 5000, lbf and rware 10000) with "
-        "--selection trial, else 0]",
-    ),
-]
-TrialSeedsOption = Annotated[
-    int | None, typer.Option(min=1, help="Seeds per trial subject (the same for all). \\[default: 1]")
-]
-TrialExecutorOption = Annotated[
-    str | None,
-    typer.Option(
-        help="Where trials train: `ray` (a local instance, one trial per core, or --address) or `inline` "
-        "(this process). \\[default: ray]"
-    ),
-]
-TrialTimeoutOption = Annotated[
-    float | None,
-    typer.Option(
-        "--trial-timeout",
-        min=1.0,
-        help="Seconds one trial may take before it ends as timed out. \\[default: 900]",
-    ),
-]
-AddressOption = Annotated[
-    str | None, typer.Option("--address", help="Ray cluster address for the trials (default: local).")
-]
-CreditFloorOption = Annotated[
-    float | None,
-    typer.Option(
-        min=0.0,
-        max=1.0,
-        help="Every agent's weight is at least this fraction of the equal share (0: no floor, 1: equal "
-        "weights). \\[default: 0]",
-    ),
-]
-CandidatesOption = Annotated[
-    int | None, typer.Option("--candidates", "-k", min=1, help="K: candidates per round.")
-]
-RoundsOption = Annotated[int | None, typer.Option("--rounds", "-l", min=1, help="L: rounds.")]
 
 
 def describe_event(event: TraceEvent) -> str | None:
@@ -204,7 +150,7 @@ def generation_settings(
 
 
 def generate_command(
-    task: TaskOption = "matrix-climbing",
+    task: TaskOption = DEFAULT_TASK,
     coder: CoderOption = None,
     evaluator: EvaluatorOption = None,
     coder_base_url: CoderBaseUrlOption = None,

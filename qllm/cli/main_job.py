@@ -15,8 +15,7 @@ import typer
 from rich.markdown import Markdown
 
 from qllm.agents import GenerationOutcome, RunStatus
-from qllm.cli.common import SeedOption, TaskOption, console, task_spec
-from qllm.cli.generate import (
+from qllm.cli.common import (
     AddressOption,
     CandidatesOption,
     CoderOption,
@@ -24,24 +23,25 @@ from qllm.cli.generate import (
     EvaluatorOption,
     ModeOption,
     RoundsOption,
+    SeedOption,
     SelectionOption,
+    TaskOption,
     TrialExecutorOption,
     TrialSeedsOption,
     TrialStepsOption,
     TrialTimeoutOption,
-    generation_settings,
-    run_generation,
+    console,
+    task_spec,
 )
+from qllm.cli.generate import generation_settings, run_generation
 from qllm.cli.training import train_with_progress
 from qllm.envs.describe import describe_task
-from qllm.envs.tasks import folder_name
+from qllm.envs.tasks import DEFAULT_TASK, folder_name
 from qllm.rl import TrainResult, preset
 from qllm.rl.credit import CreditFunctionError
 from qllm.rl.logger import plot_comparison
 from qllm.rl.tfcaf import TFCAFError
 from qllm.rl.train import TrainingError
-
-MAIN_TASK = "lbf-8x8-2p-2f"
 
 
 def _train_pair(task: str, artifact: Path, steps: int, seed: int, run_dir: Path) -> dict[str, TrainResult]:
@@ -82,7 +82,7 @@ def _report(
 
 
 def run_command(
-    task: TaskOption = MAIN_TASK,
+    task: TaskOption = DEFAULT_TASK,
     coder: CoderOption = None,
     evaluator: EvaluatorOption = None,
     mode: ModeOption = None,

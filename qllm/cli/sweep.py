@@ -14,16 +14,16 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from qllm.agents import SettingsError
 from qllm.agents.context import GenerationSettings
-from qllm.cli.common import console
-from qllm.cli.generate import (
+from qllm.cli.common import (
     CandidatesOption,
     CoderOption,
     EvaluatorOption,
     ModeOption,
     RoundsOption,
     SelectionOption,
-    print_event,
+    console,
 )
+from qllm.cli.generate import print_event
 from qllm.llm.providers import ProviderError
 from qllm.rl.tfcaf import TFCAFError
 from qllm.sweep.execute import Executor, InlineExecutor, RunRecord, SweepStatus, run_sweep

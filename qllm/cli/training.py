@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from qllm.cli.common import DEFAULT_TASK, TaskOption, console, task_spec
+from qllm.cli.common import TaskOption, console, task_spec
+from qllm.envs.tasks import DEFAULT_TASK
 from qllm.rl import PRESETS, RunError, TrainConfig, TrainResult, evaluate_run, preset, train
 from qllm.rl.credit import CreditFunctionError
 from qllm.rl.tfcaf import TFCAFError

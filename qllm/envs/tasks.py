@@ -19,6 +19,8 @@ from qllm.envs.contract import MultiAgentEnv
 from qllm.envs.probes import Probe, ProbeMaker
 
 BUILT_IN = "built-in"
+DEFAULT_TASK = "lbf-8x8-2p-2f"
+"""The task every command and :class:`~qllm.rl.config.TrainConfig` use when none is named."""
 DEFAULT_TRIAL_STEPS = 10_000
 """Trial budget of a task that names none (see :mod:`qllm.agents.trial`)."""
 

@@ -14,12 +14,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from qllm.envs.tasks import DEFAULT_TASK
+
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a training run (with the seed, the run is reproducible)."""
 
-    task: str = "lbf-8x8-2p-2f"
+    task: str = DEFAULT_TASK
     """Task name (see ``qllm tasks list``)."""
     algo: Literal["q", "coma", "maddpg"] = "q"
     """Learner: q (value decomposition with ``mixer``), coma or maddpg (actor-critic, own critics)."""
