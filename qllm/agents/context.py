@@ -109,6 +109,9 @@ class GenerationSettings:
     """Where trials train: ``ray`` (a local instance, or the cluster at ``trial_address``) or ``inline``."""
     trial_address: str | None = None
     """Address of a Ray cluster for the trials (``None``: a local instance)."""
+    review: bool = False
+    """Pause after every round for a person to accept the pick, pick another contender, edit the tips or
+    stop (:mod:`qllm.agents.review`)."""
 
     def __post_init__(self) -> None:
         positive = ("candidates", "rounds", "retry_attempts", "record_episodes", "max_tokens", "trial_seeds")

@@ -2,8 +2,9 @@
 
 ::
 
-    START ──Send×K──> candidate ──> trial ──> evaluate ──Send×K──> candidate ...   (L rounds)
-                                                  └──> finish ──> END     (after L, or when satisfied)
+    START ──Send×K──> candidate ──> trial ──> evaluate ──> review ──Send×K──> candidate ...   (L rounds)
+                                                              └──> finish ──> END   (after L, when
+                                                                                     satisfied or stopped)
 
     candidate (a subgraph, one per Send):
         write ──> check ──> done            (passed every sandbox check)
@@ -11,8 +12,9 @@
                     └────> done             (repairs exhausted: handed back as a failed candidate)
 
 ``trial`` trains the round's valid candidates, the best so far and equal weights (VDN) briefly
-(:mod:`qllm.agents.trial`) when the run trains trials, and passes through otherwise. Nodes are plain
-functions that return partial updates. Loop bounds live in settings and state, never in
+(:mod:`qllm.agents.trial`) when the run trains trials, and passes through otherwise; ``review`` waits for
+a person's answer when the run is reviewed (:mod:`qllm.agents.review`), and passes through otherwise.
+Nodes are plain functions that return partial updates. Loop bounds live in settings and state, never in
 the recursion limit. The only node that writes the artifact is ``finish``, and only from a candidate
 that passed the sandbox: a run ends with a validated TFCAF or with status ``failed`` and a reason.
 """
@@ -23,12 +25,13 @@ from typing import Any, Literal
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
-from langgraph.types import RetryPolicy, Send
+from langgraph.types import RetryPolicy, Send, interrupt
 
 from qllm.agents import artifact
 from qllm.agents.context import GenerationContext
 from qllm.agents.extract import ExtractionError, extract_json
 from qllm.agents.messages import evaluator_messages, evaluator_retry_messages
+from qllm.agents.review import ReviewAction, ReviewAnswer, person_decision, review_request
 from qllm.agents.selection import Selection, consensus, rank_by_trial
 from qllm.agents.spec import SpecError
 from qllm.agents.state import (
@@ -200,11 +203,17 @@ def evaluate(state: GenerationState, runtime: Ctx) -> dict[str, Any]:
     else:
         decision, tips = _judge(ctx, state, contenders, ctx.selection)
     chosen = next(c for c in contenders if c.id == decision.chosen)
-    if state.trials:
-        summary = state.trial_summary(chosen)
-        decision = decision.model_copy(update={"beats_reference": bool(summary and summary.beats_reference)})
+    decision = _with_trial_verdict(state, decision, chosen)
     ctx.trace.record(DecisionEvent(event="decision", **decision.model_dump()))
     return {**advance, "decisions": [decision], "best": chosen, "tips": tips}
+
+
+def _with_trial_verdict(state: GenerationState, decision: Decision, chosen: Candidate) -> Decision:
+    """``decision`` saying whether ``chosen`` beat equal weights on trial (unchanged without trials)."""
+    if not state.trials:
+        return decision
+    summary = state.trial_summary(chosen)
+    return decision.model_copy(update={"beats_reference": bool(summary and summary.beats_reference)})
 
 
 def _judge(
@@ -296,11 +305,35 @@ STATE_DEPENDENCE = 1e-3
 """Weights that vary less than this across states are VDN in disguise: no reason to stop early."""
 
 
-def after_evaluate(state: GenerationState, runtime: Ctx) -> list[Send] | Literal["finish"]:
-    """Another round, or finish after L rounds or when the chooser is satisfied (the evaluator says so,
-    consensus is unanimous, or under trial selection the choice beat equal weights beyond the noise) with
-    a function whose weights actually depend on the state (a weak evaluator is often satisfied with
-    less)."""
+def review(state: GenerationState, runtime: Ctx) -> dict[str, Any]:
+    """With ``review`` on, wait for a person's answer to the round's pick (:mod:`qllm.agents.review`);
+    a round that chose nothing has nothing to review. A refused answer is asked for again, saying why."""
+    ctx = runtime.context
+    chooser = state.decisions[-1] if state.decisions else None
+    if not ctx.settings.review or chooser is None or chooser.chosen is None:
+        return {}
+    contenders = [state.by_id(candidate_id) for candidate_id in chooser.contenders]
+    request = review_request(state, contenders)
+    answer = ReviewAnswer.model_validate(interrupt(request.model_dump(mode="json")))
+    while problem := answer.problem_with(request):
+        retry = review_request(state, contenders, problem=problem)
+        answer = ReviewAnswer.model_validate(interrupt(retry.model_dump(mode="json")))
+    best = state.by_id(answer.candidate) if answer.action == ReviewAction.PICK else state.best
+    decision = _with_trial_verdict(state, person_decision(request, answer, chooser), best)
+    ctx.trace.record(DecisionEvent(event="decision", **decision.model_dump()))
+    update: dict[str, Any] = {"decisions": [decision], "best": best}
+    if answer.action == ReviewAction.PICK:
+        update["tips"] = ""  # the chooser's tips were about another function
+    if answer.tips is not None and answer.action != ReviewAction.STOP:
+        update["tips"] = answer.tips
+    return update | {"stopped": answer.action == ReviewAction.STOP}
+
+
+def after_review(state: GenerationState, runtime: Ctx) -> list[Send] | Literal["finish"]:
+    """Another round, or finish after L rounds, when a person stopped the run, or when the chooser is
+    satisfied (the evaluator says so, consensus is unanimous, or under trial selection the choice beat
+    equal weights beyond the noise) with a function whose weights actually depend on the state (a weak
+    evaluator is often satisfied with less)."""
     settings = runtime.context.settings
     last = state.decisions[-1] if state.decisions else None
     satisfied = bool(
@@ -309,7 +342,7 @@ def after_evaluate(state: GenerationState, runtime: Ctx) -> list[Send] | Literal
         and state.best is not None
         and _state_dependence(state.best) > STATE_DEPENDENCE
     )
-    if state.round > settings.rounds or (settings.early_stop and satisfied):
+    if state.stopped or state.round > settings.rounds or (settings.early_stop and satisfied):
         return "finish"
     return fan_out(state, runtime)
 
@@ -356,10 +389,12 @@ def build_graph(retry: RetryPolicy) -> StateGraph:
     builder.add_node("candidate", candidate)
     builder.add_node("trial", trial)
     builder.add_node("evaluate", evaluate, retry_policy=retry)
+    builder.add_node("review", review)
     builder.add_node("finish", finish)
     builder.add_conditional_edges(START, fan_out, ["candidate"])
     builder.add_edge("candidate", "trial")
     builder.add_edge("trial", "evaluate")
-    builder.add_conditional_edges("evaluate", after_evaluate, ["candidate", "finish"])
+    builder.add_edge("evaluate", "review")
+    builder.add_conditional_edges("review", after_review, ["candidate", "finish"])
     builder.add_edge("finish", END)
     return builder

@@ -13,16 +13,20 @@ Tests pass fake chat models through ``models=``; otherwise models are built from
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from langchain_core.language_models import BaseChatModel
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from langgraph.types import Command, RetryPolicy, StateSnapshot
 
 from qllm.agents import artifact
 from qllm.agents.context import GenerationContext, GenerationSettings
@@ -30,16 +34,19 @@ from qllm.agents.graph import build_graph
 from qllm.agents.llm import ChatRole, LLMCaller
 from qllm.agents.messages import task_prompt
 from qllm.agents.modes import resolve_mode, writing_mode
+from qllm.agents.review import ReviewAnswer, ReviewRequest
 from qllm.agents.selection import judge_for, resolve_selection
 from qllm.agents.state import CHECKPOINTED_TYPES, GenerationState, RunStatus
 from qllm.agents.template import NamedState
-from qllm.agents.trace import Listener, RunStarted, Trace
+from qllm.agents.trace import Listener, RunStarted, Trace, TraceEvent
 from qllm.agents.trial import TrialBench
 from qllm.envs.recording import load_recording, record, save_recording
 from qllm.envs.tasks import folder_name, resolve_task
 from qllm.llm.providers import ModelSpec, make_chat_model
 from qllm.prompts import PromptLibrary
 from qllm.sandbox import Sandbox, ValidationInputs
+
+T = TypeVar("T")
 
 SETTINGS_FILE = "settings.json"
 STATES_FILE = "states.npz"
@@ -58,6 +65,30 @@ class GenerationOutcome:
     artifact: Path | None
     """``tfcaf.py`` when the run succeeded."""
     state: GenerationState
+    pending: ReviewRequest | None = None
+    """The review the run waits on, when it stopped for one."""
+
+
+@dataclass(frozen=True)
+class NodeFinished:
+    """A node of the graph finished a step (LangGraph's ``updates`` stream)."""
+
+    node: str
+    namespace: tuple[str, ...] = ()
+    """Where it ran: ``()`` in the outer loop, ``("candidate:<task id>",)`` inside a candidate."""
+
+
+@dataclass(frozen=True)
+class ReviewPending:
+    """The run waits for a person's answer to this request (:mod:`qllm.agents.review`)."""
+
+    request: ReviewRequest
+
+
+RunUpdate = TraceEvent | NodeFinished | ReviewPending
+"""What :meth:`GenerationRun.stream` yields."""
+Reviewer = Callable[[ReviewRequest], ReviewAnswer]
+"""Answers a review: a person at a terminal (``qllm generate --review``), or a test."""
 
 
 @dataclass(frozen=True)
@@ -167,39 +198,146 @@ class GenerationRun:
             run_id=self.run_id, run_dir=self.run_dir,
         )  # fmt: skip
 
-    def execute(self, models: Models | None = None, listener: Listener | None = None) -> GenerationOutcome:
-        """Run the graph to the end, resuming from the last checkpoint if there is one."""
-        trace = Trace(self.run_dir, listener)
+    @contextmanager
+    def context(self, models: Models | None = None) -> Iterator[GenerationContext]:
+        """The live context the graph's nodes need (models, sandbox, trials, recorded states), open for
+        as long as the ``with`` block: for :meth:`stream`, and for the LangGraph server's graph factory."""
+        trace = Trace(self.run_dir)
         trials = self._trial_bench(trace)
-        with (
-            Sandbox() as sandbox,
-            SqliteSaver.from_conn_string(str(self.run_dir / CHECKPOINTS_FILE)) as saver,
-            _closing(trials),
-        ):
+        with Sandbox() as sandbox, _closing(trials):
+            yield self._context(trace, sandbox, trials, models)
+
+    @contextmanager
+    def _checkpointer(self) -> Iterator[SqliteSaver]:
+        with SqliteSaver.from_conn_string(str(self.run_dir / CHECKPOINTS_FILE)) as saver:
             saver.serde = _serializer()
-            ctx = self._context(trace, sandbox, trials, models)
+            yield saver
+
+    def _config(self, concurrency: int = 1) -> dict[str, Any]:
+        return {
+            "configurable": {"thread_id": self.run_id},
+            "max_concurrency": concurrency,
+            # Carried by every trace a tracer (LangSmith) records of this run, LLM calls included.
+            "metadata": {"qllm_run": self.run_id, "qllm_task": self.settings.task},
+        }
+
+    def stream(self, models: Models | None = None, reviewer: Reviewer | None = None) -> Iterator[RunUpdate]:
+        """Run the graph to its end (or to a review nobody answers here), resuming from the last checkpoint
+        if there is one, and yield what happens: every trace event as it is recorded (the graph's
+        ``custom`` stream), each finished node (its ``updates`` stream) and each review it waits on.
+
+        With ``reviewer``, each review is answered by it and the run goes on; without, the stream ends
+        at the first review, which the next call's reviewer answers (the checkpoint holds it)."""
+        with self.context(models) as ctx:
+            yield from _driven(self._astream(ctx, reviewer))
+
+    async def _astream(self, ctx: GenerationContext, reviewer: Reviewer | None) -> AsyncIterator[RunUpdate]:
+        async with AsyncSqliteSaver.from_conn_string(str(self.run_dir / CHECKPOINTS_FILE)) as saver:
+            saver.serde = _serializer()
             graph = build_graph(ctx.retry_policy()).compile(checkpointer=saver)
-            config = {"configurable": {"thread_id": self.run_id}, "max_concurrency": self._concurrency(ctx)}
-            snapshot = graph.get_state(config)
-            resuming = bool(snapshot.values)
-            if not (resuming and not snapshot.next):  # not already finished
-                trace.record(
-                    RunStarted(
-                        event="resumed" if resuming else "started",
-                        settings=self.settings.to_dict(),
-                        prompt_version=ctx.prompts.version,
-                        prompt_hashes=ctx.prompts.hashes(),
-                    )
+            config = self._config(self._concurrency(ctx))
+            snapshot = await graph.aget_state(config)
+            if snapshot.values and not snapshot.next:
+                return  # already finished
+            pending = _pending_review(snapshot)
+            graph_input: Any = None if snapshot.values else GenerationState()
+            if pending is not None:
+                if reviewer is None:
+                    yield ReviewPending(pending)
+                    return
+                graph_input = Command(resume=reviewer(pending).model_dump(mode="json"))
+            yield ctx.trace.record(
+                RunStarted(
+                    event="resumed" if snapshot.values else "started",
+                    settings=self.settings.to_dict(),
+                    prompt_version=ctx.prompts.version,
+                    prompt_hashes=ctx.prompts.hashes(),
                 )
-                graph.invoke(None if resuming else GenerationState(), config, context=ctx)
-            values = graph.get_state(config).values
-        return self._outcome(GenerationState(**values))
+            )
+            while True:
+                pending = None
+                async for chunk in graph.astream(graph_input, config, context=ctx, **STREAM):
+                    for update in _typed(chunk):
+                        if isinstance(update, ReviewPending):
+                            pending = update.request
+                        yield update
+                if pending is None or reviewer is None:
+                    return
+                graph_input = Command(resume=reviewer(pending).model_dump(mode="json"))
+
+    def execute(
+        self, models: Models | None = None, listener: Listener | None = None, reviewer: Reviewer | None = None
+    ) -> GenerationOutcome:
+        """:meth:`stream` to its end, handing each trace event to ``listener``; the run's outcome."""
+        for update in self.stream(models, reviewer):
+            if listener is not None and not isinstance(update, NodeFinished | ReviewPending):
+                listener(update)
+        return self.outcome()
+
+    def outcome(self) -> GenerationOutcome:
+        """Where the run stands, from its last checkpoint."""
+        with self._checkpointer() as saver:
+            graph = build_graph(RetryPolicy()).compile(checkpointer=saver)
+            snapshot = graph.get_state(self._config())
+        state = GenerationState(**snapshot.values) if snapshot.values else GenerationState()
+        return self._outcome(state, _pending_review(snapshot))
 
     @staticmethod
     def _concurrency(ctx: GenerationContext) -> int:
+        """As many candidates at once as the coder serves calls (the local model: one)."""
         return max(1, min(ctx.coder.spec.info.max_concurrency, ctx.settings.candidates))
 
-    def _outcome(self, state: GenerationState) -> GenerationOutcome:
+    def _outcome(self, state: GenerationState, pending: ReviewRequest | None) -> GenerationOutcome:
         path = self.run_dir / artifact.ARTIFACT_FILE
         succeeded = state.status == RunStatus.SUCCEEDED
-        return GenerationOutcome(state.status, state.reason, self.run_dir, path if succeeded else None, state)
+        return GenerationOutcome(
+            state.status, state.reason, self.run_dir, path if succeeded else None, state, pending
+        )
+
+
+STREAM: dict[str, Any] = {"stream_mode": ["updates", "custom"], "subgraphs": True}
+"""How the run streams its graph: node updates and the trace's events, from the candidate subgraphs too."""
+
+
+def _driven(chunks: AsyncIterator[T]) -> Iterator[T]:
+    """``chunks`` iterated from synchronous code, on an event loop of its own.
+
+    The graph streams asynchronously (its sync nodes run on threads) because LangGraph's synchronous
+    ``stream`` runs the thread that waits on the ``custom`` stream on one of the run's
+    ``max_concurrency`` threads: with one slot (the local model serves one call at a time) the run would
+    hang, and with more, candidates would run more at once than the coder serves. The asynchronous
+    stream waits on the event loop instead. Leaving the loop early (an error, Ctrl-C) closes the stream,
+    which cancels the run's pending steps."""
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(anext(chunks))
+            except StopAsyncIteration:
+                return
+    finally:
+        loop.run_until_complete(chunks.aclose())
+        loop.close()
+
+
+INTERRUPT = "__interrupt__"
+"""The key under which LangGraph's ``updates`` stream carries a pending ``interrupt()``."""
+
+
+def _typed(chunk: tuple[tuple[str, ...], str, Any]) -> Iterator[RunUpdate]:
+    """One chunk of the graph's stream as typed updates."""
+    namespace, mode, data = chunk
+    if mode == "custom":
+        yield data
+    elif INTERRUPT in data:
+        yield ReviewPending(ReviewRequest.model_validate(data[INTERRUPT][0].value))
+    else:
+        yield from (NodeFinished(node, namespace) for node in data)
+
+
+def _pending_review(snapshot: StateSnapshot) -> ReviewRequest | None:
+    """The review a checkpointed run waits on, if it waits on one."""
+    for task in snapshot.tasks:
+        for pending in task.interrupts:
+            return ReviewRequest.model_validate(pending.value)
+    return None

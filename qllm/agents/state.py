@@ -80,7 +80,8 @@ class Evaluation(BaseModel):
     satisfied: bool = Field(default=False, description="true if the chosen function needs no further work")
 
 
-DecisionSource = Literal["evaluator", "consensus", "trial", "fallback", "no-valid-candidate"]
+DecisionSource = Literal["evaluator", "consensus", "trial", "fallback", "no-valid-candidate", "person"]
+"""Who decided: ``person`` is a reviewer's answer (:mod:`qllm.agents.review`), after the chooser's."""
 
 
 class Decision(BaseModel):
@@ -126,6 +127,8 @@ class GenerationState:
     """The evaluator's advice for the next round."""
     trials: Annotated[list[Trial], operator.add] = field(default_factory=list)
     """Every finished trial training (the reference's included), appended by the trial node."""
+    stopped: bool = False
+    """A person reviewing the run stopped it (:mod:`qllm.agents.review`): it finishes with the best so far."""
     status: RunStatus = RunStatus.RUNNING
     reason: str = ""
     """Why the run ended as it did."""

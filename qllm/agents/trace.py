@@ -5,7 +5,9 @@ the one loader (the trace view, the eval scorers and ``qllm generate``'s progres
 Where an event sits in the run is in its fields (``round``, ``slot``, ``attempt``), never parsed back
 out of an id.
 
-Append-only and flushed per event, so a killed run keeps everything it did. It doubles as the replay
+Append-only and flushed per event, so a killed run keeps everything it did. Each event recorded inside a
+graph step also goes to the graph's ``custom`` stream (what ``qllm generate`` prints and the LangGraph API
+streams). It doubles as the replay
 journal that makes resume cheap: each LLM call is stored under a key derived from the role, the call's
 place in the run and the exact messages, and each finished trial training under its trial key; a
 resumed run answers a call or a trial with that key from the trace instead of repeating it
@@ -23,6 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from langgraph.config import get_stream_writer
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_validator
 
 from qllm.agents.state import Decision
@@ -183,6 +186,18 @@ TraceEvent = Annotated[
 ]
 _EVENT: TypeAdapter[TraceEvent] = TypeAdapter(TraceEvent)
 Listener = Callable[[TraceEvent], None]
+"""Something that takes each event of a run as it happens (``qllm sweep``'s progress lines)."""
+
+
+def _to_stream(event: TraceEvent) -> None:
+    """Hand ``event`` to the graph's ``custom`` stream when it is recorded inside a graph step: that
+    stream is what ``qllm generate`` prints and what the LangGraph API streams. Events recorded outside
+    the graph (the run's start) have no stream; whoever records them yields them itself."""
+    try:
+        write = get_stream_writer()
+    except RuntimeError:  # not inside a graph step
+        return
+    write(event)
 
 
 def call_key(role: str, label: str, messages: Sequence[tuple[str, str]]) -> str:
@@ -194,9 +209,8 @@ def call_key(role: str, label: str, messages: Sequence[tuple[str, str]]) -> str:
 class Trace:
     """Writes and reads ``trace.jsonl`` in a run folder; thread-safe (candidates run concurrently)."""
 
-    def __init__(self, run_dir: Path, listener: Listener | None = None) -> None:
+    def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / TRACE_FILE
-        self.listener = listener
         self._lock = threading.Lock()
         self._replies: dict[str, LLMCallEvent] = {}
         self._trials: dict[str, Trial] = {}
@@ -212,8 +226,7 @@ class Trace:
             with self.path.open("a") as out:
                 out.write(line + "\n")
             self._journal(event)
-        if self.listener is not None:
-            self.listener(event)
+        _to_stream(event)
         return event
 
     def _journal(self, event: TraceEvent) -> None:

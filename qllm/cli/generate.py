@@ -15,6 +15,7 @@ from qllm.agents import (
     RunStatus,
     SettingsError,
 )
+from qllm.agents.run import NodeFinished, ReviewPending
 from qllm.agents.trace import (
     DecisionEvent,
     LLMCallEvent,
@@ -45,6 +46,7 @@ from qllm.cli.common import (
     console,
     task_spec,
 )
+from qllm.cli.review import UnansweredReviewError, ask_person
 from qllm.envs.tasks import DEFAULT_TASK
 from qllm.llm.providers import ProviderError
 from qllm.prompts import PromptError
@@ -102,7 +104,8 @@ def print_event(event: TraceEvent) -> None:
 def run_generation(
     settings: GenerationSettings | None, runs_dir: Path, resume: Path | None
 ) -> GenerationOutcome:
-    """Create (or reopen) a run and execute it with live progress; CLI errors instead of tracebacks."""
+    """Create (or reopen) a run and execute it, printing the graph's stream as it comes (and asking a person
+    at each review when the run is reviewed); CLI errors instead of tracebacks."""
     try:
         run = GenerationRun.open(resume) if resume is not None else GenerationRun.create(settings, runs_dir)
     except RunFolderError as exc:
@@ -120,14 +123,22 @@ def run_generation(
         f"{trained}\nRun folder: {run.run_dir}"
     )
     try:
-        outcome = run.execute(listener=print_event)
+        for update in run.stream(reviewer=ask_person if s.review else None):
+            if not isinstance(update, NodeFinished | ReviewPending):
+                print_event(update)
     except (ProviderError, PromptError, TraceFormatError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         console.print(f"Fix it and resume with: qllm generate --resume {run.run_dir}")
         raise typer.Exit(2) from None
+    except UnansweredReviewError:
+        console.print(
+            f"\nno answer: the run waits for its review; answer it with: qllm generate --resume {run.run_dir}"
+        )
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         console.print(f"\ninterrupted; resume with: qllm generate --resume {run.run_dir}")
         raise typer.Exit(130) from None
+    outcome = run.outcome()
     colour = "green" if outcome.status == RunStatus.SUCCEEDED else "red"
     console.print(f"[{colour}]{outcome.status.value}[/{colour}]: {outcome.reason}")
     return outcome
@@ -180,6 +191,14 @@ def generate_command(
     resume: Annotated[
         Path | None, typer.Option(help="Continue this run folder; completed LLM calls are not repeated.")
     ] = None,
+    review: Annotated[
+        bool | None,
+        typer.Option(
+            "--review/--no-review",
+            help="Pause after each round: show the candidates, their weights and the pick, and let you "
+            "accept it, pick another, edit the tips or stop. \\[default: no review]",
+        ),
+    ] = None,
 ) -> None:
     """Write a training-free credit assignment function for a task with the coder-evaluator graph.
 
@@ -194,7 +213,7 @@ def generate_command(
             early_stop=early_stop, seed=seed, prompt_version=prompt_version, mode=mode,
             selection=selection, trial_steps=trial_steps, trial_seeds=trial_seeds,
             trial_executor=trial_executor, trial_timeout_s=trial_timeout, trial_address=address,
-            credit_floor=credit_floor,
+            credit_floor=credit_floor, review=review,
         )  # fmt: skip
     outcome = run_generation(settings, runs_dir, resume)
     if outcome.status != RunStatus.SUCCEEDED:
