@@ -262,3 +262,139 @@ def test_one_command_imports_only_its_own_module() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+# --- exit codes: usage 2, failure 1 (qllm.cli.errors) --------------------------------------------
+
+
+def test_train_that_stops_is_a_failure_not_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qllm.cli import training
+    from qllm.rl.train import TrainingError
+
+    def stops(*args: object, **kwargs: object) -> None:
+        raise TrainingError("training stopped at step 40 (mixer tfcaf): NaN in an update; resume with [x]")
+
+    monkeypatch.setattr(training, "train", stops)
+    result = runner.invoke(
+        app, ["train", "-t", "matrix-climbing", *TINY, "--runs-dir", str(tmp_path)], env=WIDE
+    )
+    assert result.exit_code == 1, result.output
+    assert "error: training stopped at step 40" in result.output and "[x]" in result.output
+
+
+@pytest.mark.parametrize(("given", "code"), [(True, 2), (False, 1)])
+def test_a_refused_credit_file_is_usage_when_given_and_failure_when_generated(
+    given: bool, code: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `qllm train --tfcaf FILE` names the file (usage); `qllm run` wrote it itself (failure).
+    import typer
+
+    from qllm.cli import training
+    from qllm.rl import preset
+    from qllm.rl.tfcaf import TFCAFError
+
+    def refuses(*args: object, **kwargs: object) -> None:
+        raise TFCAFError("f.py failed validation on matrix-climbing: not_monotonic")
+
+    monkeypatch.setattr(training, "train_with_progress", refuses)
+    config = preset("qmix", task="matrix-climbing", steps=10)
+    with pytest.raises((typer.Exit, typer.BadParameter)) as raised:
+        training.train_or_exit(config, tmp_path, None, credit_file_given=given)
+    exit_code = raised.value.exit_code
+    assert exit_code == code
+
+
+@pytest.mark.parametrize(("error", "code"), [("sweep", 1), ("provider", 2)])
+def test_a_sweep_whose_credit_function_cannot_be_generated_fails_with_1(
+    error: str, code: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What run_sweep raises once the plan is read: a task's generation failed (the work), or a model
+    # the settings name cannot be used (usage).
+    from qllm.cli import sweep
+    from qllm.llm.providers import ProviderError
+    from qllm.sweep.plan import SweepError
+
+    raised = (
+        SweepError("no credit function for matrix-climbing") if error == "sweep" else ProviderError("no key")
+    )
+
+    def raises(*args: object, **kwargs: object) -> None:
+        raise raised
+
+    monkeypatch.setattr(sweep, "run_sweep", raises)
+    folder = tmp_path / "s"
+    args = ["sweep", str(folder), "--tasks", "matrix-climbing", "--mixers", "qmix", "--seeds", "1", "--local"]
+    result = runner.invoke(app, args, env=WIDE)
+    assert result.exit_code == code, result.output
+    assert f"error: {raised}" in result.output and f"qllm sweep {folder}" in result.output
+
+
+def test_sandbox_check_without_any_sandbox_is_a_failure(
+    tmp_path: Path, climbing_states: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qllm.cli import sandbox
+    from qllm.sandbox import SandboxUnavailableError
+
+    def unavailable(*args: object, **kwargs: object) -> None:
+        raise SandboxUnavailableError("no sandbox backend can run on this machine")
+
+    monkeypatch.setattr(sandbox, "Sandbox", unavailable)
+    path = tmp_path / "vdn.py"
+    path.write_text(GOOD)
+    args = ["sandbox", "check", str(path), "-t", "matrix-climbing", "--states", str(climbing_states)]
+    result = runner.invoke(app, args, env=WIDE)
+    assert result.exit_code == 1 and "no sandbox backend can run" in result.output
+
+
+def test_llm_install_from_a_missing_folder_is_a_usage_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["llm", "install", "--parts", str(tmp_path / "none")], env=WIDE)
+    assert result.exit_code == 2 and "is not a folder" in result.output
+
+
+# --- progress without a terminal: full lines, not a bar cut to 80 columns ------------------------
+
+
+def test_train_without_a_terminal_prints_full_progress_lines(tmp_path: Path) -> None:
+    # CliRunner's output is not a terminal, as with `qllm train > log`; 80 columns is what a pipe gets.
+    result = runner.invoke(
+        app, ["train", "-t", "matrix-climbing", "--mixer", "vdn", *TINY, "--runs-dir", str(tmp_path)],
+        env={"COLUMNS": "80"},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("matrix-climbing vdn: ")]
+    assert 5 <= len(lines) <= 15, result.output  # about one a tenth of the budget, and the last
+    assert lines[-1].startswith("matrix-climbing vdn: 150/150 steps (100%)")
+    assert all("steps/s" in line and "test " in line and "elapsed" in line for line in lines)
+    assert max(len(line) for line in lines) > 80 and "…" not in result.output and "━" not in result.output
+
+
+def test_progress_lines_follow_the_budget_and_the_sweep_says_which_runs_start_and_end() -> None:
+    import io
+
+    from rich.console import Console
+
+    from qllm.cli.progress import step_progress
+    from qllm.cli.sweep import _SweepWatcher
+    from qllm.sweep.execute import RunRecord, SweepStatus
+
+    out = io.StringIO()
+    console = Console(file=out, width=80)
+    assert not console.is_terminal
+    with step_progress(console, "sweep", None) as progress:
+        watcher = _SweepWatcher(progress)
+        status = SweepStatus(budgets={"a__qmix__0": 1000, "b__qmix__0": 1000}, running={"a__qmix__0": 0})
+        watcher.update(status)
+        status.running["a__qmix__0"] = 500
+        watcher.update(status)
+        del status.running["a__qmix__0"]
+        status.done.append("a__qmix__0")
+        status.ended.append(RunRecord("a__qmix__0", 1, "done", 12.0, final_return=0.5))
+        status.running["b__qmix__0"] = 0
+        watcher.update(status)
+    text = out.getvalue()
+    assert "started a__qmix__0 (1,000 steps)" in text and "done   a__qmix__0: greedy test return 0.5" in text
+    assert text.count("started a__qmix__0") == 1 and "started b__qmix__0" not in text  # b reported no steps
+    assert "sweep: 500/2,000 steps (25%) | 0/2 runs done, 1 to go |" in text
+    assert "sweep: 1,000/2,000 steps (50%) | 1/2 runs done, 1 to go |" in text

@@ -271,8 +271,12 @@ def test_the_report_has_every_section_and_its_figures(small_sweep: Path, tmp_pat
 def test_the_reproduce_command_recreates_the_same_plan(small_sweep: Path, tmp_path: Path) -> None:
     plan = SweepPlan.load(small_sweep)
     command = reproduce_command(plan, tmp_path / "again").replace("\\\n", " ").split()
-    result = CliRunner().invoke(app, [*command[1:], "--local"], env={"COLUMNS": "250"})
+    result = CliRunner().invoke(app, [*command[1:], "--local"], env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
+    # Not a terminal: a line per run that ends and progress lines, whole, not a bar cut to 80 columns.
+    assert "done   mpe-spread-3__qllm__1: greedy test return" in result.output
+    assert "sweep: 800/800 steps (100%) | 8/8 runs done, 0 to go |" in result.output
+    assert "…" not in result.output and "━" not in result.output
     recreated = SweepPlan.load(tmp_path / "again")
     assert (
         recreated.to_dict() | {"generation": {}} == plan.to_dict()

@@ -6,29 +6,22 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from qllm.cli.common import EpisodesOption, SeedOption, TaskOption, console, task_spec
+from qllm.cli.errors import usage_error
+from qllm.cli.progress import step_progress
 from qllm.envs import TaskSpec
 from qllm.envs.recording import POLICIES, Recording, record, save_recording
 
 
 def record_with_progress(spec: TaskSpec, episodes: int, seed: int, policy: str) -> Recording:
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("return {task.fields[ret]:.3g}"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=True) as progress:
-        bar = progress.add_task(f"recording {spec.name}", total=episodes, ret=0.0)
+    with step_progress(console, f"recording {spec.name}", episodes, "episodes", transient=True) as progress:
         return record(
             spec.name,
             episodes,
             seed=seed,
             policy=policy,
-            on_episode=lambda _, ret: progress.update(bar, advance=1, ret=ret),
+            on_episode=lambda episode, ret: progress.update(episode + 1, detail=f"return {ret:.3g}"),
         )
 
 
@@ -52,8 +45,8 @@ def record_command(
     """Roll out a policy and save states, observations, actions, rewards and the schema to one file."""
     spec = task_spec(task)
     if policy not in POLICIES:
-        raise typer.BadParameter(f"choose from {', '.join(POLICIES)}", param_hint="--policy")
+        raise usage_error(f"choose from {', '.join(POLICIES)}", param_hint="--policy")
     if out.exists() and out.is_dir():
-        raise typer.BadParameter(f"{out} is a directory", param_hint="--out")
+        raise usage_error(f"{out} is a directory", param_hint="--out")
     rec = record_with_progress(spec, episodes, seed, policy)
     print_recording_summary(rec, save_recording(rec, out))

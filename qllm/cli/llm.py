@@ -8,14 +8,15 @@ from typing import Annotated
 import typer
 
 from qllm.cli.common import console
+from qllm.cli.errors import FAILURE, error_exit, usage_error
 from qllm.llm import local as local_llm
 
 app = typer.Typer(help="The built-in offline LLM (Qwen2.5-Coder-1.5B on 127.0.0.1).", no_args_is_help=True)
 
 
 def _local_model_error(exc: local_llm.LocalModelError) -> typer.Exit:
-    console.print(f"[red]error:[/red] {exc}")
-    return typer.Exit(1)
+    # The model's files or server, not the command line: a failure (a bad --parts is caught before).
+    return error_exit(str(exc), FAILURE)
 
 
 @app.command("install")
@@ -25,6 +26,8 @@ def llm_install(
     ] = None,
 ) -> None:
     """Join the model slices installed by setup into one GGUF and verify its SHA-256."""
+    if parts is not None and not parts.is_dir():
+        raise usage_error(f"{parts} is not a folder", param_hint="--parts")
     try:
         path = local_llm.install_model(parts or local_llm.cache_dir() / "model-parts")
     except local_llm.LocalModelError as exc:
@@ -53,7 +56,7 @@ def llm_status() -> None:
     state = local_llm.status()
     if state is None:
         console.print("not running (start it with `qllm llm serve`)")
-        raise typer.Exit(1)
+        raise typer.Exit(FAILURE)  # so that scripts can test for a running server
     answering = "answering" if local_llm.answers(state.port) else "NOT answering"
     console.print(f"running: {state.base_url}, pid {state.pid}, model {state.model}, {answering}")
 

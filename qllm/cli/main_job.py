@@ -33,26 +33,25 @@ from qllm.cli.common import (
     console,
     task_spec,
 )
+from qllm.cli.errors import error_exit
 from qllm.cli.generate import generation_settings, run_generation
-from qllm.cli.training import train_with_progress
+from qllm.cli.training import train_or_exit
 from qllm.envs.describe import describe_task
 from qllm.envs.tasks import DEFAULT_TASK, folder_name
 from qllm.rl import TrainResult, preset
-from qllm.rl.credit import CreditFunctionError
 from qllm.rl.logger import plot_comparison
-from qllm.rl.tfcaf import TFCAFError
-from qllm.rl.train import TrainingError
 
 
 def _train_pair(task: str, artifact: Path, steps: int, seed: int, run_dir: Path) -> dict[str, TrainResult]:
-    """QLLM (the generated function) and QMIX, identical except for the mixer."""
+    """QLLM (the generated function) and QMIX, identical except for the mixer. The run wrote the credit
+    file itself, so the sandbox refusing it is this run's failure (exit 1), not the person's usage error."""
     results = {}
     for label, mixer in (("QLLM (generated TFCAF)", "tfcaf"), ("QMIX", "qmix")):
         config = preset(
             "qmix", task=task, steps=steps, seed=seed, mixer=mixer, eval_interval=max(1, steps // 5),
             tfcaf=str(artifact) if mixer == "tfcaf" else None, preset=mixer,  # names the run folder
         )  # fmt: skip
-        results[label] = train_with_progress(config, run_dir / "training", resume=None)
+        results[label] = train_or_exit(config, run_dir / "training", resume=None, credit_file_given=False)
     return results
 
 
@@ -130,21 +129,14 @@ def run_command(
     console.print(Markdown(describe_task(spec, spec.make().info, with_schema=False)))
     outcome = run_generation(settings, run_dir / "generate", resume=None)
     if outcome.status != RunStatus.SUCCEEDED or outcome.artifact is None:
-        console.print(
-            f"[red]No credit function to train with.[/red] Trace: qllm trace show {outcome.run_dir}"
-        )
-        raise typer.Exit(1)
+        raise error_exit("no credit function to train with", then=f"Trace: qllm trace show {outcome.run_dir}")
     if steps == 0:
-        console.print(f"Credit function: {outcome.artifact}")
+        console.print(f"Credit function: {outcome.artifact}", soft_wrap=True)
         return
-    try:
-        results = _train_pair(spec.name, outcome.artifact, steps, seed, run_dir)
-    except (TFCAFError, CreditFunctionError, TrainingError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+    results = _train_pair(spec.name, outcome.artifact, steps, seed, run_dir)
     report = _report(run_dir, spec.name, outcome, results, steps)
     for label, result in results.items():
         console.print(
             f"{label}: greedy test return {result.final_test_return:.3f} after {result.t_env} steps"
         )
-    console.print(f"Report: {report}\nRun folder: {run_dir}")
+    console.print(f"Report: {report}\nRun folder: {run_dir}", soft_wrap=True)  # paths whole, also in a log

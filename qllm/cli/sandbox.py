@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from qllm.cli.common import TaskOption, console, notes, task_spec
+from qllm.cli.errors import FAILURE, error_exit, usage_error
 from qllm.envs import TaskSpec
 from qllm.envs.recording import Recording, RecordingError, load_recording, record
 from qllm.sandbox import (
@@ -28,7 +29,7 @@ def _read_candidate(path: Path) -> str:
     try:
         return read_candidate_file(path)
     except CandidateFileError as exc:
-        raise typer.BadParameter(str(exc), param_hint="FILE") from None
+        raise usage_error(str(exc), param_hint="FILE") from None
 
 
 def _validation_recording(spec: TaskSpec, states: Path | None, episodes: int) -> Recording:
@@ -38,9 +39,9 @@ def _validation_recording(spec: TaskSpec, states: Path | None, episodes: int) ->
     try:
         recording = load_recording(states)
     except RecordingError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--states") from None
+        raise usage_error(str(exc), param_hint="--states") from None
     if recording.info.task != spec.name:
-        raise typer.BadParameter(
+        raise usage_error(
             f"{states} records task {recording.info.task!r}, not {spec.name!r}", param_hint="--states"
         )
     return recording
@@ -96,7 +97,8 @@ def sandbox_check(
 ) -> None:
     """Validate a credit function in the sandbox against real recorded states of a task.
 
-    Exit code 0 when it passes, 1 when it fails a check, 2 for bad arguments.
+    Exit code 0 when it passes, 1 when it fails a check (or no sandbox can run here), 2 for bad
+    arguments.
     """
     source = _read_candidate(file)
     spec = task_spec(task)
@@ -106,9 +108,11 @@ def sandbox_check(
         with Sandbox(backend=backend) as sandbox:
             result = sandbox.validate(source, inputs, CheckOptions(require_monotonic=monotonic))
     except SandboxUnavailableError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--backend") from None
+        if backend == "auto":  # the machine has no sandbox at all: nothing the person typed
+            raise error_exit(str(exc), FAILURE) from None
+        raise usage_error(str(exc), param_hint="--backend") from None
     if as_json:
         typer.echo(result.model_dump_json(indent=2))
     else:
         _print_verdict(result, file)
-    raise typer.Exit(0 if result.ok else 1)
+    raise typer.Exit(0 if result.ok else FAILURE)

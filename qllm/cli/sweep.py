@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
 
 from qllm.agents import SettingsError
 from qllm.agents.context import GenerationSettings
@@ -23,8 +23,11 @@ from qllm.cli.common import (
     SelectionOption,
     console,
 )
+from qllm.cli.errors import FAILURE, USAGE, error_exit, usage_error
 from qllm.cli.generate import print_event
+from qllm.cli.progress import StepProgress, step_progress
 from qllm.llm.providers import ProviderError
+from qllm.prompts import PromptError
 from qllm.rl.tfcaf import TFCAFError
 from qllm.sweep.execute import Executor, InlineExecutor, RunRecord, SweepStatus, run_sweep
 from qllm.sweep.plan import LEDGER_FILE, SWEEP_FILE, SweepError, SweepPlan, canonical_task
@@ -42,7 +45,7 @@ def _setting(text: str) -> tuple[str, Any]:
     """``name=value``; the value is read as JSON when it parses (numbers, booleans), else as a string."""
     name, sep, raw = text.partition("=")
     if not sep or not name.strip():
-        raise typer.BadParameter(f"expected NAME=VALUE, got {text!r}", param_hint="--set")
+        raise usage_error(f"expected NAME=VALUE, got {text!r}", param_hint="--set")
     try:
         value = json.loads(raw)
     except ValueError:
@@ -55,7 +58,7 @@ def _task_steps(pairs: list[str]) -> dict[str, int]:
     for pair in pairs:
         task, sep, steps = pair.partition("=")
         if not sep or not steps.isdigit():
-            raise typer.BadParameter(f"expected TASK=STEPS, got {pair!r}", param_hint="--task-steps")
+            raise usage_error(f"expected TASK=STEPS, got {pair!r}", param_hint="--task-steps")
         budgets[canonical_task(task)] = int(steps)
     return budgets
 
@@ -65,9 +68,7 @@ def _credit_files(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         task, sep, path = pair.partition("=")
         if not sep or not Path(path).is_file():
-            raise typer.BadParameter(
-                f"expected TASK=FILE with an existing file, got {pair!r}", param_hint="--tfcaf"
-            )
+            raise usage_error(f"expected TASK=FILE with an existing file, got {pair!r}", param_hint="--tfcaf")
         files[canonical_task(task)] = str(Path(path).resolve())
     return files
 
@@ -99,7 +100,7 @@ def _new_plan(
             generation={k: v for k, v in generation_settings.to_dict().items() if k != "task"},
         )
     except (SweepError, SettingsError) as exc:
-        raise typer.BadParameter(str(exc)) from None
+        raise usage_error(str(exc)) from None
 
 
 def _open_plan(sweep_dir: Path, given: dict[str, Any]) -> SweepPlan:
@@ -107,10 +108,10 @@ def _open_plan(sweep_dir: Path, given: dict[str, Any]) -> SweepPlan:
     try:
         plan = SweepPlan.load(sweep_dir)
     except SweepError as exc:
-        raise typer.BadParameter(str(exc), param_hint="SWEEP") from None
+        raise usage_error(str(exc), param_hint="SWEEP") from None
     changed = sorted(name for name, value in given.items() if value)
     if changed:
-        raise typer.BadParameter(
+        raise usage_error(
             f"{sweep_dir} already holds a sweep ({SWEEP_FILE}); options {changed} would change it. "
             f"Resume it as planned with `qllm sweep {sweep_dir}`, or start a new sweep in another folder."
         )
@@ -137,7 +138,9 @@ def _executor(local: bool, address: str | None, workers: int | None) -> Executor
     try:
         return RayExecutor(address=address, workers=workers)
     except (ConnectionError, RuntimeError, ValueError) as exc:  # what ray.init raises for a bad address
-        raise typer.BadParameter(f"cannot start or reach Ray: {exc}", param_hint="--address") from None
+        if address is None:  # nothing the person typed: the machine could not start a local instance
+            raise error_exit(f"cannot start Ray: {exc}", FAILURE) from None
+        raise usage_error(f"cannot reach Ray: {exc}", param_hint="--address") from None
 
 
 def sweep_command(
@@ -223,9 +226,12 @@ def sweep_command(
     try:
         with _stop_on_sigterm():
             status = _run_with_progress(sweep_dir, executor, retries)
-    except (SweepError, ProviderError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    except (ProviderError, PromptError) as exc:  # the models or prompts the settings name cannot be used
+        raise error_exit(str(exc), USAGE, then=f"Fix it and resume with: qllm sweep {sweep_dir}") from None
+    except SweepError as exc:
+        # The plan was read above; what the sweep raises now is a task's credit function that could
+        # not be generated: the work failed, not the command line.
+        raise error_exit(str(exc), FAILURE, then=f"Resume with: qllm sweep {sweep_dir}") from None
     except KeyboardInterrupt:
         console.print(f"\ninterrupted; resume with: qllm sweep {sweep_dir}")
         raise typer.Exit(130) from None
@@ -237,37 +243,47 @@ def sweep_command(
             f"[red]{len(status.failed)} failed[/red]: {', '.join(status.failed)} "
             f"(errors in {sweep_dir / LEDGER_FILE})"
         )
-        raise typer.Exit(1)
+        raise typer.Exit(FAILURE)
 
 
 def _describe(record: RunRecord) -> str:
     if record.status == "done":
         return f"  done   {record.run}: greedy test return {record.final_return:.3g} ({record.seconds:.0f} s)"
-    return f"  [red]failed[/red] {record.run} (attempt {record.attempt}): {record.error}"
+    # Escaped: an error message may hold brackets (a list, a path) that rich would read as markup.
+    return f"  [red]failed[/red] {record.run} (attempt {record.attempt}): {escape(record.error or '')}"
 
 
 def _run_with_progress(sweep_dir: Path, executor: Executor, retries: int) -> SweepStatus:
-    columns = (
-        TextColumn("[bold]sweep"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}% | {task.fields[runs]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
-        bar = progress.add_task("sweep", total=None, runs="")
+    """:func:`run_sweep`, with a line per run that starts or ends and the sweep's progress in steps
+    (a live bar on a terminal, plain lines otherwise)."""
+    with step_progress(console, "sweep", None) as progress:
+        watcher = _SweepWatcher(progress)
+        return run_sweep(sweep_dir, executor, retries=retries, on_update=watcher.update, listener=print_event)
 
-        def update(status: SweepStatus) -> None:
-            for record in status.ended[len(shown) :]:
-                shown.append(record)
-                progress.console.print(_describe(record), highlight=False)
-            runs = f"{len(status.done)}/{status.total_runs} runs done, {len(status.running)} to go"
-            if status.failed:
-                runs += f", [red]{len(status.failed)} failed[/red]"
-            progress.update(bar, total=status.steps_total, completed=status.steps_done, runs=runs)
 
-        shown: list[RunRecord] = []
-        return run_sweep(sweep_dir, executor, retries=retries, on_update=update, listener=print_event)
+class _SweepWatcher:
+    """Turns each status of a sweep into lines for what changed since the last one, and progress."""
+
+    def __init__(self, progress: StepProgress) -> None:
+        self.progress = progress
+        self.ended = 0
+        self.started: set[str] = set()
+
+    def update(self, status: SweepStatus) -> None:
+        # A run has started once its executor reports steps (Ray); the inline executor reports none
+        # until the run ends, so its runs get only their end line.
+        for name, steps in status.running.items():
+            if steps > 0 and name not in self.started:
+                self.started.add(name)
+                self.progress.note(f"  started {name} ({status.budgets[name]:,} steps)")
+        for record in status.ended[self.ended :]:
+            self.started.discard(record.run)  # a retried run starts again
+            self.progress.note(_describe(record))
+        self.ended = len(status.ended)
+        runs = f"{len(status.done)}/{status.total_runs} runs done, {len(status.running)} to go"
+        if status.failed:
+            runs += f", [red]{len(status.failed)} failed[/red]"
+        self.progress.update(status.steps_done, status.steps_total, detail=runs)
 
 
 def report_command(
@@ -281,8 +297,8 @@ def report_command(
     try:
         path = write_report(sweep_dir, out)
     except (SweepError, TFCAFError) as exc:
-        raise typer.BadParameter(str(exc), param_hint="SWEEP") from None
+        raise usage_error(str(exc), param_hint="SWEEP") from None
     except NoFinishedRunError as exc:
         console.print(f"[yellow]{exc}[/yellow]")
-        raise typer.Exit(1) from None
+        raise typer.Exit(FAILURE) from None  # the sweep's runs, not the command line, left nothing to report
     console.print(f"Report: {path}")

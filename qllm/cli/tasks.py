@@ -10,6 +10,7 @@ from rich.markdown import Markdown
 from rich.table import Table
 
 from qllm.cli.common import console, notes, schema_table, task_spec
+from qllm.cli.errors import usage_error
 from qllm.envs.describe import describe_task
 from qllm.envs.plugins import CHECK_EPISODES, ENTRY_POINT_GROUP, check_task
 from qllm.envs.tasks import BUILT_IN, registry
@@ -33,7 +34,7 @@ def tasks_list(
     chosen = [f for f in found.families if family in (None, f.key)]
     if not chosen:
         keys = ", ".join(f.key for f in found.families)
-        raise typer.BadParameter(f"unknown family {family!r}; choose from {keys}", param_hint="--family")
+        raise usage_error(f"unknown family {family!r}; choose from {keys}", param_hint="--family")
     if all_names:
         for fam in chosen:
             for name in fam.names():

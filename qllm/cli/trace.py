@@ -12,6 +12,7 @@ from qllm.agents import RunFolderError
 from qllm.agents.trace_html import export_html
 from qllm.agents.trace_view import export_json, print_trace
 from qllm.cli.common import console
+from qllm.cli.errors import USAGE, error_exit
 
 app = typer.Typer(
     help="Inspect a generation run: its rounds, candidates, LLM calls and decisions.", no_args_is_help=True
@@ -23,10 +24,7 @@ RunArgument = Annotated[
 
 
 def _bad_run(exc: RunFolderError) -> typer.Exit:
-    # Text, not markup: the message holds a user-given path, which may contain square brackets. Soft wrap
-    # keeps it one line however narrow the terminal, so scripts can grep it.
-    console.print(Text.assemble(("error: ", "red"), str(exc)), soft_wrap=True)
-    return typer.Exit(2)
+    return error_exit(str(exc), USAGE)  # a folder the person named that is not a readable run
 
 
 @app.command("show")

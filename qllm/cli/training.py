@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from qllm.cli.common import TaskOption, console, task_spec
+from qllm.cli.errors import exit_codes, usage_error
+from qllm.cli.progress import step_progress
 from qllm.envs.tasks import DEFAULT_TASK
 from qllm.rl import PRESETS, RunError, TrainConfig, TrainResult, evaluate_run, preset, train
 from qllm.rl.credit import CreditFunctionError
@@ -17,39 +18,40 @@ from qllm.rl.tfcaf import TFCAFError
 from qllm.rl.train import Progress as TrainProgress
 from qllm.rl.train import TrainingError, load_run_config
 
+TRAINING_STOPPED = (TrainingError, CreditFunctionError)
+"""Training that started and could not go on: a failure (exit 1), whoever gave its settings."""
+
 
 def train_with_progress(config: TrainConfig, runs_dir: Path, resume: Path | None) -> TrainResult:
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn(
-            "{task.fields[rate]:>6.0f} steps/s | return {task.fields[ret]:.3g} | eps {task.fields[eps]}"
-            " | test {task.fields[test]}"
-        ),
-        TimeRemainingColumn(),
-    )
+    """:func:`~qllm.rl.train.train` with progress: a live bar on a terminal, plain lines otherwise."""
     start, first_step = time.monotonic(), None
-    with Progress(*columns, console=console) as progress:
-        bar = progress.add_task(
-            f"{config.task} {config.preset}", total=config.steps, rate=0.0, ret=0.0, eps="-", test="-"
-        )
+    with step_progress(console, f"{config.task} {config.preset}", config.steps) as progress:
 
         def update(p: TrainProgress) -> None:
             nonlocal first_step
             first_step = p.t_env if first_step is None else first_step
             rate = (p.t_env - first_step) / max(1e-9, time.monotonic() - start)
             test = "-" if p.test_return is None else f"{p.test_return:.3g}"
-            progress.update(
-                bar,
-                completed=min(p.t_env, p.steps),
-                rate=rate,
-                ret=p.episode_return,
-                eps="-" if p.epsilon is None else f"{p.epsilon:.2f}",  # None: sampling from a policy
-                test=test,
-            )
+            eps = "-" if p.epsilon is None else f"{p.epsilon:.2f}"  # None: sampling from a policy
+            detail = f"{rate:.0f} steps/s | return {p.episode_return:.3g} | eps {eps} | test {test}"
+            progress.update(min(p.t_env, p.steps), detail=detail)
 
         return train(config, runs_dir=runs_dir, resume=resume, on_progress=update)
+
+
+def train_or_exit(
+    config: TrainConfig, runs_dir: Path, resume: Path | None, *, credit_file_given: bool
+) -> TrainResult:
+    """:func:`train_with_progress`, with the library's errors as exit codes (:mod:`qllm.cli.errors`).
+
+    A run folder that cannot be resumed is a usage error; so is a credit function the sandbox refuses
+    when the person gave it (``credit_file_given``: ``qllm train --tfcaf``), while one a command wrote
+    itself (``qllm run``'s generated function) failing is that command's failure, as is training that
+    stopped."""
+    usage: tuple[type[Exception], ...] = (RunError, TFCAFError) if credit_file_given else (RunError,)
+    failure = TRAINING_STOPPED if credit_file_given else (*TRAINING_STOPPED, TFCAFError)
+    with exit_codes(usage=usage, failure=failure):
+        return train_with_progress(config, runs_dir, resume)
 
 
 def train_command(
@@ -90,10 +92,10 @@ def train_command(
         try:
             config = load_run_config(resume).replace(steps=steps)
         except RunError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--resume") from None
+            raise usage_error(str(exc), param_hint="--resume") from None
     else:
         if mixer not in PRESETS:
-            raise typer.BadParameter(
+            raise usage_error(
                 f"unknown mixer {mixer!r}; choose from {', '.join(PRESETS)}", param_hint="--mixer"
             )
         spec = task_spec(task)
@@ -114,19 +116,15 @@ def train_command(
             **{k: v for k, v in overrides.items() if v is not None},
         )
         if config.mixer == "tfcaf" and config.tfcaf is None:
-            raise typer.BadParameter(
+            raise usage_error(
                 f"the {mixer} preset trains a credit function: pass --tfcaf FILE", param_hint="--tfcaf"
             )
-    try:
-        result = train_with_progress(config, runs_dir, resume)
-    except (RunError, TFCAFError) as exc:
-        raise typer.BadParameter(str(exc)) from None
-    except (TrainingError, CreditFunctionError) as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+    # A resumed run's credit file was given too: to the command that started it.
+    result = train_or_exit(config, runs_dir, resume, credit_file_given=True)
     console.print(
         f"[green]Done[/green]: {result.t_env} steps, greedy test return {result.final_test_return:.3f}\n"
-        f"Run folder: {result.run_dir}\nLearning curve: {result.plot}"
+        f"Run folder: {result.run_dir}\nLearning curve: {result.plot}",
+        soft_wrap=True,  # paths whole, also in a log file (which rich would wrap at 80 columns)
     )
 
 
@@ -138,5 +136,5 @@ def evaluate_command(
     try:
         mean, std = evaluate_run(run, episodes)
     except RunError as exc:
-        raise typer.BadParameter(str(exc), param_hint="RUN") from None
+        raise usage_error(str(exc), param_hint="RUN") from None
     console.print(f"{run}: greedy test return {mean:.3f} ± {std:.3f} over {episodes} episodes")
