@@ -18,7 +18,15 @@ from qllm.envs.tasks import make_env, resolve_task
 from qllm.evals.compare import compare, markdown_report, markdown_table
 from qllm.evals.runner import EvalModels, run_suite, score_generation_run
 from qllm.evals.scorers import SCORERS, ProbeJudge
-from qllm.evals.store import SCHEMA, CaseResult, EvalRun, ResultsStore, StoreError, resolve_run
+from qllm.evals.store import (
+    SCHEMA,
+    CaseResult,
+    EvalRun,
+    ResultsStore,
+    StoreError,
+    available_references,
+    resolve_run,
+)
 from qllm.evals.suites import EvalCase, EvalSuite, SuiteError, available_suites, load_suite
 from qllm.sandbox import Sandbox, ValidationInputs
 
@@ -157,6 +165,15 @@ def test_store_round_trips_runs_and_exports(tmp_path: Path) -> None:
     assert resolve_run(str(tmp_path / "ref.json"), store).results == run.results
     with pytest.raises(StoreError, match="no eval run 99"):
         store.get(99)
+
+
+def test_shipped_reference_runs_resolve_by_name(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "evals.sqlite")
+    assert {"smoke-local-v1", "levers/2-smoke-code"} <= set(available_references())
+    assert resolve_run("smoke-local-v1", store).suite == "smoke"
+    assert resolve_run("levers/2-smoke-code", store).results
+    with pytest.raises(StoreError, match=r"nor a shipped reference .*smoke-local-v1"):
+        resolve_run("smoke-local-v9", store)
 
 
 def test_compare_flags_a_regression_beyond_the_threshold_only() -> None:

@@ -18,9 +18,17 @@ from qllm.cli.common import (
     SelectionOption,
     console,
 )
+from qllm.cli.errors import FAILURE, USAGE, error_exit
 from qllm.evals.compare import compare, markdown_report, markdown_table, plot_comparison
 from qllm.evals.runner import EvalModels, rescore, run_suite
-from qllm.evals.store import DEFAULT_STORE, CaseResult, ResultsStore, StoreError, resolve_run
+from qllm.evals.store import (
+    DEFAULT_STORE,
+    CaseResult,
+    ResultsStore,
+    StoreError,
+    available_references,
+    resolve_run,
+)
 from qllm.evals.suites import EvalCase, SuiteError, available_suites, load_suite
 from qllm.llm.providers import ProviderError
 from qllm.prompts import PromptError
@@ -32,8 +40,9 @@ StoreOption = Annotated[Path, typer.Option(help="SQLite results store.")]
 
 
 def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
-    return typer.Exit(2)
+    """A usage error: every error these commands report is a suite, eval id, file, model or prompt
+    version the person named that cannot be used (a regression in `compare` is a failure, exit 1)."""
+    return error_exit(message, USAGE)
 
 
 @app.command("run")
@@ -82,12 +91,22 @@ def evals_run(
 
 @app.command("list")
 def evals_list(store: StoreOption = DEFAULT_STORE) -> None:
-    """Every stored eval run."""
+    """Every stored eval run, then the suites and reference runs that ship with qllm."""
     table = Table("id", "created", "suite", "coder", "evaluator", "mode", "prompts", "commit", "label")
     for run in ResultsStore(store).runs():
         table.add_row(str(run.id), run.created, run.suite, run.coder, run.evaluator, run.mode,
                       run.prompt_version, run.git_commit, run.label)  # fmt: skip
     console.print(table)
+    # Soft wrap: one line each however narrow the terminal, so scripts can read the names.
+    console.print(
+        f"shipped suites: {', '.join(available_suites())} (qllm evals run --suite NAME)",
+        soft_wrap=True, highlight=False,
+    )  # fmt: skip
+    console.print(
+        f"shipped reference runs: {', '.join(available_references())} (usable wherever an eval id is, "
+        "e.g. qllm evals show smoke-local-v1)",
+        soft_wrap=True, highlight=False,
+    )  # fmt: skip
 
 
 @app.command("rescore")
@@ -105,7 +124,9 @@ def evals_rescore(
 
 @app.command("show")
 def evals_show(
-    run: Annotated[str, typer.Argument(help="Eval id in the store, or an exported JSON file.")],
+    run: Annotated[
+        str, typer.Argument(help="Eval id in the store, an exported JSON file, or a shipped reference run.")
+    ],
     store: StoreOption = DEFAULT_STORE,
 ) -> None:
     """One eval run as a report: scorers (seen and unseen tasks), per-run rows, error kinds."""
@@ -135,7 +156,10 @@ def evals_export(
 
 @app.command("table")
 def evals_table(
-    runs: Annotated[list[str], typer.Argument(help="Eval ids or exported JSON files, in column order.")],
+    runs: Annotated[
+        list[str],
+        typer.Argument(help="Eval ids, exported JSON files or shipped reference runs, in column order."),
+    ],
     unseen: Annotated[
         bool | None, typer.Option("--unseen/--seen", help="Only unseen (or only seen) tasks.")
     ] = None,
@@ -156,8 +180,10 @@ def evals_table(
 
 @app.command("compare")
 def evals_compare(
-    a: Annotated[str, typer.Argument(help="Baseline: eval id or exported JSON file.")],
-    b: Annotated[str, typer.Argument(help="Candidate: eval id or exported JSON file.")],
+    a: Annotated[str, typer.Argument(help="Baseline: eval id, exported JSON file or shipped reference run.")],
+    b: Annotated[
+        str, typer.Argument(help="Candidate: eval id, exported JSON file or shipped reference run.")
+    ],
     share_threshold: Annotated[
         float, typer.Option(help="Largest tolerated drop of a share scorer (absolute).")
     ] = 0.10,
@@ -185,4 +211,4 @@ def evals_compare(
     regressed = [r.scorer.name for r in rows if r.regressed]
     if regressed:
         console.print(f"[red]regressed:[/red] {', '.join(regressed)}")
-        raise typer.Exit(1)
+        raise typer.Exit(FAILURE)

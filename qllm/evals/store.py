@@ -2,7 +2,9 @@
 
 An eval run records its suite, the models, the prompt version and the SHA-256 of every prompt file,
 the qllm version and the git commit; each of its generation runs records its scores and error kinds.
-Eval runs can be exported to JSON (the checked-in reference report is one) and compared by id or file.
+Eval runs can be exported to JSON (the checked-in reference reports are some) and compared by id, file,
+or the name of a shipped reference report (package data under ``qllm/evals/reference/``, so a wheel
+install can compare against them too).
 """
 
 from __future__ import annotations
@@ -14,12 +16,17 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
 from qllm import __version__
 
 DEFAULT_STORE = Path("runs/evals/evals.sqlite")
+REFERENCE_DIR: Traversable = files("qllm.evals") / "reference"
+"""Checked-in eval runs exported to JSON (``smoke-local-v1``, the ``levers/`` series), shipped as package
+data: each can be named wherever an eval id or an exported file is accepted."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS eval_runs (
@@ -54,9 +61,17 @@ class StoreError(ValueError):
 
 
 def git_commit() -> str:
-    """The checkout's commit (with ``-dirty`` when it has local changes), or ``unknown``."""
+    """The checkout's commit (with ``-dirty`` when it has local changes), or ``unknown``.
+
+    Only a checkout of qllm itself counts: a wheel installed in a venv that happens to lie inside some
+    other git repository must not record that repository's commit."""
     here = Path(__file__).parent
     try:
+        top = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        if Path(top).resolve() != here.resolve().parents[1]:  # qllm/evals/ -> the checkout's root
+            return "unknown"
         commit = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True, check=True
         ).stdout.strip()
@@ -189,14 +204,33 @@ class ResultsStore:
         )  # fmt: skip
 
 
+def available_references() -> list[str]:
+    """The names of the shipped reference runs, e.g. ``smoke-local-v1``, ``levers/2-smoke-code``."""
+    return sorted(_json_names(REFERENCE_DIR, ""))
+
+
+def _json_names(folder: Traversable, prefix: str) -> Iterator[str]:
+    # Traversable has no rglob: walk the (two-level) folder by hand.
+    for entry in folder.iterdir():
+        if entry.is_dir():
+            yield from _json_names(entry, f"{prefix}{entry.name}/")
+        elif entry.name.endswith(".json"):
+            yield prefix + entry.name.removesuffix(".json")
+
+
 def resolve_run(reference: str, store: ResultsStore) -> EvalRun:
-    """An eval run by store id, or from an exported JSON file."""
+    """An eval run by store id, from an exported JSON file, or a shipped reference run by name."""
     if reference.isdigit():
         return store.get(int(reference))
-    path = Path(reference)
-    if not path.is_file():
-        raise StoreError(f"{reference!r} is neither an eval id in {store.path} nor an exported JSON file")
+    source: Path | Traversable = Path(reference)
+    if not source.is_file() and reference in available_references():
+        source = REFERENCE_DIR.joinpath(*f"{reference}.json".split("/"))
+    if not source.is_file():
+        raise StoreError(
+            f"{reference!r} is neither an eval id in {store.path}, an exported JSON file, nor a shipped "
+            f"reference ({', '.join(available_references())})"
+        )
     try:
-        return EvalRun.from_json(path.read_text())
+        return EvalRun.from_json(source.read_text(encoding="utf-8"))
     except (ValueError, TypeError, KeyError) as exc:
-        raise StoreError(f"{path} is not an exported eval run: {exc}") from None
+        raise StoreError(f"{reference} is not an exported eval run: {exc}") from None

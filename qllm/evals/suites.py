@@ -2,19 +2,22 @@
 
 Shipped suites live in ``qllm/evals/suites/``: ``smoke`` (minutes with the local model) and ``full``
 (every family at the paper's budgets, with large-state tasks and tasks marked ``unseen`` that were never
-looked at while the prompts were written). ``--suite PATH.toml`` runs a suite of your own.
+looked at while the prompts were written). ``--suite PATH.toml`` runs a suite of your own. The shipped
+suites are package data, read through :mod:`importlib.resources`, so a wheel install has them too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
 from qllm.envs.tasks import TaskNameError, resolve_task
 from qllm.files import read_toml
 
-SUITES_DIR = Path(__file__).parent / "suites"
+SUITES_DIR: Traversable = files("qllm.evals") / "suites"
 
 
 class SuiteError(ValueError):
@@ -45,7 +48,7 @@ class EvalSuite:
 
 
 def available_suites() -> list[str]:
-    return sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
+    return sorted(p.name.removesuffix(".toml") for p in SUITES_DIR.iterdir() if p.name.endswith(".toml"))
 
 
 def _case(data: dict[str, Any], where: str) -> EvalCase:
@@ -61,8 +64,8 @@ def _case(data: dict[str, Any], where: str) -> EvalCase:
 
 def load_suite(name_or_path: str) -> EvalSuite:
     """A shipped suite by name, or a suite file by path."""
-    path = Path(name_or_path)
-    if not path.suffix:
+    path: Traversable = Path(name_or_path)
+    if not Path(name_or_path).suffix:
         path = SUITES_DIR / f"{name_or_path}.toml"
         if not path.is_file():
             raise SuiteError(f"no suite {name_or_path!r}; shipped suites: {', '.join(available_suites())}")
@@ -70,4 +73,4 @@ def load_suite(name_or_path: str) -> EvalSuite:
     cases = tuple(_case(c, f"{path.name} case {i + 1}") for i, c in enumerate(data.get("case", [])))
     if not cases:
         raise SuiteError(f"suite {path} has no [[case]] entries")
-    return EvalSuite(path.stem, data.get("description", ""), cases)
+    return EvalSuite(path.name.removesuffix(".toml"), data.get("description", ""), cases)

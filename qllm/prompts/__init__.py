@@ -4,6 +4,9 @@ Each version is a folder (``v1/``, ...) of Markdown templates with ``${placehold
 ``string.Template`` syntax, so Python code in a prompt needs no brace escaping). The loader fails
 loudly on a missing template, a missing value, or a value nobody asked for, and every run records the
 version and the SHA-256 of each template it used, so evals can compare prompt versions exactly.
+
+The templates are package data, read through :mod:`importlib.resources`, so they are found wherever
+qllm is installed (a checkout, a wheel in site-packages) and never through the working directory.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ import hashlib
 import string
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 
-PROMPTS_DIR = Path(__file__).parent
+PROMPTS_DIR: Traversable = files(__name__)
 DEFAULT_VERSION = "v1"
 
 
@@ -34,7 +38,8 @@ class PromptLibrary:
     """The templates of one prompt version."""
 
     version: str = DEFAULT_VERSION
-    root: Path = field(default=PROMPTS_DIR, repr=False)
+    root: Traversable = field(default=PROMPTS_DIR, repr=False)
+    """Where the version folders are: the shipped ones, or any folder (a :class:`~pathlib.Path`)."""
 
     def __post_init__(self) -> None:
         if not (self.root / self.version).is_dir():
@@ -45,7 +50,12 @@ class PromptLibrary:
 
     @cached_property
     def templates(self) -> dict[str, str]:
-        return {p.stem: p.read_text() for p in sorted((self.root / self.version).glob("*.md"))}
+        # iterdir, not glob: a Traversable (package data) has no glob.
+        found = [p for p in (self.root / self.version).iterdir() if p.is_file() and p.name.endswith(".md")]
+        return {
+            p.name.removesuffix(".md"): p.read_text(encoding="utf-8")
+            for p in sorted(found, key=lambda p: p.name)
+        }
 
     def hashes(self) -> dict[str, str]:
         """SHA-256 of every template in this version, by name."""
