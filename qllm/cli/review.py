@@ -8,7 +8,6 @@ command ends; the run's checkpoint holds the review, and ``--resume`` asks it ag
 
 from __future__ import annotations
 
-import click
 import typer
 from rich.table import Table
 
@@ -74,5 +73,5 @@ def ask_person(request: ReviewRequest) -> ReviewAnswer:
 def _prompt(text: str, default: str) -> str:
     try:
         return typer.prompt(text, default=default, show_default=bool(default))
-    except click.Abort:  # end of input: nobody is there to answer
+    except typer.Abort:  # end of input: nobody is there to answer
         raise UnansweredReviewError from None

@@ -1,0 +1,174 @@
+"""A person in the loop (`qllm generate --review`): the run pauses after each round, and the answer counts.
+
+The graph tests answer reviews with a function; the CLI tests type the answers into `qllm generate`
+against a scripted OpenAI-compatible server, and one kills the command while it waits for an answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from graph_fakes import GOOD, GOOD_OTHER, evaluation, scripted, settings
+from openai_stub import stub_server
+from typer.testing import CliRunner
+
+from qllm.agents import GenerationRun, Models, RunStatus
+from qllm.agents.review import ReviewAction, ReviewAnswer, ReviewRequest
+from qllm.agents.run import ReviewPending
+from qllm.agents.trace import DecisionEvent, read_events
+from qllm.cli import app
+from qllm.cli.review import parse_decision
+
+runner = CliRunner()
+
+
+def reviewed_run(tmp_path: Path, rounds: int = 2) -> GenerationRun:
+    return GenerationRun.create(settings(review=True, rounds=rounds, early_stop=False), tmp_path)
+
+
+def decisions(run: GenerationRun) -> list[DecisionEvent]:
+    return [e for e in read_events(run.run_dir / "trace.jsonl") if isinstance(e, DecisionEvent)]
+
+
+def test_a_reviewed_run_waits_after_the_round_and_the_checkpoint_holds_the_review(tmp_path: Path) -> None:
+    run = reviewed_run(tmp_path)
+    models = Models(scripted([GOOD, GOOD_OTHER]), scripted([evaluation(choice=2, tips="reward the mover")]))
+    updates = list(run.stream(models))
+
+    assert isinstance(updates[-1], ReviewPending)
+    request = updates[-1].request
+    assert (request.round, request.chosen, request.chooser) == (1, "r1-c1", "evaluator")
+    assert request.candidate_ids() == ["r1-c0", "r1-c1"] and request.tips == "reward the mover"
+    assert len(request.contenders[0].mean_weights) == 2  # measured weights, one per agent
+    # A fresh object over the folder (as after a kill) finds the same pending review.
+    reopened = GenerationRun.open(run.run_dir).outcome()
+    assert reopened.status == RunStatus.RUNNING and reopened.pending == request
+
+
+def test_a_person_picks_another_candidate_and_edits_the_tips(tmp_path: Path) -> None:
+    run = reviewed_run(tmp_path)
+    coder = scripted([GOOD, GOOD_OTHER, GOOD, GOOD])
+    evaluator = scripted([evaluation(choice=2), evaluation(choice=1)])
+    answers = iter(
+        [
+            ReviewAnswer(action=ReviewAction.PICK, candidate="r1-c0", tips="favour agent 0"),
+            ReviewAnswer(action=ReviewAction.ACCEPT),
+        ]
+    )
+    outcome = run.execute(Models(coder, evaluator), reviewer=lambda request: next(answers))
+
+    assert outcome.status == RunStatus.SUCCEEDED
+    assert "favour agent 0" in coder.prompts[2]  # the round-2 drafts got the person's tips
+    person = [d for d in decisions(run) if d.source == "person"]
+    assert [(d.round, d.chosen) for d in person] == [(1, "r1-c0"), (2, outcome.state.best.id)]
+    assert "a person picked r1-c0 over the evaluator's r1-c1" in person[0].note
+
+
+def test_a_person_stops_the_run_with_the_best_so_far(tmp_path: Path) -> None:
+    run = reviewed_run(tmp_path, rounds=3)
+    models = Models(scripted([GOOD, GOOD_OTHER]), scripted([evaluation(choice=1)]))
+    outcome = run.execute(models, reviewer=lambda request: ReviewAnswer(action=ReviewAction.STOP))
+
+    assert outcome.status == RunStatus.SUCCEEDED and outcome.state.best.id == "r1-c0"
+    assert {c.round for c in outcome.state.candidates} == {1}  # no second round was drafted
+    assert decisions(run)[-1].note == "a person stopped the run with the best so far"
+
+
+def test_an_answer_the_run_cannot_use_is_asked_for_again_with_the_reason(tmp_path: Path) -> None:
+    run = reviewed_run(tmp_path, rounds=1)
+    seen: list[ReviewRequest] = []
+    answers = iter([ReviewAnswer(action=ReviewAction.PICK, candidate="r9-c9"), ReviewAnswer(action="accept")])
+
+    def reviewer(request: ReviewRequest) -> ReviewAnswer:
+        seen.append(request)
+        return next(answers)
+
+    outcome = run.execute(Models(scripted([GOOD, GOOD_OTHER]), scripted([evaluation()])), reviewer=reviewer)
+    assert outcome.status == RunStatus.SUCCEEDED
+    assert [r.problem for r in seen] == ["", "pick needs one of r1-c0, r1-c1, got 'r9-c9'"]
+
+
+def test_typed_decisions_parse_and_nonsense_is_refused() -> None:
+    assert parse_decision("").action == ReviewAction.ACCEPT
+    assert parse_decision("p r1-c1") == ReviewAnswer(action=ReviewAction.PICK, candidate="r1-c1")
+    assert parse_decision("STOP").action == ReviewAction.STOP
+    for text in ("pick", "accept r1-c0", "maybe", "pick a b"):
+        try:
+            parse_decision(text)
+        except ValueError:
+            continue
+        raise AssertionError(f"{text!r} was accepted")
+
+
+# --- at the terminal -------------------------------------------------------------------------------
+
+
+def stub_flags(url: str) -> list[str]:
+    return ["--coder", "openai:stub", "--evaluator", "openai:stub", "--coder-base-url", url,
+            "--evaluator-base-url", url]  # fmt: skip
+
+
+def generate_args(url: str, runs: Path) -> list[str]:
+    return ["generate", "--task", "matrix-climbing", *stub_flags(url), "-k", "2", "-l", "2",
+            "--no-early-stop", "--review", "--runs-dir", str(runs)]  # fmt: skip
+
+
+def test_generate_review_at_the_terminal_and_again_after_input_ends(tmp_path: Path) -> None:
+    script = [GOOD, GOOD_OTHER, evaluation(choice=2), GOOD, GOOD, evaluation(choice=1)]
+    with stub_server(script) as server:
+        first = runner.invoke(app, generate_args(server.base_url, tmp_path), input="", env={"COLUMNS": "200"})
+        assert first.exit_code == 1, first.output
+        assert "round 1: evaluator picked r1-c1" in first.output and "waits for its review" in first.output
+        (run_dir,) = tmp_path.iterdir()
+        resumed = runner.invoke(
+            app, ["generate", "--resume", str(run_dir)], input="pick r1-c0\nuse agent 0\n\n\n",
+            env={"COLUMNS": "200"},
+        )  # fmt: skip
+        requests = server.requests
+    assert resumed.exit_code == 0, resumed.output
+    assert "round 1: evaluator picked r1-c1" in resumed.output  # asked again
+    assert "use agent 0" in requests[3]["messages"][-1]["content"]  # round 2's first draft
+    assert (run_dir / "tfcaf.py").is_file()
+
+
+def test_a_run_killed_while_it_waits_for_a_review_asks_again_on_resume(tmp_path: Path) -> None:
+    script = [GOOD, GOOD_OTHER, evaluation(choice=2), GOOD, GOOD, evaluation(choice=1)]
+    qllm = Path(sys.executable).parent / "qllm"
+    with stub_server(script) as server:
+        process = subprocess.Popen(
+            [str(qllm), *generate_args(server.base_url, tmp_path)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env={**os.environ, "COLUMNS": "200"},
+        )  # fmt: skip
+        try:
+            output = _read_until(process, "Decision", timeout_s=120)
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=30)
+        assert "r1-c1" in output
+        (run_dir,) = tmp_path.iterdir()
+        assert json.loads((run_dir / "settings.json").read_text())["review"] is True
+        resumed = runner.invoke(
+            app, ["generate", "--resume", str(run_dir)], input="accept\n\naccept\n\n", env={"COLUMNS": "200"}
+        )
+    assert resumed.exit_code == 0, resumed.output
+    assert "round 1: evaluator picked r1-c1" in resumed.output and "succeeded" in resumed.output
+
+
+def _read_until(process: subprocess.Popen[bytes], marker: str, timeout_s: float) -> str:
+    """What ``process`` printed up to ``marker`` (a prompt has no newline: read what is there)."""
+    assert process.stdout is not None
+    seen, deadline = b"", time.monotonic() + timeout_s
+    while marker.encode() not in seen:
+        assert time.monotonic() < deadline and process.poll() is None, f"no {marker!r} in: {seen[-2000:]}"
+        ready, _, _ = select.select([process.stdout], [], [], 0.5)
+        if ready:
+            seen += os.read(process.stdout.fileno(), 65536)
+    return seen.decode()
