@@ -58,13 +58,16 @@ def no_real_models(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
 
 
 def _loopback_only(send: Any, test: str) -> Any:
-    def guarded(self: Any, http_request: httpx.Request, *args: Any, **kwargs: Any) -> Any:
+    def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
+        http_request: httpx.Request = (
+            kwargs["request"] if "request" in kwargs else args[0]
+        )  # httpx streams by name
         if http_request.url.host not in LOOPBACK:
             raise RealModelRefusedError(
                 f"{test} sent a request to {http_request.url.host}: tests never call real providers "
                 "(mark the test @pytest.mark.real_model if it must)"
             )
-        return send(self, http_request, *args, **kwargs)
+        return send(self, *args, **kwargs)
 
     return guarded
 

@@ -130,12 +130,14 @@ class GenerationRun:
         return self.run_dir.name
 
     @classmethod
-    def create(cls, settings: GenerationSettings, runs_dir: Path) -> GenerationRun:
-        """A new run folder with the settings, the recorded states and the task prompt."""
+    def create(cls, settings: GenerationSettings, runs_dir: Path, label: str | None = None) -> GenerationRun:
+        """A new run folder with the settings, the recorded states and the task prompt, named after the
+        task, the seed and ``label`` (the time by default; the LangGraph server's thread id)."""
         spec = resolve_task(settings.task)
         # Recorded first: an environment that fails (a plugin's, say) leaves no half-made run folder.
         recording = record(spec.name, settings.record_episodes, seed=settings.seed)
-        base = f"{folder_name(spec.name)}__tfcaf__{settings.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+        label = label or time.strftime("%Y%m%d-%H%M%S")
+        base = f"{folder_name(spec.name)}__tfcaf__{settings.seed}__{label}"
         run_dir, suffix = runs_dir / base, 1
         while run_dir.exists():
             run_dir = runs_dir / f"{base}.{suffix}"
@@ -213,13 +215,27 @@ class GenerationRun:
             saver.serde = _serializer()
             yield saver
 
-    def _config(self, concurrency: int = 1) -> dict[str, Any]:
+    def graph_config(self, ctx: GenerationContext) -> dict[str, Any]:
+        """How the graph runs: as many candidates at once as the coder serves, and metadata that every
+        trace a tracer (LangSmith) records of this run carries, down to the LLM calls."""
         return {
-            "configurable": {"thread_id": self.run_id},
-            "max_concurrency": concurrency,
-            # Carried by every trace a tracer (LangSmith) records of this run, LLM calls included.
+            "max_concurrency": self._concurrency(ctx),
             "metadata": {"qllm_run": self.run_id, "qllm_task": self.settings.task},
         }
+
+    def record_start(self, ctx: GenerationContext, resumed: bool) -> RunStarted:
+        """Record in the trace that the run starts (or resumes) with these settings and prompts."""
+        started = RunStarted(
+            event="resumed" if resumed else "started",
+            settings=self.settings.to_dict(),
+            prompt_version=ctx.prompts.version,
+            prompt_hashes=ctx.prompts.hashes(),
+        )
+        return ctx.trace.record(started)
+
+    def _config(self, ctx: GenerationContext | None = None) -> dict[str, Any]:
+        extra = self.graph_config(ctx) if ctx is not None else {}
+        return {"configurable": {"thread_id": self.run_id}, **extra}
 
     def stream(self, models: Models | None = None, reviewer: Reviewer | None = None) -> Iterator[RunUpdate]:
         """Run the graph to its end (or to a review nobody answers here), resuming from the last checkpoint
@@ -235,7 +251,7 @@ class GenerationRun:
         async with AsyncSqliteSaver.from_conn_string(str(self.run_dir / CHECKPOINTS_FILE)) as saver:
             saver.serde = _serializer()
             graph = build_graph(ctx.retry_policy()).compile(checkpointer=saver)
-            config = self._config(self._concurrency(ctx))
+            config = self._config(ctx)
             snapshot = await graph.aget_state(config)
             if snapshot.values and not snapshot.next:
                 return  # already finished
@@ -246,14 +262,7 @@ class GenerationRun:
                     yield ReviewPending(pending)
                     return
                 graph_input = Command(resume=reviewer(pending).model_dump(mode="json"))
-            yield ctx.trace.record(
-                RunStarted(
-                    event="resumed" if snapshot.values else "started",
-                    settings=self.settings.to_dict(),
-                    prompt_version=ctx.prompts.version,
-                    prompt_hashes=ctx.prompts.hashes(),
-                )
-            )
+            yield self.record_start(ctx, resumed=bool(snapshot.values))
             while True:
                 pending = None
                 async for chunk in graph.astream(graph_input, config, context=ctx, **STREAM):

@@ -197,6 +197,8 @@ def _to_stream(event: TraceEvent) -> None:
         write = get_stream_writer()
     except RuntimeError:  # not inside a graph step
         return
+    except AttributeError:  # in the LangGraph server's graph factory, whose runtime streams nothing
+        return
     write(event)
 
 
