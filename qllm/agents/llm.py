@@ -19,6 +19,7 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage
+from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel
 
 from qllm.agents.trace import CallPlace, LLMCallEvent, LLMErrorEvent, Trace, Usage, call_key
@@ -65,6 +66,19 @@ def _usage(message: AIMessage | None) -> Usage:
     )
 
 
+def _tracing_config(role: ChatRole, place: CallPlace) -> RunnableConfig:
+    """What a tracer (LangSmith) records of this call besides the messages: its name, where it sits in
+    the run, and who asked (merged with the run's own metadata: the task and the run's folder)."""
+    metadata: dict[str, Any] = {
+        "qllm_role": role.name,
+        "qllm_model": str(role.spec),
+        "qllm_round": place.round,
+    }
+    if place.candidate_id is not None:
+        metadata |= {"qllm_candidate": place.candidate_id, "qllm_attempt": place.attempt}
+    return {"run_name": f"{role.name} {place.label}", "metadata": metadata, "tags": [f"qllm:{role.name}"]}
+
+
 def call_seed(run_seed: int, label: str) -> int:
     """A sampling seed per call: reproducible for the run, different for each candidate and attempt."""
     return int.from_bytes(hashlib.sha256(f"{run_seed}:{label}".encode()).digest()[:4], "little") & 0x7FFFFFFF
@@ -87,7 +101,8 @@ class LLMCaller:
             return LLMReply(earlier.response, earlier.parsed, replayed=True)
         started = time.perf_counter()
         try:
-            message, parsed = self._invoke(role, messages, schema, call_seed(self.seed, place.label))
+            seed = call_seed(self.seed, place.label)
+            message, parsed = self._invoke(role, messages, schema, seed, _tracing_config(role, place))
         except Exception as exc:
             self._raise_classified(exc, role, place, time.perf_counter() - started)
         latency = time.perf_counter() - started
@@ -103,7 +118,7 @@ class LLMCaller:
 
     @staticmethod
     def _invoke(
-        role: ChatRole, messages: Messages, schema: type[BaseModel] | None, seed: int
+        role: ChatRole, messages: Messages, schema: type[BaseModel] | None, seed: int, config: RunnableConfig
     ) -> tuple[AIMessage, dict[str, Any] | None]:
         model: Any = role.model
         if role.spec.info.langchain_provider == "openai":
@@ -113,13 +128,13 @@ class LLMCaller:
             # Tool calling, not the SDK's JSON-schema parse: that raises on a malformed reply, whereas
             # include_raw hands it back, and the graph then reads the JSON from the raw text itself.
             structured = model.with_structured_output(schema, method="function_calling", include_raw=True)
-            out = structured.invoke(list(messages))
+            out = structured.invoke(list(messages), config)
             parsed = out.get("parsed")
             return out["raw"], parsed.model_dump() if isinstance(parsed, BaseModel) else None
         if schema is not None and role.spec.provider == "local":
             # llama.cpp turns the JSON schema into a grammar: the reply can only be a valid instance.
             model = model.bind(response_format={"type": "json_object", "schema": schema.model_json_schema()})
-        return model.invoke(list(messages)), None
+        return model.invoke(list(messages), config), None
 
     def _raise_classified(self, exc: Exception, role: ChatRole, place: CallPlace, latency: float) -> None:
         fatal = provider_error(exc, role.spec)
