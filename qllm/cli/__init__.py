@@ -1,8 +1,9 @@
 """The ``qllm`` command line: one entry point, one sub-command per job, ``--help`` on every one.
 
 Commands stay thin: they parse arguments, call library functions, and turn the library's own
-exceptions (unknown task, bad recording, refused credit function) into a one-line error and exit
-code 2 instead of a traceback. Each area has its own module; this one assembles them.
+exceptions into a one-line error instead of a traceback: exit code 2 when what was typed or named
+cannot be used (unknown task, bad recording, a refused credit file given with ``--tfcaf``), 1 when the
+work itself failed (see :mod:`qllm.cli.errors`). Each area has its own module; this one assembles them.
 
 A process that runs one command imports only that command's module: ``qllm train`` never loads the
 LLM stack (LangGraph, LangChain), Ray or the report's plotting, which would add seconds to every run.

@@ -46,6 +46,7 @@ from qllm.cli.common import (
     console,
     task_spec,
 )
+from qllm.cli.errors import FAILURE, USAGE, error_exit
 from qllm.cli.review import UnansweredReviewError, ask_person
 from qllm.envs.tasks import DEFAULT_TASK
 from qllm.llm.providers import ProviderError
@@ -127,14 +128,11 @@ def run_generation(
             if not isinstance(update, NodeFinished | ReviewPending):
                 print_event(update)
     except (ProviderError, PromptError, TraceFormatError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        console.print(f"Fix it and resume with: qllm generate --resume {run.run_dir}")
-        raise typer.Exit(2) from None
+        then = f"Fix it and resume with: qllm generate --resume {run.run_dir}"
+        raise error_exit(str(exc), USAGE, then=then) from None
     except UnansweredReviewError:
-        console.print(
-            f"\nno answer: the run waits for its review; answer it with: qllm generate --resume {run.run_dir}"
-        )
-        raise typer.Exit(1) from None
+        then = f"Answer it with: qllm generate --resume {run.run_dir}"
+        raise error_exit("no answer: the run waits for its review", FAILURE, then=then) from None
     except KeyboardInterrupt:
         console.print(f"\ninterrupted; resume with: qllm generate --resume {run.run_dir}")
         raise typer.Exit(130) from None
