@@ -125,7 +125,8 @@ def test_generate_review_at_the_terminal_and_again_after_input_ends(tmp_path: Pa
     with stub_server(script) as server:
         first = runner.invoke(app, generate_args(server.base_url, tmp_path), input="", env={"COLUMNS": "200"})
         assert first.exit_code == 1, first.output
-        assert "round 1: evaluator picked r1-c1" in first.output and "waits for its review" in first.output.replace("\n", " ")
+        said = first.output.replace("\n", " ")
+        assert "round 1: evaluator picked r1-c1" in said and "waits for its review" in said
         (run_dir,) = tmp_path.iterdir()
         resumed = runner.invoke(
             app, ["generate", "--resume", str(run_dir)], input="pick r1-c0\nuse agent 0\n\n\n",
