@@ -69,6 +69,9 @@ def test_a_person_picks_another_candidate_and_edits_the_tips(tmp_path: Path) -> 
     person = [d for d in decisions(run) if d.source == "person"]
     assert [(d.round, d.chosen) for d in person] == [(1, "r1-c0"), (2, outcome.state.best.id)]
     assert "a person picked r1-c0 over the evaluator's r1-c1" in person[0].note
+    shown = runner.invoke(app, ["trace", "show", str(run.run_dir)], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0 and "decision (evaluator): r1-c1" in shown.output
+    assert "review" in shown.output and "r1-c0: a person picked r1-c0" in shown.output
 
 
 def test_a_person_stops_the_run_with_the_best_so_far(tmp_path: Path) -> None:

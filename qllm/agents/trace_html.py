@@ -168,7 +168,7 @@ def _succeeded(summary: RunSummary) -> bool | None:
 
 def _html_round(summary: RunSummary, round_: RoundView) -> str:
     baseline = summary.best_before(round_.number)
-    chosen = round_.decision.chosen if round_.decision else None
+    chosen = round_.final.chosen if round_.final else None
     parts = [_html_candidate(c, baseline, chosen) for c in round_.candidates]
     trials = _html_trials(summary, round_)
     if trials:
@@ -307,6 +307,8 @@ def _html_decision(round_: RoundView) -> str:
     if decision.beats_reference is not None:
         verdict = "beats" if decision.beats_reference else "does not beat"
         rows.append(("on trial", f"{verdict} equal weights (VDN) beyond the noise"))
+    if round_.review is not None:
+        rows.append(("review", f"<b>{_e(round_.review.chosen)}</b>: {_e(round_.review.note)}"))
     return (
         f'<div class="decision" id="decision-{round_.number}"><h3>Decision after round {round_.number}</h3>'
         f"{_html_meta(rows)}</div>"

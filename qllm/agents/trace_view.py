@@ -142,7 +142,14 @@ class RoundView(BaseModel):
     candidates: list[CandidateView] = Field(default_factory=list)
     evaluator_calls: list[LLMCall] = Field(default_factory=list)
     decision: Decision | None = None
-    """``None`` when the run stopped before the round was evaluated."""
+    """The chooser's; ``None`` when the run stopped before the round was evaluated."""
+    review: Decision | None = None
+    """A person's answer to the round's review (``qllm generate --review``), when there was one."""
+
+    @property
+    def final(self) -> Decision | None:
+        """What the round settled on: the person's answer if they reviewed it, else the chooser's."""
+        return self.review or self.decision
 
 
 class Totals(BaseModel):
@@ -198,12 +205,12 @@ class RunSummary(BaseModel):
         """The candidate the run ended with: the artifact's, else the last decision's."""
         if self.artifact is not None:
             return self.artifact.get("candidate")
-        decided = [r.decision.chosen for r in self.rounds if r.decision is not None]
+        decided = [r.final.chosen for r in self.rounds if r.final is not None]
         return decided[-1] if decided else None
 
     def best_before(self, round_number: int) -> CandidateView | None:
         """The best function going into a round: what its candidates were asked to improve."""
-        earlier = [r.decision for r in self.rounds if r.number < round_number and r.decision is not None]
+        earlier = [r.final for r in self.rounds if r.number < round_number and r.final is not None]
         return self.candidate(earlier[-1].chosen) if earlier else None
 
 
@@ -312,7 +319,9 @@ def _rounds(events: list[TraceEvent], calls: Sequence[LLMCall], trials: Sequence
         if call.place is not None and call.place.slot is None:
             round_(call.place.round).evaluator_calls.append(call)
     for event in events:
-        if isinstance(event, DecisionEvent):
+        if isinstance(event, DecisionEvent) and event.source == "person":
+            round_(event.round).review = event.decision()
+        elif isinstance(event, DecisionEvent):
             round_(event.round).decision = event.decision()
     for view in rounds.values():
         view.candidates.sort(key=lambda c: c.slot)
@@ -535,6 +544,10 @@ def _decision(round_: RoundView) -> Group:
         )
         details.add_row(
             Text("on trial"), Text(verdict, style="green" if decision.beats_reference else "yellow")
+        )
+    if round_.review is not None:
+        details.add_row(
+            Text("review"), Text(f"{round_.review.chosen}: {round_.review.note}", style="magenta")
         )
     return Group(head, Padding(details, (0, 0, 0, 2)))
 
