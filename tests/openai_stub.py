@@ -1,19 +1,31 @@
 """A scripted OpenAI-compatible chat server on 127.0.0.1, to test the real provider path offline.
 
 Each POST to ``/v1/chat/completions`` takes the next script item: a string is returned as the
-assistant's reply; an ``(status, message)`` tuple is returned as that HTTP error. Requests are kept.
+assistant's reply; an ``(status, message)`` tuple is returned as that HTTP error; a :class:`Slow` reply
+comes after its delay. Requests are kept.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-ScriptItem = str | tuple[int, str]
+
+@dataclass(frozen=True)
+class Slow:
+    """A reply that takes ``seconds`` to come (a model still thinking when the test interrupts it)."""
+
+    reply: str
+    seconds: float
+
+
+ScriptItem = str | tuple[int, str] | Slow
 
 
 class StubServer(ThreadingHTTPServer):
@@ -39,6 +51,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         item = self.server.next_item(request)
+        if isinstance(item, Slow):
+            time.sleep(item.seconds)
+            item = item.reply
         if isinstance(item, tuple):
             status, body = item[0], {"error": {"message": item[1], "type": "stub", "code": str(item[0])}}
         else:

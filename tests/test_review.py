@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from graph_fakes import GOOD, GOOD_OTHER, evaluation, scripted, settings
-from openai_stub import stub_server
+from openai_stub import Slow, stub_server
 from typer.testing import CliRunner
 
 from qllm.agents import GenerationRun, Models, RunStatus
@@ -164,6 +164,32 @@ def test_a_run_killed_while_it_waits_for_a_review_asks_again_on_resume(tmp_path:
         )
     assert resumed.exit_code == 0, resumed.output
     assert "round 1: evaluator picked r1-c1" in resumed.output and "succeeded" in resumed.output
+
+
+def test_ctrl_c_during_a_call_ends_with_the_resume_command_and_resume_finishes(tmp_path: Path) -> None:
+    qllm = Path(sys.executable).parent / "qllm"
+    args = ["generate", "--task", "matrix-climbing", "-k", "1", "-l", "1", "--runs-dir", str(tmp_path)]
+    with stub_server([Slow(GOOD, 60)]) as server:
+        process = subprocess.Popen(
+            [str(qllm), *args, *stub_flags(server.base_url)], stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"},
+        )  # fmt: skip
+        try:
+            _read_until(process, "Run folder", timeout_s=120)
+            time.sleep(3)  # into the coder's call, which takes a minute
+            process.send_signal(signal.SIGINT)
+            output, _ = process.communicate(timeout=30)
+        finally:
+            process.kill()
+    assert process.returncode == 130, output.decode()[-2000:]
+    assert b"interrupted; resume with: qllm generate --resume" in output
+    (run_dir,) = tmp_path.iterdir()
+    with stub_server([GOOD, evaluation()]) as server:
+        settings = json.loads((run_dir / "settings.json").read_text())
+        settings["coder_base_url"] = settings["evaluator_base_url"] = server.base_url
+        (run_dir / "settings.json").write_text(json.dumps(settings))
+        resumed = runner.invoke(app, ["generate", "--resume", str(run_dir)], env={"COLUMNS": "200"})
+    assert resumed.exit_code == 0 and (run_dir / "tfcaf.py").is_file(), resumed.output
 
 
 def _read_until(process: subprocess.Popen[bytes], marker: str, timeout_s: float) -> str:

@@ -261,7 +261,7 @@ class GenerationRun:
                 if reviewer is None:
                     yield ReviewPending(pending)
                     return
-                graph_input = Command(resume=reviewer(pending).model_dump(mode="json"))
+                graph_input = _answered(reviewer, pending)
             yield self.record_start(ctx, resumed=bool(snapshot.values))
             while True:
                 pending = None
@@ -272,7 +272,7 @@ class GenerationRun:
                         yield update
                 if pending is None or reviewer is None:
                     return
-                graph_input = Command(resume=reviewer(pending).model_dump(mode="json"))
+                graph_input = _answered(reviewer, pending)
 
     def execute(
         self, models: Models | None = None, listener: Listener | None = None, reviewer: Reviewer | None = None
@@ -315,18 +315,30 @@ def _driven(chunks: AsyncIterator[T]) -> Iterator[T]:
     ``stream`` runs the thread that waits on the ``custom`` stream on one of the run's
     ``max_concurrency`` threads: with one slot (the local model serves one call at a time) the run would
     hang, and with more, candidates would run more at once than the coder serves. The asynchronous
-    stream waits on the event loop instead. Leaving the loop early (an error, Ctrl-C) closes the stream,
-    which cancels the run's pending steps."""
+    stream waits on the event loop instead. Leaving the loop early (an error) closes the stream, which
+    cancels the run's pending steps; Ctrl-C leaves them to the process's end."""
     loop = asyncio.new_event_loop()
+    step: asyncio.Future[T] | None = None
+    abandoned = False
     try:
         while True:
+            step = asyncio.ensure_future(anext(chunks), loop=loop)
             try:
-                yield loop.run_until_complete(anext(chunks))
+                yield loop.run_until_complete(step)
             except StopAsyncIteration:
                 return
+    except KeyboardInterrupt:
+        # Ctrl-C ends the stream now, without waiting for the step: its thread may be in a model call
+        # for minutes. Nothing is lost: the trace and the checkpoints are written as the run goes.
+        abandoned = True
+        raise
     finally:
-        loop.run_until_complete(chunks.aclose())
-        loop.close()
+        if not abandoned:
+            if step is not None and not step.done():
+                step.cancel()
+                loop.run_until_complete(asyncio.gather(step, return_exceptions=True))
+            loop.run_until_complete(chunks.aclose())
+            loop.close()
 
 
 INTERRUPT = "__interrupt__"
@@ -342,6 +354,11 @@ def _typed(chunk: tuple[tuple[str, ...], str, Any]) -> Iterator[RunUpdate]:
         yield ReviewPending(ReviewRequest.model_validate(data[INTERRUPT][0].value))
     else:
         yield from (NodeFinished(node, namespace) for node in data)
+
+
+def _answered(reviewer: Reviewer, request: ReviewRequest) -> Command:
+    """What resumes a run waiting on ``request``: the reviewer's answer."""
+    return Command(resume=reviewer(request).model_dump(mode="json"))
 
 
 def _pending_review(snapshot: StateSnapshot) -> ReviewRequest | None:

@@ -16,8 +16,11 @@ run``, which wrote the file itself. So commands say, per call, which exceptions 
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 import typer
 from rich.text import Text
@@ -46,6 +49,18 @@ def error_exit(message: str, code: int = FAILURE, then: str | None = None) -> ty
     if then:
         console.print(Text(then), soft_wrap=True)
     return typer.Exit(code)
+
+
+def interrupted(then: str) -> NoReturn:
+    """End the process after Ctrl-C, saying ``then`` (how to resume), with exit code 130 at once.
+
+    At once: a step of the run may sit in a model call on another thread for minutes, and Python waits
+    for such threads before it exits. Nothing is lost by not waiting: runs write their trace and
+    checkpoints as they go, so they resume after a Ctrl-C as after a kill."""
+    console.print(Text(f"\ninterrupted; {then}"), soft_wrap=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
 
 
 @contextmanager

@@ -46,7 +46,7 @@ from qllm.cli.common import (
     console,
     task_spec,
 )
-from qllm.cli.errors import FAILURE, USAGE, error_exit
+from qllm.cli.errors import FAILURE, USAGE, error_exit, interrupted
 from qllm.cli.review import UnansweredReviewError, ask_person
 from qllm.envs.tasks import DEFAULT_TASK
 from qllm.llm.providers import ProviderError
@@ -134,8 +134,7 @@ def run_generation(
         then = f"Answer it with: qllm generate --resume {run.run_dir}"
         raise error_exit("no answer: the run waits for its review", FAILURE, then=then) from None
     except KeyboardInterrupt:
-        console.print(f"\ninterrupted; resume with: qllm generate --resume {run.run_dir}")
-        raise typer.Exit(130) from None
+        interrupted(f"resume with: qllm generate --resume {run.run_dir}")
     outcome = run.outcome()
     colour = "green" if outcome.status == RunStatus.SUCCEEDED else "red"
     console.print(f"[{colour}]{outcome.status.value}[/{colour}]: {outcome.reason}")
