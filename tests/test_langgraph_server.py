@@ -128,3 +128,13 @@ def test_a_review_through_the_api_waits_and_resumes_with_a_command(server: str, 
     final = client.threads.get_state(thread["thread_id"])["values"]
     assert final["status"] == "succeeded" and final["best"]["id"] == "r1-c0"
     assert final["decisions"][-1]["source"] == "person"
+
+
+def test_studio_can_read_and_draw_the_graph(server: str) -> None:
+    client = get_sync_client(url=server)
+    (assistant,) = client.assistants.search(graph_id="qllm")
+    schemas = client.assistants.get_schemas(assistant["assistant_id"])
+    assert {"candidates", "decisions", "best", "status"} <= set(schemas["state_schema"]["properties"])
+    drawn = client.assistants.get_graph(assistant["assistant_id"], xray=True)
+    nodes = {node["id"] for node in drawn["nodes"]}
+    assert {"trial", "evaluate", "review", "finish", "candidate:write", "candidate:check"} <= nodes

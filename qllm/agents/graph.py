@@ -119,10 +119,10 @@ def done(state: CandidateState) -> dict[str, Any]:
     }
 
 
-def build_candidate_graph(retry: RetryPolicy) -> StateGraph:
+def build_candidate_graph(retry: RetryPolicy, context_schema: type | None = GenerationContext) -> StateGraph:
     builder = StateGraph(
         CandidateState,
-        context_schema=GenerationContext,
+        context_schema=context_schema,
         input_schema=CandidateState,
         output_schema=CandidateOutput,
     )
@@ -382,10 +382,14 @@ def _trial_verdict(state: GenerationState, best: Candidate) -> str:
     )
 
 
-def build_graph(retry: RetryPolicy) -> StateGraph:
-    """The uncompiled graph; compile it with a checkpointer (see :mod:`qllm.agents.run`)."""
-    candidate = build_candidate_graph(retry).compile()
-    builder = StateGraph(GenerationState, context_schema=GenerationContext)
+def build_graph(retry: RetryPolicy, context_schema: type | None = GenerationContext) -> StateGraph:
+    """The uncompiled graph; compile it with a checkpointer (see :mod:`qllm.agents.run`).
+
+    The nodes run with a :class:`GenerationContext`, which ``context_schema`` declares; the LangGraph
+    server's graph declares none (:mod:`qllm.agents.server`): no request can carry that context, and
+    Studio asks for the declared schema as JSON, which models and sandboxes have not."""
+    candidate = build_candidate_graph(retry, context_schema).compile()
+    builder = StateGraph(GenerationState, context_schema=context_schema)
     builder.add_node("candidate", candidate)
     builder.add_node("trial", trial)
     builder.add_node("evaluate", evaluate, retry_policy=retry)

@@ -75,7 +75,7 @@ async def generation_graph(config: RunnableConfig) -> AsyncIterator[CompiledStat
     """The graph factory ``langgraph.json`` names (see the module's docstring)."""
     configurable = config.get("configurable") or {}
     if not configurable.get(_FOR_EXECUTION):
-        yield build_graph(RetryPolicy()).compile()
+        yield build_graph(RetryPolicy(), context_schema=None).compile()
         return
     try:
         # Recording states and starting the sandbox block for seconds: off the server's event loop.
@@ -85,7 +85,7 @@ async def generation_graph(config: RunnableConfig) -> AsyncIterator[CompiledStat
     with ExitStack() as stack:
         ctx = await asyncio.to_thread(stack.enter_context, run.context())
         run.record_start(ctx, resumed)
-        compiled = build_graph(ctx.retry_policy()).compile()
+        compiled = build_graph(ctx.retry_policy(), context_schema=None).compile()
         attributes = {k: v for k, v in compiled.__dict__.items() if k != "__orig_class__"}  # as Pregel.copy
         bound = BoundGraph(bound_context=ctx, **attributes)
         try:
