@@ -118,13 +118,14 @@ def test_a_review_through_the_api_waits_and_resumes_with_a_command(server: str, 
     client = get_sync_client(url=server)
     thread = client.threads.create()
     with stub_server([GOOD, GOOD_OTHER, evaluation(choice=2)]) as stub:
-        config = qllm_config(stub.base_url, tmp_path, review=True)
-        client.runs.wait(thread["thread_id"], "qllm", input={}, config=config)
+        # Settings kept in an assistant, as Studio runs them: the runs name the assistant, not a config.
+        assistant = client.assistants.create("qllm", config=qllm_config(stub.base_url, tmp_path, review=True))
+        client.runs.wait(thread["thread_id"], assistant["assistant_id"], input={})
         state = client.threads.get_state(thread["thread_id"])
         (waiting,) = [i for task in state["tasks"] for i in task["interrupts"]]
         assert waiting["value"]["chosen"] == "r1-c1" and waiting["value"]["chooser"] == "evaluator"
         answer = {"action": "pick", "candidate": "r1-c0"}
-        client.runs.wait(thread["thread_id"], "qllm", command={"resume": answer}, config=config)
+        client.runs.wait(thread["thread_id"], assistant["assistant_id"], command={"resume": answer})
     final = client.threads.get_state(thread["thread_id"])["values"]
     assert final["status"] == "succeeded" and final["best"]["id"] == "r1-c0"
     assert final["decisions"][-1]["source"] == "person"
