@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install everything qllm needs, from a clean clone, with no prompts. Safe to rerun: a second run only
 # checks that nothing changed.
-#   - system: gVisor's runsc and bubblewrap (the sandbox's isolation backends) and chromium (HTML trace
-#     tests), through apt-get when run as root
+#   - system: gVisor's runsc, bubblewrap and Docker's engine (docker.io: the sandbox's isolation backends;
+#     scripts/test.sh starts the engine for the tests where none runs) and chromium (HTML trace tests),
+#     through apt-get when run as root
 #   - Python: a virtual environment in ./.venv with the pinned packages of requirements/lock.txt,
 #     qllm itself and the example task plugin (both editable), so `.venv/bin/qllm` and
 #     `.venv/bin/python -m pytest` work
@@ -18,11 +19,12 @@ mkdir -p "$QLLM_CACHE"
 log() { printf '[setup] %s\n' "$*"; }
 
 # --- system packages ------------------------------------------------------------------------------
-# runsc (gVisor) and bubblewrap: the sandbox's isolation backends, strongest first. chromium: the tests
-# render `qllm trace export --html` pages.
+# runsc (gVisor), bubblewrap and dockerd: the sandbox's isolation backends, strongest first. chromium: the
+# tests render `qllm trace export --html` pages.
 missing=()
 command -v runsc >/dev/null 2>&1 || missing+=(runsc)
 command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -11,6 +11,7 @@ bubblewrap; ``unshare`` comes with util-linux; Docker where an engine runs).
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -77,6 +78,8 @@ def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
 
 def test_the_corpus_runs_under_the_strong_backends() -> None:
     assert {"gvisor", "bwrap"} <= set(available_backends())  # installed by scripts/setup.sh
+    if os.environ.get("QLLM_REQUIRE_DOCKER") == "1":  # scripts/test.sh found or started an engine
+        assert "docker" in available_backends()
 
 
 @pytest.fixture(scope="module")

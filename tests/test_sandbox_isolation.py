@@ -2,12 +2,15 @@
 
 These tests run *unrestricted* probe code in the sandbox (``Sandbox.probe``), so they show what the
 isolation backend and the worker's rlimits guarantee by themselves, under each backend that hides the
-host's files (gvisor and bwrap; ``scripts/setup.sh`` installs both, so CI runs both).
+host's files: gvisor and bwrap (``scripts/setup.sh`` installs both, so CI runs both), and docker where an
+engine runs (``scripts/test.sh`` starts one where it can, and then requires these tests to run).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -24,14 +27,22 @@ from qllm.sandbox.backends import (
     DockerBackend,
     GvisorBackend,
     SandboxUnavailableError,
+    _docker_runtimes,
     available_backends,
+    local_image,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
 VDN = "def credit_assignment(agents_q, state):\n    return agents_q.sum(dim=1, keepdim=True)\n"
 
 
-HIDING_BACKENDS = ("gvisor", "bwrap")
+REQUIRE_DOCKER = os.environ.get("QLLM_REQUIRE_DOCKER") == "1"
+"""Set by ``scripts/test.sh`` when a Docker engine runs: the Docker tests must run, not skip."""
+DOCKER = REQUIRE_DOCKER or DockerBackend().available()
+HIDING_BACKENDS = ("gvisor", "bwrap", *(("docker",) if DOCKER else ()))
+needs_docker = pytest.mark.skipif(
+    not DOCKER, reason="no Docker engine runs here (scripts/test.sh starts one where it can: root, docker.io)"
+)
 
 
 @pytest.fixture(scope="module", params=HIDING_BACKENDS)
@@ -151,7 +162,7 @@ def test_memory_cpu_output_and_process_limits(sandbox: Sandbox) -> None:
         "        os._exit(0)\n"
     )
     assert not forks.ok
-    if sandbox.backend.name == "gvisor":
+    if sandbox.backend.name == "gvisor" or getattr(sandbox.backend, "runtime", "") == "runsc":
         # gVisor does not enforce RLIMIT_NPROC: the host's pids cgroup stops the flood, and the worker
         # (runsc) with it; the next job gets a new one.
         assert forks.error_kind == ErrorKind.SANDBOX
@@ -183,10 +194,44 @@ def test_unknown_and_unavailable_backends_are_clear_errors() -> None:
 def test_docker_command_isolates_the_container() -> None:
     argv = DockerBackend(image="example/python:3.11").command()
     text = " ".join(argv)
-    for flag in ("--network none", "--read-only", "--cap-drop ALL", "--pids-limit", "--user 65534:65534"):
+    for flag in ("--pull never", "--network none", "--read-only", "--cap-drop ALL", "--pids-limit",
+                 "--memory 4096m --memory-swap 4096m", "--cpus 1", "--user 65534:65534", "no-new-privileges",
+                 "--tmpfs /tmp:size=64m"):  # fmt: skip
         assert flag in text
-    assert all(v.endswith(":ro") for i, v in enumerate(argv) if argv[i - 1] == "--volume")
+    volumes = [v for i, v in enumerate(argv) if argv[i - 1] == "--volume"]
+    assert volumes and all(v.endswith(":ro") for v in volumes)
+    assert not any(v.startswith((f"{ROOT}:", "/etc", "/root:", "/home")) for v in volumes)
     assert argv[argv.index("example/python:3.11") + 1 :][-2:] == ["-m", "qllm.sandbox.worker"]
+
+
+def test_docker_runs_here_or_the_skip_says_why() -> None:
+    if not DockerBackend().available():
+        assert not REQUIRE_DOCKER, "QLLM_REQUIRE_DOCKER is set, but no Docker engine answers"
+        pytest.skip("no Docker engine runs here (scripts/test.sh starts one where it can: root, docker.io)")
+
+
+@needs_docker
+def test_the_docker_image_is_built_here_from_nothing_and_never_pulled() -> None:
+    tag = local_image()
+    assert tag.startswith("qllm-sandbox:") and local_image() == tag  # built once, then found
+    inspect = subprocess.run(["docker", "image", "inspect", tag], capture_output=True, check=True)
+    (image,) = json.loads(inspect.stdout)
+    assert image["Size"] < 1024  # a few symlinks: everything the worker runs is bound in read-only
+    argv = DockerBackend().command()
+    assert tag in argv and argv[argv.index("--pull") + 1] == "never"
+    assert not DockerBackend(image="qllm-sandbox:never-built").available()  # never pulled: not there
+
+
+@needs_docker
+def test_docker_runs_the_worker_under_gvisor_where_the_engine_has_it() -> None:
+    backend = DockerBackend()
+    if "runsc" not in _docker_runtimes():
+        assert not REQUIRE_DOCKER or shutil.which("runsc") is None, "scripts/test.sh registers runsc"
+        pytest.skip("this Docker engine has no runsc runtime")
+    assert backend.runtime == "runsc"
+    with Sandbox(backend="docker") as box:
+        kernel = box.probe("print(open('/proc/version').read())")
+    assert kernel.ok and "4.4.0" in kernel.printed  # gVisor's Sentry, not the host's kernel
 
 
 def test_a_killed_backends_folder_is_removed_by_the_next_one() -> None:

@@ -13,8 +13,10 @@ gvisor      gVisor: the worker's system calls are served by a user-space kernel 
 bwrap       bubblewrap: new user/pid/net/ipc namespaces (network: loopback only), read-only       ``bwrap``
             binds of the Python install, the venv and the qllm package only, private /tmp,
             all capabilities dropped, runs as nobody, dies with its parent
-docker      a container with ``--network none``, read-only root, no capabilities, pid/memory     a Docker
-            limits, the venv and package mounted read-only                                       engine
+docker      a container of an image built here from nothing (never pulled): read-only binds of    a Docker
+            /usr, the Python install, the venv and the qllm package only, ``--network none``,    engine
+            read-only root, private /tmp, nobody, no capabilities, pid/memory/CPU limits;
+            under gVisor where the engine has ``runsc`` registered
 unshare     a new network namespace (loopback only); files are protected only by                ``unshare``
             RLIMIT_FSIZE=0 (no writes), not hidden
 process     a plain child process: rlimits only, *no network isolation*. Never chosen            nothing
@@ -27,11 +29,14 @@ names one instead), and says once on stderr when gVisor cannot run here and a we
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import uuid
 import weakref
@@ -49,7 +54,11 @@ BACKEND_ENV = "QLLM_SANDBOX_BACKEND"
 """Names the backend ``auto`` resolves to (for a machine where the automatic choice is not wanted)."""
 NOBODY = 65534
 DOCKER_IMAGE_ENV = "QLLM_SANDBOX_DOCKER_IMAGE"
-DEFAULT_DOCKER_IMAGE = "debian:bookworm-slim"
+"""Names a local image for the Docker backend instead of the one it builds."""
+DOCKER_CLIENT_ENV = frozenset(
+    {"DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY"}
+)
+"""The host's variables the Docker client is given: where the engine is and how to reach it."""
 _ENV = {
     "PATH": "/usr/bin:/bin",
     "HOME": "/tmp",
@@ -107,6 +116,11 @@ class Backend(ABC):
         if self.private_scratch:
             env[SCRATCH_ENV] = ":".join(self.private_scratch)
         return env
+
+    def launcher_environment(self) -> dict[str, str]:
+        """The environment of the process :meth:`command` starts: the worker's, unless that process is
+        a launcher (the Docker client) that needs more of the host's to reach its engine."""
+        return self.environment()
 
     def release(self) -> None:  # noqa: B027  (optional hook: most backends leave nothing behind)
         """Clean up after the workers this backend started, once they have exited."""
@@ -263,35 +277,105 @@ class BwrapBackend(Backend):
         return argv
 
 
+IMAGE_REPOSITORY = "qllm-sandbox"
+"""The local image the Docker backend builds: ``qllm-sandbox:<hash of its contents>``."""
+
+
+def _image_layer() -> bytes:
+    """The sandbox image's only layer, as a tar: the symlinks of a merged-/usr system (``/lib ->
+    usr/lib``) and nothing else. Everything the worker runs is bound in read-only."""
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for top, target in _system_tops():
+            if target is not None:
+                link = tarfile.TarInfo(top.lstrip("/"))
+                # mtime 0: the same layout makes the same bytes, hence the same tag on every machine.
+                link.type, link.linkname, link.mtime = tarfile.SYMTYPE, str(target), 0
+                tar.addfile(link)
+    return layer.getvalue()
+
+
+@cache
+def local_image() -> str:
+    """The sandbox image's tag, built from nothing (``docker import``) the first time a machine needs it;
+    never pulled. The tag names its contents' hash, so an image of another layout is another tag."""
+    layer = _image_layer()
+    tag = f"{IMAGE_REPOSITORY}:{hashlib.sha256(layer).hexdigest()[:16]}"
+    if not _probe(["docker", "image", "inspect", tag]):
+        subprocess.run(
+            ["docker", "import", "-", tag], input=layer, capture_output=True, timeout=120, check=True
+        )
+    return tag
+
+
+@cache
+def _docker_runtimes() -> frozenset[str]:
+    """The container runtimes the Docker engine has registered (``runc``; ``runsc`` when gVisor is)."""
+    try:
+        out = subprocess.run(
+            ["docker", "info", "--format", "{{json .Runtimes}}"], capture_output=True, timeout=20, check=True
+        ).stdout
+        return frozenset(json.loads(out))
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return frozenset()
+
+
 class DockerBackend(Backend):
+    """The worker in a Docker container of a local image made from nothing (:func:`local_image`): only
+    read-only binds of /usr, the system's library folders, the Python install, the venv and the qllm
+    package exist inside; no network, a read-only root, a private /tmp, nobody, no capabilities, no new
+    privileges, and pid, memory and CPU limits. No image is ever pulled (``--pull never``; an image
+    named by ``QLLM_SANDBOX_DOCKER_IMAGE`` must be on the machine). Where Docker has gVisor registered
+    as its ``runsc`` runtime, the container runs under it."""
+
     name = "docker"
     private_scratch = ("/tmp", "/dev/shm")
+    runtime_pids = 64
+    """The Docker client's own threads (a Go program) in the client's pids cgroup."""
+    TMP_MB = 64
+    CPUS = 1
+    PIDS = 64
+    """The container's own pids limit: its processes are the engine's children, not the client's, so
+    the client's pids cgroup does not reach them."""
 
     def __init__(self, image: str | None = None, memory_mb: int = 4096) -> None:
-        self.image = image or os.environ.get(DOCKER_IMAGE_ENV, DEFAULT_DOCKER_IMAGE)
+        self.image = image or os.environ.get(DOCKER_IMAGE_ENV) or None
         self.memory_mb = memory_mb
 
     def available(self) -> bool:
-        return shutil.which("docker") is not None and _probe(
+        """An engine answers, and the image named instead of the built one, if any, is on the machine."""
+        engine = shutil.which("docker") is not None and _probe(
             ["docker", "info", "--format", "{{.ServerVersion}}"]
         )
+        return engine and (self.image is None or _probe(["docker", "image", "inspect", self.image]))
+
+    def launcher_environment(self) -> dict[str, str]:
+        """The worker's environment, plus the host's ``DOCKER_*`` variables, which say where the engine
+        is: the client needs them, the container gets none of them (its variables are ``--env``s)."""
+        docker = {key: value for key, value in os.environ.items() if key in DOCKER_CLIENT_ENV}
+        return {**self.environment(), **docker}
+
+    @property
+    def runtime(self) -> str:
+        """``runsc`` where the engine has gVisor registered, else the engine's default (``runc``)."""
+        return "runsc" if "runsc" in _docker_runtimes() else "runc"
 
     def command(self) -> list[str]:
-        argv = ["docker", "run", "--rm", "-i", "--network", "none", "--read-only", "--cap-drop", "ALL"]
-        argv += [
-            "--security-opt",
-            "no-new-privileges",
-            "--pids-limit",
-            "64",
-            "--memory",
-            f"{self.memory_mb}m",
-        ]
-        argv += ["--user", f"{NOBODY}:{NOBODY}", "--tmpfs", "/tmp", "--workdir", "/tmp"]
-        for path in _read_only_paths():
+        client = shutil.which("docker") or "docker"  # found on the host's PATH, not the worker's
+        argv = [client, "run", "--rm", "-i", "--pull", "never", "--runtime", self.runtime]
+        isolation = ["--network", "none", "--read-only", "--cap-drop", "ALL"]
+        argv += [*isolation, "--security-opt", "no-new-privileges"]
+        # Under gVisor the container's pids cgroup also holds runsc's own threads, as the gvisor backend's.
+        pids = self.PIDS + (GvisorBackend.runtime_pids if self.runtime == "runsc" else 0)
+        argv += ["--pids-limit", str(pids), "--cpus", str(self.CPUS)]
+        argv += ["--memory", f"{self.memory_mb}m", "--memory-swap", f"{self.memory_mb}m"]
+        argv += ["--user", f"{NOBODY}:{NOBODY}", "--tmpfs", f"/tmp:size={self.TMP_MB}m", "--workdir", "/tmp"]
+        binds = [Path("/usr"), *(Path(top) for top, target in _system_tops() if target is None)]
+        for path in [*binds, *_read_only_paths()]:
             argv += ["--volume", f"{path}:{path}:ro"]
         for key, value in self.environment().items():
             argv += ["--env", f"{key}={value}"]
-        return [*argv, self.image, *_worker_argv()]
+        return [*argv, self.image or local_image(), *_worker_argv()]
 
 
 class UnshareBackend(Backend):

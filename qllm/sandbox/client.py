@@ -118,7 +118,7 @@ class SandboxWorker:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            env=self.backend.environment(),
+            env=self.backend.launcher_environment(),
             start_new_session=True,
             preexec_fn=self.cgroup.enter if self.cgroup else None,  # noqa: PLW1509  (one write, no locks)
         )
