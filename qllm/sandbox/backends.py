@@ -55,6 +55,8 @@ BACKEND_ENV = "QLLM_SANDBOX_BACKEND"
 NOBODY = 65534
 DOCKER_IMAGE_ENV = "QLLM_SANDBOX_DOCKER_IMAGE"
 """Names a local image for the Docker backend instead of the one it builds."""
+DOCKER_RUNTIME_ENV = "QLLM_SANDBOX_DOCKER_RUNTIME"
+"""Names the Docker backend's container runtime (``runc``, ``runsc``) instead of the automatic choice."""
 DOCKER_CLIENT_ENV = frozenset(
     {"DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY"}
 )
@@ -357,8 +359,10 @@ class DockerBackend(Backend):
 
     @property
     def runtime(self) -> str:
-        """``runsc`` where the engine has gVisor registered, else the engine's default (``runc``)."""
-        return "runsc" if "runsc" in _docker_runtimes() else "runc"
+        """The container runtime: ``QLLM_SANDBOX_DOCKER_RUNTIME`` if set, else ``runsc`` where the engine
+        has gVisor registered, else the engine's usual ``runc``."""
+        chosen = os.environ.get(DOCKER_RUNTIME_ENV, "").strip()
+        return chosen or ("runsc" if "runsc" in _docker_runtimes() else "runc")
 
     def command(self) -> list[str]:
         client = shutil.which("docker") or "docker"  # found on the host's PATH, not the worker's
