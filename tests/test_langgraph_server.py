@@ -35,13 +35,16 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
-    log = tmp_path_factory.mktemp("langgraph") / "server.log"
+    # Run from a folder of its own: `langgraph dev` keeps its threads and assistants in ./.langgraph_api.
+    home = tmp_path_factory.mktemp("langgraph")
+    log = home / "server.log"
     env = {**os.environ, "LANGGRAPH_CLI_NO_ANALYTICS": "1", "LANGSMITH_TRACING": "false"}
     langgraph = Path(sys.executable).parent / "langgraph"
     with log.open("w") as out:
         process = subprocess.Popen(
-            [str(langgraph), "dev", "--host", "127.0.0.1", "--port", str(port), "--no-browser",
-             "--no-reload"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            [str(langgraph), "dev", "--config", str(REPO / "langgraph.json"), "--host", "127.0.0.1",
+             "--port", str(port), "--no-browser", "--no-reload"],
+            cwd=home, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
@@ -133,9 +136,29 @@ def test_a_review_through_the_api_waits_and_resumes_with_a_command(server: str, 
 
 def test_studio_can_read_and_draw_the_graph(server: str) -> None:
     client = get_sync_client(url=server)
-    (assistant,) = client.assistants.search(graph_id="qllm")
+    # The graph's own assistant, which the server makes (other tests add their own).
+    (assistant,) = client.assistants.search(graph_id="qllm", metadata={"created_by": "system"})
     schemas = client.assistants.get_schemas(assistant["assistant_id"])
     assert {"candidates", "decisions", "best", "status"} <= set(schemas["state_schema"]["properties"])
     drawn = client.assistants.get_graph(assistant["assistant_id"], xray=True)
     nodes = {node["id"] for node in drawn["nodes"]}
     assert {"trial", "evaluate", "review", "finish", "candidate:write", "candidate:check"} <= nodes
+
+
+def test_a_thread_keeps_to_its_run_folder_and_a_finished_run_takes_no_new_run(
+    server: str, tmp_path: Path
+) -> None:
+    client = get_sync_client(url=server)
+    thread = client.threads.create()["thread_id"]
+    with stub_server([GOOD, GOOD_OTHER, evaluation(choice=2)]) as stub:
+        config = qllm_config(stub.base_url, tmp_path / "runs", review=True)
+        client.runs.wait(thread, "qllm", input={}, config=config)
+        elsewhere = qllm_config(stub.base_url, tmp_path / "elsewhere", review=True)
+        with pytest.raises(Exception, match=r"ThreadRunError: .* its folder is not under"):
+            client.runs.wait(thread, "qllm", command={"resume": {"action": "accept"}}, config=elsewhere)
+        assert not (tmp_path / "elsewhere").exists()  # no folder made up for the thread's state
+        client.runs.wait(thread, "qllm", command={"resume": {"action": "accept"}}, config=config)
+        assert client.threads.get_state(thread)["values"]["status"] == "succeeded"
+        with pytest.raises(Exception, match=r"ThreadRunError: the run of thread .* has finished"):
+            client.runs.wait(thread, "qllm", input={}, config=config)
+    assert len(list((tmp_path / "runs").iterdir())) == 1

@@ -20,7 +20,7 @@ from openai_stub import Slow, stub_server
 from typer.testing import CliRunner
 
 from qllm.agents import GenerationRun, Models, RunStatus
-from qllm.agents.review import ReviewAction, ReviewAnswer, ReviewRequest
+from qllm.agents.review import ReviewAction, ReviewAnswer, ReviewRequest, read_answer
 from qllm.agents.run import ReviewPending
 from qllm.agents.trace import DecisionEvent, read_events
 from qllm.cli import app
@@ -96,6 +96,15 @@ def test_an_answer_the_run_cannot_use_is_asked_for_again_with_the_reason(tmp_pat
     outcome = run.execute(Models(scripted([GOOD, GOOD_OTHER]), scripted([evaluation()])), reviewer=reviewer)
     assert outcome.status == RunStatus.SUCCEEDED
     assert [r.problem for r in seen] == ["", "pick needs one of r1-c0, r1-c1, got 'r9-c9'"]
+
+
+def test_an_api_answer_that_is_not_an_answer_is_refused_with_the_reason(tmp_path: Path) -> None:
+    run = reviewed_run(tmp_path, rounds=1)
+    models = Models(scripted([GOOD, GOOD_OTHER]), scripted([evaluation()]))
+    (request,) = [u.request for u in run.stream(models) if isinstance(u, ReviewPending)]
+    assert read_answer({"action": "maybe"}, request)[1].startswith("not an answer (action:")
+    assert read_answer({"action": "pick"}, request) == (None, "pick needs one of r1-c0, r1-c1, got None")
+    assert read_answer({"action": "stop"}, request)[0] == ReviewAnswer(action=ReviewAction.STOP)
 
 
 def test_typed_decisions_parse_and_nonsense_is_refused() -> None:
@@ -176,7 +185,10 @@ def test_ctrl_c_during_a_call_ends_with_the_resume_command_and_resume_finishes(t
         )  # fmt: skip
         try:
             _read_until(process, "Run folder", timeout_s=120)
-            time.sleep(3)  # into the coder's call, which takes a minute
+            deadline = time.monotonic() + 120
+            while not server.requests:  # the coder's call has arrived, and takes a minute to answer
+                assert time.monotonic() < deadline, "the coder was never called"
+                time.sleep(0.2)
             process.send_signal(signal.SIGINT)
             output, _ = process.communicate(timeout=30)
         finally:

@@ -31,7 +31,7 @@ from qllm.agents import artifact
 from qllm.agents.context import GenerationContext
 from qllm.agents.extract import ExtractionError, extract_json
 from qllm.agents.messages import evaluator_messages, evaluator_retry_messages
-from qllm.agents.review import ReviewAction, ReviewAnswer, person_decision, review_request
+from qllm.agents.review import ReviewAction, person_decision, read_answer, review_request
 from qllm.agents.selection import Selection, consensus, rank_by_trial
 from qllm.agents.spec import SpecError
 from qllm.agents.state import (
@@ -314,10 +314,10 @@ def review(state: GenerationState, runtime: Ctx) -> dict[str, Any]:
         return {}
     contenders = [state.by_id(candidate_id) for candidate_id in chooser.contenders]
     request = review_request(state, contenders)
-    answer = ReviewAnswer.model_validate(interrupt(request.model_dump(mode="json")))
-    while problem := answer.problem_with(request):
+    answer, problem = read_answer(interrupt(request.model_dump(mode="json")), request)
+    while answer is None:  # each refused answer is another interrupt, asked with the reason
         retry = review_request(state, contenders, problem=problem)
-        answer = ReviewAnswer.model_validate(interrupt(retry.model_dump(mode="json")))
+        answer, problem = read_answer(interrupt(retry.model_dump(mode="json")), request)
     best = state.by_id(answer.candidate) if answer.action == ReviewAction.PICK else state.best
     decision = _with_trial_verdict(state, person_decision(request, answer, chooser), best)
     ctx.trace.record(DecisionEvent(event="decision", **decision.model_dump()))

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
-from qllm.agents.state import Candidate, Decision, GenerationState
+from qllm.agents.state import Candidate, Decision, DecisionSource, GenerationState
 
 
 class ReviewAction(StrEnum):
@@ -48,11 +48,12 @@ class ReviewRequest(BaseModel):
     contenders: list[ReviewedCandidate]
     chosen: str
     """The chooser's pick."""
-    chooser: str
+    chooser: DecisionSource
     """Who picked it: the evaluator, consensus, trial or a fallback."""
     tips: str
     """The tips the next round's coder would get."""
     note: str = ""
+    """The chooser's note: how consensus agreed, each contender's trial fitness, why a fallback."""
     problem: str = ""
     """Why the previous answer to this request was refused ("" the first time it is asked)."""
 
@@ -105,6 +106,19 @@ def _reviewed(state: GenerationState, candidate: Candidate) -> ReviewedCandidate
     )
 
 
+def read_answer(value: object, request: ReviewRequest) -> tuple[ReviewAnswer | None, str]:
+    """The answer a run was resumed with, or ``None`` and why it cannot be used (it comes from a person
+    at a terminal, or from any client of the LangGraph API)."""
+    try:
+        answer = ReviewAnswer.model_validate(value)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "answer"
+        return None, f"not an answer ({where}: {first['msg']}): give action accept, pick or stop"
+    problem = answer.problem_with(request)
+    return (None, problem) if problem else (answer, "")
+
+
 def person_decision(request: ReviewRequest, answer: ReviewAnswer, chooser: Decision) -> Decision:
     """The person's answer as the round's final decision (the chooser's stays in the state before it)."""
     chosen = answer.candidate if answer.action == ReviewAction.PICK else request.chosen
@@ -122,6 +136,6 @@ def person_decision(request: ReviewRequest, answer: ReviewAnswer, chooser: Decis
         source="person",
         note=note,
         # Accepting keeps the chooser's verdict on whether more rounds are needed; another pick has none.
+        # (Whether the choice beat equal weights on trial is the graph's to add, as for every decision.)
         satisfied=chooser.satisfied if answer.action == ReviewAction.ACCEPT else False,
-        beats_reference=chooser.beats_reference if answer.action == ReviewAction.ACCEPT else None,
     )

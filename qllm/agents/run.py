@@ -17,7 +17,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,7 +38,7 @@ from qllm.agents.review import ReviewAnswer, ReviewRequest
 from qllm.agents.selection import judge_for, resolve_selection
 from qllm.agents.state import CHECKPOINTED_TYPES, GenerationState, RunStatus
 from qllm.agents.template import NamedState
-from qllm.agents.trace import Listener, RunStarted, Trace, TraceEvent
+from qllm.agents.trace import RunStarted, Trace, TraceEvent
 from qllm.agents.trial import TrialBench
 from qllm.envs.recording import load_recording, record, save_recording
 from qllm.envs.tasks import folder_name, resolve_task
@@ -87,6 +87,8 @@ class ReviewPending:
 
 RunUpdate = TraceEvent | NodeFinished | ReviewPending
 """What :meth:`GenerationRun.stream` yields."""
+Listener = Callable[[TraceEvent], None]
+"""Takes each trace event of a run as it happens (``qllm sweep``'s progress lines)."""
 Reviewer = Callable[[ReviewRequest], ReviewAnswer]
 """Answers a review: a person at a terminal (``qllm generate --review``), or a test."""
 
@@ -265,11 +267,13 @@ class GenerationRun:
             yield self.record_start(ctx, resumed=bool(snapshot.values))
             while True:
                 pending = None
-                async for chunk in graph.astream(graph_input, config, context=ctx, **STREAM):
-                    for update in _typed(chunk):
-                        if isinstance(update, ReviewPending):
-                            pending = update.request
-                        yield update
+                # aclosing: a consumer that stops early closes the graph's stream too, cancelling its steps
+                async with aclosing(graph.astream(graph_input, config, context=ctx, **STREAM)) as chunks:
+                    async for chunk in chunks:
+                        for update in _typed(chunk):
+                            if isinstance(update, ReviewPending):
+                                pending = update.request
+                            yield update
                 if pending is None or reviewer is None:
                     return
                 graph_input = _answered(reviewer, pending)
@@ -299,8 +303,14 @@ class GenerationRun:
     def _outcome(self, state: GenerationState, pending: ReviewRequest | None) -> GenerationOutcome:
         path = self.run_dir / artifact.ARTIFACT_FILE
         succeeded = state.status == RunStatus.SUCCEEDED
+        reason = state.reason
+        if pending is not None:  # said plainly wherever a run is driven without a reviewer (sweeps, evals)
+            reason = (
+                f"the run waits for a person's review of round {pending.round}: answer it with "
+                f"qllm generate --resume {self.run_dir}"
+            )
         return GenerationOutcome(
-            state.status, state.reason, self.run_dir, path if succeeded else None, state, pending
+            state.status, reason, self.run_dir, path if succeeded else None, state, pending
         )
 
 
@@ -338,6 +348,7 @@ def _driven(chunks: AsyncIterator[T]) -> Iterator[T]:
                 step.cancel()
                 loop.run_until_complete(asyncio.gather(step, return_exceptions=True))
             loop.run_until_complete(chunks.aclose())
+            loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
 

@@ -7,11 +7,11 @@ out of an id.
 
 Append-only and flushed per event, so a killed run keeps everything it did. Each event recorded inside a
 graph step also goes to the graph's ``custom`` stream (what ``qllm generate`` prints and the LangGraph API
-streams). It doubles as the replay
-journal that makes resume cheap: each LLM call is stored under a key derived from the role, the call's
-place in the run and the exact messages, and each finished trial training under its trial key; a
-resumed run answers a call or a trial with that key from the trace instead of repeating it
-(LangGraph's checkpoints only cover finished steps; this covers the work inside an interrupted one too).
+streams). The trace doubles as the replay journal that makes resume cheap: each LLM call is stored under a
+key derived from the role, the call's place in the run and the exact messages, and each finished trial
+training under its trial key; a resumed run answers a call or a trial with that key from the trace instead
+of repeating it (LangGraph's checkpoints only cover finished steps; this covers the work inside an
+interrupted one too).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -185,8 +185,6 @@ TraceEvent = Annotated[
     Field(discriminator="event"),
 ]
 _EVENT: TypeAdapter[TraceEvent] = TypeAdapter(TraceEvent)
-Listener = Callable[[TraceEvent], None]
-"""Something that takes each event of a run as it happens (``qllm sweep``'s progress lines)."""
 
 
 def _to_stream(event: TraceEvent) -> None:

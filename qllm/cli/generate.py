@@ -15,7 +15,6 @@ from qllm.agents import (
     RunStatus,
     SettingsError,
 )
-from qllm.agents.run import NodeFinished, ReviewPending
 from qllm.agents.trace import (
     DecisionEvent,
     LLMCallEvent,
@@ -124,9 +123,8 @@ def run_generation(
         f"{trained}\nRun folder: {run.run_dir}"
     )
     try:
-        for update in run.stream(reviewer=ask_person if s.review else None):
-            if not isinstance(update, NodeFinished | ReviewPending):
-                print_event(update)
+        # The graph's stream, event by event (GenerationRun.stream); a reviewed run asks at each review.
+        outcome = run.execute(listener=print_event, reviewer=ask_person if s.review else None)
     except (ProviderError, PromptError, TraceFormatError) as exc:
         then = f"Fix it and resume with: qllm generate --resume {run.run_dir}"
         raise error_exit(str(exc), USAGE, then=then) from None
@@ -135,7 +133,6 @@ def run_generation(
         raise error_exit("no answer: the run waits for its review", FAILURE, then=then) from None
     except KeyboardInterrupt:
         interrupted(f"resume with: qllm generate --resume {run.run_dir}")
-    outcome = run.outcome()
     colour = "green" if outcome.status == RunStatus.SUCCEEDED else "red"
     console.print(f"[{colour}]{outcome.status.value}[/{colour}]: {outcome.reason}")
     return outcome
@@ -193,7 +190,8 @@ def generate_command(
         typer.Option(
             "--review/--no-review",
             help="Pause after each round: show the candidates, their weights and the pick, and let you "
-            "accept it, pick another, edit the tips or stop. \\[default: no review]",
+            "accept it, pick another, edit the tips or stop. Saved with the run: --resume keeps the "
+            "run's. \\[default: no review]",
         ),
     ] = None,
 ) -> None:

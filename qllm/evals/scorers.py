@@ -189,7 +189,8 @@ def repairs_per_valid(run: RunRecord, judge: ProbeJudge) -> float | None:
 
 @scorer("rounds_used", "neutral", "rounds run before finishing (early stop or L)")
 def rounds_used(run: RunRecord, judge: ProbeJudge) -> float:
-    return float(len(run.decisions))
+    # A reviewed round has two decisions, the chooser's and the person's: count rounds, not decisions.
+    return float(len({d.round for d in run.decisions}))
 
 
 @scorer(

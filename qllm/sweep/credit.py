@@ -13,8 +13,7 @@ from pathlib import Path
 
 from qllm.agents import GenerationRun, Models, RunStatus
 from qllm.agents.context import GenerationSettings
-from qllm.agents.run import SETTINGS_FILE, STATES_FILE
-from qllm.agents.trace import Listener
+from qllm.agents.run import SETTINGS_FILE, STATES_FILE, Listener
 from qllm.sweep.plan import ARTIFACTS_DIR, SweepError, SweepPlan
 
 

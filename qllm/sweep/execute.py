@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
 from qllm.agents import Models
-from qllm.agents.trace import Listener
+from qllm.agents.run import Listener
 from qllm.rl.config import TrainConfig
 from qllm.rl.train import CHECKPOINT_DIR, FINAL_MODEL, Progress, checkpoints, train
 from qllm.sweep.credit import prepare_credit_functions
