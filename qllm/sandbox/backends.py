@@ -74,9 +74,9 @@ class SandboxUnavailableError(RuntimeError):
     """No isolation backend can run on this machine (or the requested one cannot)."""
 
 
-def _probe(command: list[str]) -> bool:
+def _probe(command: list[str], env: dict[str, str] | None = None) -> bool:
     try:
-        return subprocess.run(command, capture_output=True, timeout=20, check=False).returncode == 0
+        return subprocess.run(command, capture_output=True, timeout=20, check=False, env=env).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -304,9 +304,13 @@ def local_image() -> str:
     layer = _image_layer()
     tag = f"{IMAGE_REPOSITORY}:{hashlib.sha256(layer).hexdigest()[:16]}"
     if not _probe(["docker", "image", "inspect", tag]):
-        subprocess.run(
-            ["docker", "import", "-", tag], input=layer, capture_output=True, timeout=120, check=True
-        )
+        try:
+            subprocess.run(
+                ["docker", "import", "-", tag], input=layer, capture_output=True, timeout=120, check=True
+            )
+        except subprocess.CalledProcessError as exc:
+            why = exc.stderr.decode(errors="replace").strip()
+            raise SandboxUnavailableError(f"cannot build the Docker sandbox image {tag}: {why}") from None
     return tag
 
 
@@ -345,28 +349,43 @@ class DockerBackend(Backend):
         self.memory_mb = memory_mb
 
     def available(self) -> bool:
-        """An engine answers, and the image named instead of the built one, if any, is on the machine."""
-        engine = shutil.which("docker") is not None and _probe(
-            ["docker", "info", "--format", "{{.ServerVersion}}"]
-        )
-        return engine and (self.image is None or _probe(["docker", "image", "inspect", self.image]))
+        """A container with these flags runs here: an engine that answers is not enough (one without the
+        CPU controller refuses ``--cpus``, a runtime can be refused), and a user's image must be here."""
+        if shutil.which("docker") is None or not _probe(["docker", "info", "--format", "{{.ServerVersion}}"]):
+            return False
+        if self.image is not None and not _probe(["docker", "image", "inspect", self.image]):
+            return False
+        try:
+            trial = self._run_argv([sys.executable, "-I", "-c", "pass"])
+        except SandboxUnavailableError:
+            return False
+        return _probe(trial, env=self.launcher_environment())
 
     def launcher_environment(self) -> dict[str, str]:
-        """The worker's environment, plus the host's ``DOCKER_*`` variables, which say where the engine
-        is: the client needs them, the container gets none of them (its variables are ``--env``s)."""
+        """The worker's environment, plus what the client needs to find its engine: the host's
+        ``DOCKER_*`` variables and its configuration folder (where ``docker context use`` keeps the
+        engine). The container gets none of them: its variables are ``--env``s."""
         docker = {key: value for key, value in os.environ.items() if key in DOCKER_CLIENT_ENV}
+        config = Path.home() / ".docker"
+        if "DOCKER_CONFIG" not in docker and config.is_dir():
+            docker["DOCKER_CONFIG"] = str(config)  # the worker's HOME is /tmp, which has none
         return {**self.environment(), **docker}
 
     @property
-    def runtime(self) -> str:
+    def runtime(self) -> str | None:
         """The container runtime: ``QLLM_SANDBOX_DOCKER_RUNTIME`` if set, else ``runsc`` where the engine
-        has gVisor registered, else the engine's usual ``runc``."""
+        has gVisor registered, else ``None``: the engine's default (``runc`` usually)."""
         chosen = os.environ.get(DOCKER_RUNTIME_ENV, "").strip()
-        return chosen or ("runsc" if "runsc" in _docker_runtimes() else "runc")
+        return chosen or ("runsc" if "runsc" in _docker_runtimes() else None)
 
     def command(self) -> list[str]:
+        return self._run_argv(_worker_argv())
+
+    def _run_argv(self, process: list[str]) -> list[str]:
         client = shutil.which("docker") or "docker"  # found on the host's PATH, not the worker's
-        argv = [client, "run", "--rm", "-i", "--pull", "never", "--runtime", self.runtime]
+        argv = [client, "run", "--rm", "-i", "--pull", "never"]
+        if self.runtime is not None:
+            argv += ["--runtime", self.runtime]
         isolation = ["--network", "none", "--read-only", "--cap-drop", "ALL"]
         argv += [*isolation, "--security-opt", "no-new-privileges"]
         # Under gVisor the container's pids cgroup also holds runsc's own threads, as the gvisor backend's.
@@ -379,7 +398,7 @@ class DockerBackend(Backend):
             argv += ["--volume", f"{path}:{path}:ro"]
         for key, value in self.environment().items():
             argv += ["--env", f"{key}={value}"]
-        return [*argv, self.image or local_image(), *_worker_argv()]
+        return [*argv, self.image or local_image(), *process]
 
 
 class UnshareBackend(Backend):
