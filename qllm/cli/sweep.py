@@ -23,7 +23,7 @@ from qllm.cli.common import (
     SelectionOption,
     console,
 )
-from qllm.cli.errors import FAILURE, USAGE, error_exit, usage_error
+from qllm.cli.errors import FAILURE, USAGE, error_exit, interrupted, usage_error
 from qllm.cli.generate import print_event
 from qllm.cli.progress import StepProgress, step_progress
 from qllm.llm.providers import ProviderError
@@ -233,8 +233,8 @@ def sweep_command(
         # not be generated: the work failed, not the command line.
         raise error_exit(str(exc), FAILURE, then=f"Resume with: qllm sweep {sweep_dir}") from None
     except KeyboardInterrupt:
-        console.print(f"\ninterrupted; resume with: qllm sweep {sweep_dir}")
-        raise typer.Exit(130) from None
+        executor.close()  # Ray's workers go with it; then end at once (a generation may be mid-call)
+        interrupted(f"resume with: qllm sweep {sweep_dir}")
     finally:
         executor.close()
     console.print(f"[green]{len(status.done)} runs done[/green]; report: qllm report {sweep_dir}")
