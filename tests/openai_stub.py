@@ -81,12 +81,19 @@ def _completion(text: str, model: str) -> dict[str, Any]:
 
 
 @contextmanager
-def stub_server(script: list[ScriptItem]) -> Iterator[StubServer]:
-    server = StubServer(script)
+def serving(server: ThreadingHTTPServer) -> Iterator[None]:
+    """``server`` answering on a thread of its own for the ``with`` block, then shut down."""
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield server
+        yield
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def stub_server(script: list[ScriptItem]) -> Iterator[StubServer]:
+    server = StubServer(script)
+    with serving(server):
+        yield server

@@ -20,6 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from openai_stub import serving
+
 TESTS = Path(__file__).resolve().parent
 
 GENERATION = """
@@ -95,13 +97,8 @@ def _posted_runs(content_type: str, body: bytes) -> list[dict[str, Any]]:
 @contextmanager
 def stub_langsmith() -> Iterator[StubLangSmith]:
     server = StubLangSmith()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def generate_with(environment: dict[str, str]) -> None:

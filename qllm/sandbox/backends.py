@@ -141,6 +141,13 @@ def _system_tops() -> list[tuple[str, Path | None]]:
     return tops
 
 
+def _worker_binds() -> list[Path]:
+    """Everything a root made from nothing binds read-only for the worker: /usr, the system's real
+    library folders (symlinked ones are links in the root), the Python install, the venv and qllm."""
+    system = [Path("/usr"), *(Path(top) for top, target in _system_tops() if target is None)]
+    return [*system, *_read_only_paths()]
+
+
 HOME_PREFIX = "qllm-gvisor-"
 """Each gVisor backend's folder (bundles, runsc state) is ``/tmp/qllm-gvisor-<pid>-<random>``."""
 
@@ -221,8 +228,7 @@ class GvisorBackend(Backend):
         def read_only(path: str) -> dict[str, Any]:
             return {"destination": path, "type": "bind", "source": path, "options": ["rbind", "ro"]}
 
-        binds = ["/usr", *(top for top, target in _system_tops() if target is None)]
-        binds += [str(path) for path in _read_only_paths()]
+        binds = [str(path) for path in _worker_binds()]
         no_capabilities = {
             kind: [] for kind in ("bounding", "effective", "inheritable", "permitted", "ambient")
         }
@@ -308,8 +314,8 @@ def local_image() -> str:
             subprocess.run(
                 ["docker", "import", "-", tag], input=layer, capture_output=True, timeout=120, check=True
             )
-        except subprocess.CalledProcessError as exc:
-            why = exc.stderr.decode(errors="replace").strip()
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            why = (exc.stderr or b"").decode(errors="replace").strip() or str(exc)
             raise SandboxUnavailableError(f"cannot build the Docker sandbox image {tag}: {why}") from None
     return tag
 
@@ -393,8 +399,7 @@ class DockerBackend(Backend):
         argv += ["--pids-limit", str(pids), "--cpus", str(self.CPUS)]
         argv += ["--memory", f"{self.memory_mb}m", "--memory-swap", f"{self.memory_mb}m"]
         argv += ["--user", f"{NOBODY}:{NOBODY}", "--tmpfs", f"/tmp:size={self.TMP_MB}m", "--workdir", "/tmp"]
-        binds = [Path("/usr"), *(Path(top) for top, target in _system_tops() if target is None)]
-        for path in [*binds, *_read_only_paths()]:
+        for path in _worker_binds():
             argv += ["--volume", f"{path}:{path}:ro"]
         for key, value in self.environment().items():
             argv += ["--env", f"{key}={value}"]
