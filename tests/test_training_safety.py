@@ -91,6 +91,19 @@ def test_nan_weights_from_the_sandbox_stop_training(tmp_path: Path) -> None:
         train(config, runs_dir=tmp_path)
 
 
+def test_a_linear_function_that_turns_nan_on_a_later_call_stops_training(tmp_path: Path) -> None:
+    # One session answers every batch (one episode in each of 2 environments, each bringing new states),
+    # so a function that changes as it is called is caught when it does: at its 12th batch.
+    config = preset(
+        "qllm",
+        task="lbf-8x8-2p-2f",
+        tfcaf=str(CORPUS / "nan_on_a_later_call_linear.py"),
+        **{**SHORT, "steps": 2000},
+    )
+    with pytest.raises(TrainingError, match=r"\(episodes 22-23, mixer tfcaf\): .*in the sandbox .*non_finite"):
+        train(config, runs_dir=tmp_path)
+
+
 # --- the linear path runs no generated code in this process ----------------------------------------
 
 

@@ -3,9 +3,10 @@
 Every credit function qllm writes is linear in Q, ``Q_tot = w(s) . Q + b(s)``, and the sandbox measures
 that of any file (``linear_in_q_error``). For such a function the trainer never needs the function
 itself, only each state's weights and bias: :class:`SandboxCredit` computes them for the new states of
-each collected batch of episodes, in a fresh limited child of the isolated sandbox worker (the same
-CPU-time, wall-clock and memory limits as validation), and the runner stores them beside the state in
-the replay buffer. The mixer is then ``(w * Q).sum(-1) + b`` (:class:`qllm.rl.mixers.LinearCredit`),
+each collected batch of episodes, in the isolated sandbox worker (a
+:class:`~qllm.sandbox.CreditSession`: one limited child loads the function once, and each call has the
+CPU-time, wall-clock and output limits of a validation job), and the runner stores them beside the state
+in the replay buffer. The mixer is then ``(w * Q).sum(-1) + b`` (:class:`qllm.rl.mixers.LinearCredit`),
 and no generated code ever runs in the trainer's process.
 
 A call that fails (an exception, a timeout, a crash, memory) or gives non-finite or, where monotonicity
@@ -47,6 +48,7 @@ class SandboxCredit:
         self.sha256 = hashlib.sha256(source.encode()).hexdigest()
         """Identifies the function whose credit a replay buffer holds (a resumed run may bring a new one)."""
         self.sandbox = Sandbox(limits=SandboxLimits(wall_s=call_budget_s, cpu_s=math.ceil(call_budget_s)))
+        self.session = self.sandbox.credit_session(source, n_agents, monotonic)
         self.memo: dict[bytes, np.ndarray] = {}
         self.calls = 0
         """Sandbox calls so far (one per batch that brought new states)."""
@@ -57,6 +59,7 @@ class SandboxCredit:
         return self.n_agents + 1
 
     def close(self) -> None:
+        self.session.close()
         self.sandbox.close()
 
     def __call__(self, states: torch.Tensor) -> torch.Tensor:
@@ -74,7 +77,7 @@ class SandboxCredit:
 
     def _compute(self, rows: np.ndarray) -> np.ndarray:
         self.calls += 1
-        result = self.sandbox.credit(self.source, torch.from_numpy(rows), self.n_agents, self.monotonic)
+        result = self.session.credit(torch.from_numpy(rows))
         if not result.ok or result.credit is None:
             kind = result.error_kind.value if result.error_kind else "error"
             raise CreditFunctionError(

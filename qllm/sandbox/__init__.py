@@ -11,6 +11,7 @@ from qllm.sandbox.checks import CheckOptions
 from qllm.sandbox.client import (
     CandidateFileError,
     CandidateRejectedError,
+    CreditSession,
     Sandbox,
     ValidationInputs,
     read_candidate_file,
@@ -25,6 +26,7 @@ __all__ = [
     "CandidateRejectedError",
     "CheckOptions",
     "CreditResult",
+    "CreditSession",
     "ErrorKind",
     "LoadedCandidate",
     "Sandbox",

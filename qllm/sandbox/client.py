@@ -9,6 +9,10 @@
 
 By default one worker stays warm between candidates (torch is imported once); each candidate still runs
 in a fresh forked child inside it. ``warm=False`` starts a new worker per candidate.
+
+A trainer that needs one function's credit for new states again and again opens a
+:class:`CreditSession`: the function is loaded once, in one limited child of the worker, and every call
+still has its own wall-clock, CPU-time and output limits.
 """
 
 from __future__ import annotations
@@ -106,12 +110,15 @@ class SandboxWorker:
         self.backend = backend
         self.process: subprocess.Popen[bytes] | None = None
         self.cgroup: PidsCgroup | None = None
+        self.starts = 0
+        """Workers started so far: state a worker held (credit sessions) is gone once this changes."""
 
     @property
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
     def start(self) -> None:
+        self.starts += 1
         self.cgroup = PidsCgroup.create(MAX_PIDS + self.backend.runtime_pids)
         self.process = subprocess.Popen(
             self.backend.command(),
@@ -226,6 +233,13 @@ class Sandbox:
         }
         return self._run(job, CreditResult)
 
+    def credit_session(self, source: str, n_agents: int, monotonic: bool) -> CreditSession:
+        """What :meth:`credit` computes, for many batches of states with one function: loaded once (on
+        the first call), each call limited as one job is. Needs a warm sandbox."""
+        if not self.warm:
+            raise ValueError("a credit session lives in a warm worker: use Sandbox(warm=True)")
+        return CreditSession(self, source, n_agents, monotonic)
+
     def load(
         self, source: str, inputs: ValidationInputs, options: CheckOptions | None = None
     ) -> LoadedCandidate:
@@ -263,3 +277,57 @@ class Sandbox:
         if isinstance(result, ValidationResult):
             result.timings.total = time.monotonic() - start
         return result
+
+
+class CreditSession:
+    """A credit function linear in Q, loaded once in a limited child of a warm sandbox worker, giving
+    the credit of batch after batch of states (:meth:`Sandbox.credit` answers one batch in a fresh child).
+
+    Each call has the wall-clock, CPU-time and output limits of one job, and the child's memory limit
+    holds throughout. A call that fails ends the session; the next call (after the file was fixed, say)
+    loads the function again, as does the first call after the worker was restarted.
+    """
+
+    def __init__(self, sandbox: Sandbox, source: str, n_agents: int, monotonic: bool) -> None:
+        self.sandbox, self.source, self.n_agents, self.monotonic = sandbox, source, n_agents, monotonic
+        self._session: int | None = None
+        self._worker_starts = 0
+
+    def credit(self, states: torch.Tensor) -> CreditResult:
+        """``[R, n_agents + 1]`` for ``states [R, S]``, as :meth:`Sandbox.credit` computes it."""
+        failed_to_load = self._open()
+        if failed_to_load is not None:
+            return failed_to_load
+        job = {"kind": "credit", "session": self._session, "states": encode_array(states.numpy())}
+        result = self.sandbox._run(job, CreditResult)
+        if not result.ok:
+            self._session = None  # the worker ended it
+        return result
+
+    def close(self) -> None:
+        if self._loaded():
+            self.sandbox._run({"kind": "credit-close", "session": self._session}, CreditResult)
+        self._session = None
+
+    def _loaded(self) -> bool:
+        """Whether the running worker holds this session (a worker that died or was replaced does not)."""
+        worker = self.sandbox._worker
+        return self._session is not None and worker.alive and worker.starts == self._worker_starts
+
+    def _open(self) -> CreditResult | None:
+        """Load the function, unless the running worker holds it already; the verdict if loading fails."""
+        if self._loaded():
+            return None
+        job = {
+            "kind": "credit-open",
+            "source": self.source,
+            "n_agents": self.n_agents,
+            "monotonic": self.monotonic,
+            "limits": self.sandbox.limits.to_dict(),
+        }
+        opened = self.sandbox._run(job, CreditResult)
+        self._session, self._worker_starts = opened.session, self.sandbox._worker.starts
+        if not opened.ok or opened.session is None:
+            self._session = None
+            return opened if not opened.ok else CreditResult.failure(ErrorKind.SANDBOX, "no session opened")
+        return None

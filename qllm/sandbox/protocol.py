@@ -19,18 +19,23 @@ SCRATCH_ENV = "QLLM_SCRATCH"
 """Colon-separated folders private to the worker, which it empties after every job (set by the backend)."""
 
 MAX_FRAME_BYTES = 64 * 1024 * 1024
-_HEADER = struct.Struct(">I")
+FRAME_HEADER = struct.Struct(">I")
+"""Every frame starts with its JSON payload's length in bytes."""
 
 
 class ProtocolError(RuntimeError):
     """The other side sent something that is not a frame, or went away mid-frame."""
 
 
-def write_frame(stream: IO[bytes], message: dict[str, Any]) -> None:
+def encode_frame(message: dict[str, Any]) -> bytes:
     payload = json.dumps(message).encode()
     if len(payload) > MAX_FRAME_BYTES:
         raise ProtocolError(f"frame of {len(payload)} bytes exceeds {MAX_FRAME_BYTES}")
-    stream.write(_HEADER.pack(len(payload)) + payload)
+    return FRAME_HEADER.pack(len(payload)) + payload
+
+
+def write_frame(stream: IO[bytes], message: dict[str, Any]) -> None:
+    stream.write(encode_frame(message))
     stream.flush()
 
 
@@ -40,7 +45,7 @@ def read_frame(stream: IO[bytes]) -> dict[str, Any]:
 
 def receive_frame(read_exactly: Callable[[int], bytes]) -> dict[str, Any]:
     """One frame, from a function that returns exactly ``n`` bytes or raises :class:`ProtocolError`."""
-    (length,) = _HEADER.unpack(read_exactly(_HEADER.size))
+    (length,) = FRAME_HEADER.unpack(read_exactly(FRAME_HEADER.size))
     if length > MAX_FRAME_BYTES:
         raise ProtocolError(f"frame of {length} bytes exceeds {MAX_FRAME_BYTES}")
     try:

@@ -232,6 +232,12 @@ class PrintSink:
     def text(self) -> str:
         return "".join(self.parts)
 
+    def reset(self) -> None:
+        """Start counting again: a function loaded once and called many times gets the limit per call."""
+        self.parts.clear()
+        self.size = 0
+        self.overflowed = False
+
 
 def _printer(sink: PrintSink) -> Callable[..., Any]:
     """RestrictedPython's ``_print_`` hook: every ``print`` in the candidate writes into ``sink``."""

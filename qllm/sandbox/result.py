@@ -152,3 +152,5 @@ class CreditResult(Verdict):
 
     credit: EncodedArray | None = None
     """``[R, n_agents + 1]``: each state's weights ``w_1..w_n`` and bias ``b``; present when ``ok``."""
+    session: int | None = None
+    """The worker's id of the credit session this answer opened (:class:`~qllm.sandbox.CreditSession`)."""
