@@ -15,7 +15,8 @@ from rware.warehouse import ImageLayer
 
 from qllm.envs import TimeStep, make_env
 from qllm.envs.matrix import CLIMBING
-from qllm.envs.mpe import MPEEnv, move_towards
+from qllm.envs.mpe import MPEEnv
+from qllm.envs.opponents import move_towards
 from tests.conftest import rollout
 
 # --- matrix games ----------------------------------------------------------------------------------

@@ -77,6 +77,7 @@ def test_every_listed_name_resolves_to_itself() -> None:
 def test_specs_describe_team_reward_and_opponent() -> None:
     for name in ("mpe-adversary", "mpe-tag"):
         assert "scripted" in resolve_task(name).opponent
+        assert "pretrained" in resolve_task(f"{name}-pretrained").opponent
     for name in ("matrix-climbing", "mpe-spread-3", "lbf-8x8-2p-2f", "rware-tiny-2ag"):
         spec = resolve_task(name)
         assert spec.opponent is None

@@ -118,6 +118,8 @@ def test_the_wheel_carries_prompts_suites_and_references(installed: Installed) -
     assert "qllm/evals/reference/levers/2-smoke-code.json" in names
     shipped = {p.name for p in (REPO / "qllm" / "prompts" / "v1").glob("*.md")}
     assert shipped and {f"qllm/prompts/v1/{name}" for name in shipped} <= names
+    opponents = ("epymarl_adversary.pt", "epymarl_prey.pt", "LICENSE", "NOTICE", "README.md")
+    assert {f"qllm/envs/pretrained/{name}" for name in opponents} <= names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
 
 
@@ -136,6 +138,7 @@ def test_qllm_is_imported_from_the_wheel_not_the_checkout(installed: Installed) 
     ("argv", "expected"),
     [
         (("tasks", "list"), ("matrix", "mpe-spread-<N>", "lbf-8x8-2p-2f", "rware-tiny-2ag")),
+        (("tasks", "show", "mpe-tag-pretrained"), ("pretrained prey", "EPyMARL")),
         (
             ("evals", "list"),
             ("shipped suites: full, smoke, targets", "smoke-local-v1", "levers/2-smoke-code"),

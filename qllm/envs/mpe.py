@@ -1,18 +1,18 @@
 """Multi-agent particle environments (PettingZoo MPE, now the ``mpe2`` package), discrete actions.
 
-Three scenarios, each with the team the learner controls and, where the scenario has one, a scripted
-opponent (EPyMARL uses pretrained opponent weights that cannot be downloaded here, and a scripted
-opponent is deterministic and documented):
+Three scenarios, each with the team the learner controls and, where the scenario has one, an opponent
+(:mod:`qllm.envs.opponents`), scripted or EPyMARL's pretrained network as the task's name says:
 
 - ``mpe-spread-<N>``: N agents must cover N landmarks without colliding. No opponent.
-- ``mpe-adversary``: two good agents (the team) know which of two landmarks is the goal; one adversary
-  does not. Scripted adversary: it always moves towards the good agent nearest to it, on the bet that
-  the good agents lead it to the goal.
-- ``mpe-tag``: three slower predators (the team) chase one faster prey among two obstacles. Scripted
-  prey: it flees the nearest predator and turns back towards the centre near the arena edge.
+- ``mpe-adversary`` / ``mpe-adversary-pretrained``: two good agents (the team) know which of two
+  landmarks is the goal; one adversary does not. The scripted adversary always moves towards the good
+  agent nearest to it, on the bet that the good agents lead it to the goal.
+- ``mpe-tag`` / ``mpe-tag-pretrained``: three slower predators (the team) chase one faster prey among
+  two obstacles. The scripted prey flees the nearest predator and turns back towards the centre near
+  the arena edge.
 
-Scripted opponents pick the discrete move best aligned with the direction they want to go.
-Positions and velocities are read from the simulator's world, not from the agents' observations.
+The state's positions and velocities are read from the simulator's world, not from the agents'
+observations.
 """
 
 from __future__ import annotations
@@ -28,6 +28,16 @@ import numpy as np
 from mpe2 import simple_adversary_v3, simple_spread_v3, simple_tag_v3
 
 from qllm.envs.contract import EnvInfo, MultiAgentEnv
+from qllm.envs.opponents import (
+    PREY_EDGE,
+    Opponent,
+    OpponentKind,
+    OpponentView,
+    chase_nearest_team_agent,
+    flee_nearest_team_agent,
+    pretrained_adversary,
+    pretrained_prey,
+)
 from qllm.envs.probes import Probe, zero_values
 from qllm.envs.schema import StateField, StateSchema
 from qllm.envs.tasks import TaskFamily, TaskNameError, TaskSpec
@@ -37,37 +47,6 @@ ACTION_NAMES = ("no_op", "move_left", "move_right", "move_down", "move_up")
 MAX_SPREAD_AGENTS = 30
 TRIAL_STEPS = 5_000
 """Trial budget (see :mod:`qllm.agents.trial`): 200 episodes."""
-# Past this distance from the centre, the scripted prey's flight also pulls it back inwards (the
-# scenario penalises prey for leaving the screen at |x| > 0.9).
-PREY_EDGE = 0.8
-
-
-def move_towards(direction: np.ndarray) -> int:
-    """The discrete MPE move (1 left, 2 right, 3 down, 4 up) best aligned with ``direction``."""
-    dx, dy = float(direction[0]), float(direction[1])
-    if dx == 0.0 and dy == 0.0:
-        return 0
-    if abs(dx) >= abs(dy):
-        return 2 if dx > 0 else 1
-    return 4 if dy > 0 else 3
-
-
-def chase_nearest_team_agent(world: Any, opponent: Any, team: Sequence[Any]) -> int:
-    """Scripted MPE adversary: head for the nearest team agent."""
-    deltas = [a.state.p_pos - opponent.state.p_pos for a in team]
-    return move_towards(min(deltas, key=lambda d: float(np.hypot(*d))))
-
-
-def flee_nearest_team_agent(world: Any, opponent: Any, team: Sequence[Any]) -> int:
-    """Scripted MPE prey: run from the nearest predator, turning inwards near the arena edge."""
-    away = min((opponent.state.p_pos - a.state.p_pos for a in team), key=lambda d: float(np.hypot(*d)))
-    away = away / max(float(np.hypot(*away)), 1e-6)
-    pos = opponent.state.p_pos
-    inwards = -pos * (np.abs(pos) > PREY_EDGE)
-    return move_towards(away + 2.0 * inwards)
-
-
-Opponent = Callable[[Any, Any, Sequence[Any]], int]
 
 
 @dataclass(frozen=True)
@@ -123,7 +102,8 @@ class MPEEnv(MultiAgentEnv):
     def _step(self, actions: np.ndarray) -> tuple[float, bool, dict[str, Any]]:
         joint = {name: int(a) for name, a in zip(self.team_names, actions, strict=True)}
         for name, opponent in zip(self.other_names, self.others, strict=True):
-            joint[name] = self.scenario.opponent(self.world, opponent, self.team)
+            view = OpponentView(self.world, opponent, self.team, self._obs[name])
+            joint[name] = self.scenario.opponent(view)
         self._obs, rewards, terminations, _, _ = self.env.step(joint)
         team_rewards = [float(rewards[n]) for n in self.team_names]
         reward = team_rewards[0] if self.scenario.shared_reward else sum(team_rewards)
@@ -280,8 +260,8 @@ def _spread_spec(n: int) -> TaskSpec:
     )
 
 
-def _adversary_spec() -> TaskSpec:
-    name = "mpe-adversary"
+def _adversary_spec(kind: OpponentKind) -> TaskSpec:
+    name = "mpe-adversary" if kind == OpponentKind.SCRIPTED else "mpe-adversary-pretrained"
     schema = StateSchema(
         (
             _position_field("agent_position", "agent", 2, "each good (team) agent's"),
@@ -304,7 +284,7 @@ def _adversary_spec() -> TaskSpec:
         make=partial(simple_adversary_v3.parallel_env, N=2, max_cycles=EPISODE_LIMIT),
         team_prefix="agent",
         shared_reward=True,
-        opponent=chase_nearest_team_agent,
+        opponent=chase_nearest_team_agent if kind == OpponentKind.SCRIPTED else pretrained_adversary(),
         fields=_adversary_fields,
     )
     return TaskSpec(
@@ -323,15 +303,19 @@ def _adversary_spec() -> TaskSpec:
             "the good agents' shared reward: -(distance from the goal to the nearest good agent) "
             "+ (distance from the adversary to the goal)"
         ),
-        opponent="scripted adversary: always moves towards the good agent nearest to it",
+        opponent=(
+            "scripted adversary: always moves towards the good agent nearest to it"
+            if kind == OpponentKind.SCRIPTED
+            else PRETRAINED_OPPONENT.format(what="adversary")
+        ),
         factory=partial(MPEEnv, name, scenario, schema),
         probes=adversary_probes,
         trial_steps=TRIAL_STEPS,
     )
 
 
-def _tag_spec() -> TaskSpec:
-    name = "mpe-tag"
+def _tag_spec(kind: OpponentKind) -> TaskSpec:
+    name = "mpe-tag" if kind == OpponentKind.SCRIPTED else "mpe-tag-pretrained"
     schema = StateSchema(
         (
             _position_field("agent_position", "predator", 3, "each predator's (the team)"),
@@ -345,7 +329,7 @@ def _tag_spec() -> TaskSpec:
         make=partial(simple_tag_v3.parallel_env, max_cycles=EPISODE_LIMIT),
         team_prefix="adversary",
         shared_reward=True,
-        opponent=flee_nearest_team_agent,
+        opponent=flee_nearest_team_agent if kind == OpponentKind.SCRIPTED else pretrained_prey(),
         fields=_tag_fields,
     )
     return TaskSpec(
@@ -363,12 +347,19 @@ def _tag_spec() -> TaskSpec:
         opponent=(
             "scripted prey: flees the nearest predator, pulled back towards the centre when beyond "
             f"|x| or |y| > {PREY_EDGE}"
+            if kind == OpponentKind.SCRIPTED
+            else PRETRAINED_OPPONENT.format(what="prey")
         ),
         factory=partial(MPEEnv, name, scenario, schema),
         probes=tag_probes,
         trial_steps=TRIAL_STEPS,
     )
 
+
+PRETRAINED_OPPONENT = (
+    "pretrained {what}: EPyMARL's network (Apache-2.0), playing the move it scores highest for its own "
+    "observation"
+)
 
 RAW_IDS = {
     "simple_spread_v3": "mpe-spread-3",
@@ -379,10 +370,10 @@ RAW_IDS = {
 
 def parse(name: str) -> TaskSpec | None:
     name = RAW_IDS.get(name, name)
-    if name == "mpe-adversary":
-        return _adversary_spec()
-    if name == "mpe-tag":
-        return _tag_spec()
+    match = re.fullmatch(r"mpe-(adversary|tag)(-pretrained)?", name)
+    if match:
+        kind = OpponentKind.PRETRAINED if match.group(2) else OpponentKind.SCRIPTED
+        return _adversary_spec(kind) if match.group(1) == "adversary" else _tag_spec(kind)
     if name == "mpe-spread":
         return _spread_spec(3)
     match = re.fullmatch(r"mpe-spread-(\d+)", name)
@@ -395,13 +386,24 @@ def parse(name: str) -> TaskSpec | None:
 
 
 def names() -> list[str]:
-    return [*(f"mpe-spread-{n}" for n in (3, 6, 10, 15)), "mpe-adversary", "mpe-tag"]
+    return [
+        *(f"mpe-spread-{n}" for n in (3, 6, 10, 15)),
+        "mpe-adversary",
+        "mpe-adversary-pretrained",
+        "mpe-tag",
+        "mpe-tag-pretrained",
+    ]
 
 
 FAMILY = TaskFamily(
     key="mpe",
     title="Multi-agent particle environments (mpe2)",
-    patterns=("mpe-spread-<N> (N agents and landmarks)", "mpe-adversary", "mpe-tag", *RAW_IDS),
+    patterns=(
+        "mpe-spread-<N> (N agents and landmarks)",
+        "mpe-adversary[-pretrained]",
+        "mpe-tag[-pretrained]",
+        *RAW_IDS,
+    ),
     parse=parse,
     names=names,
     examples=("mpe-spread-3", "mpe-spread-10", "mpe-adversary", "mpe-tag"),
