@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from qllm.agents import GenerationRun, RunStatus
 from qllm.agents.artifact import METADATA_FILE
-from qllm.agents.modes import CodeMode, SpecMode, resolve_mode, writing_mode
+from qllm.agents.modes import CodeMode, FunctionMode, SpecMode, resolve_mode, writing_mode
 from qllm.agents.run import SETTINGS_FILE
 from qllm.agents.spec import SPEC_TEMPLATE_ID, CreditSpec, compile_spec, per_agent_quantities, spec_model
 from qllm.agents.template import NamedState, assemble, keep_definitions
@@ -105,8 +105,11 @@ def test_auto_mode_writes_specs_for_the_local_model_and_code_for_others() -> Non
     assert resolve_mode("auto", ModelSpec.parse("openai:gpt-4o-mini")) == "code"
     assert resolve_mode("code", ModelSpec.parse("local")) == "code"
     named = NamedState.for_task(make_env("mpe-spread-3").info)
-    assert isinstance(writing_mode("spec", named), SpecMode)
-    assert isinstance(writing_mode("code", named), CodeMode)
+    inputs = ValidationInputs.from_recording(record("mpe-spread-3", episodes=2))
+    assert isinstance(writing_mode("spec", named, inputs), SpecMode)
+    assert isinstance(writing_mode("code", named, inputs), CodeMode)
+    function = writing_mode("function", named, inputs)
+    assert isinstance(function, FunctionMode) and function.batch == inputs.states.shape[0]
 
 
 SPEC_REPLY = json.dumps(

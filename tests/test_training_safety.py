@@ -100,7 +100,8 @@ def test_a_linear_function_that_turns_nan_on_a_later_call_stops_training(tmp_pat
         tfcaf=str(CORPUS / "nan_on_a_later_call_linear.py"),
         **{**SHORT, "steps": 2000},
     )
-    with pytest.raises(TrainingError, match=r"\(episodes 22-23, mixer tfcaf\): .*in the sandbox .*non_finite"):
+    stopped = r"\(episodes 22-23, mixer tfcaf\): .*in the sandbox .*non_finite"
+    with pytest.raises(TrainingError, match=stopped):
         train(config, runs_dir=tmp_path)
 
 

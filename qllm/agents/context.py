@@ -89,8 +89,9 @@ class GenerationSettings:
     within the noise broken by ``auto``'s choice), or ``auto`` (consensus when the evaluator is the
     built-in local model, the evaluator otherwise)."""
     mode: Mode = Mode.AUTO
-    """What the coder writes: ``code`` (the function), ``spec`` (a credit spec we compile), or ``auto``
-    (``spec`` for the built-in local model, ``code`` for every other provider)."""
+    """What the coder writes: ``code`` (``agent_weight``, in the template), ``spec`` (a credit spec we
+    compile), ``function`` (the whole batched ``credit_assignment``), or ``auto`` (``spec`` for the
+    built-in local model, ``code`` for every other provider); see :mod:`qllm.agents.modes`."""
     notes: str = ""
     """Free-text notes about the task appended to the task prompt (e.g. from ``--notes FILE``)."""
     credit_floor: float = 0.0
@@ -128,6 +129,8 @@ class GenerationSettings:
             raise SettingsError(f"repairs must be at least 0, got {self.repairs}")
         if not 0.0 <= self.credit_floor <= 1.0:
             raise SettingsError(f"credit_floor must be between 0 and 1, got {self.credit_floor}")
+        if self.credit_floor and self.mode == Mode.FUNCTION:
+            raise SettingsError("credit_floor is part of the template: mode function writes without one")
         if self.trial_steps is not None and self.trial_steps < 0:
             raise SettingsError(f"trial_steps must be at least 0, got {self.trial_steps}")
         if self.selection == Selection.TRIAL and self.trial_steps == 0:

@@ -45,7 +45,7 @@ from qllm.agents.state import (
     GenerationState,
     RunStatus,
 )
-from qllm.agents.template import TemplateError, assemble, keep_definitions
+from qllm.agents.template import TemplateError
 from qllm.agents.trace import CallPlace, DecisionEvent, FinishedEvent, ValidationEvent
 from qllm.agents.trial import REFERENCE, function_identity
 from qllm.sandbox import ErrorKind, ValidationResult
@@ -76,16 +76,11 @@ def check(state: CandidateState, runtime: Ctx) -> dict[str, Any]:
     number = len(state.attempts)
     code, source = "", ""
     try:
-        code = ctx.mode.to_code(state.reply)
-        written = keep_definitions(code)
         doc = (
             f"Credit function for {ctx.spec.name}, candidate {task.candidate_id} (attempt {number}) of run "
             f"{ctx.run_id}, written by {ctx.coder.spec}."
         )
-        source = assemble(
-            ctx.named, written, docstring=doc, template_id=ctx.mode.template_id,
-            credit_floor=ctx.settings.credit_floor,
-        )  # fmt: skip
+        code, source = ctx.mode.to_source(state.reply, ctx.named, doc, ctx.settings.credit_floor)
     except (ExtractionError, SpecError) as exc:
         result = ValidationResult.failure(ErrorKind.CONTRACT, str(exc))
     except TemplateError as exc:

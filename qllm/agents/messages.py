@@ -52,7 +52,7 @@ def task_prompt(prompts: PromptLibrary, spec: TaskSpec, named: NamedState, notes
     )
 
 
-def _example_row(inputs: ValidationInputs) -> list[float]:
+def example_row(inputs: ValidationInputs) -> list[float]:
     """A representative state for the prompt: the one with the most non-zero entries."""
     nonzero = (inputs.states != 0).sum(dim=1)
     return inputs.states[int(nonzero.argmax())].tolist()
@@ -63,7 +63,7 @@ def contract_prompt(prompts: PromptLibrary, named: NamedState, inputs: Validatio
         "contract",
         last_agent=named.info.n_agents - 1,
         fields=named.prompt_fields(),
-        example=render_state(named, _example_row(inputs)),
+        example=render_state(named, example_row(inputs)),
     )
 
 

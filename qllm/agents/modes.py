@@ -1,13 +1,20 @@
-"""What the coder is asked to write: free-form code, or a structured credit spec that we compile.
+"""What the coder is asked to write: one agent's weight, a structured credit spec, or the whole function.
 
-Both modes end in the same place, an ``agent_weight(s, i)`` that :mod:`qllm.agents.template` assembles
-into a TFCAF, so validation, evaluation, artifacts and training never know which mode produced it.
-They differ in the prompts, in the reply's format and in how a reply becomes code:
+Every mode ends in the same place, a complete TFCAF file (``credit_assignment(agents_q, state)``), so
+validation, evaluation, artifacts and training never know which mode produced it. They differ in the
+prompts, in the reply's format and in how a reply becomes that file (:meth:`WritingMode.to_source`):
 
-- ``code``: the coder writes ``agent_weight`` itself (strong models; the paper's setting).
+- ``code``: the coder writes ``agent_weight(s, i)``, one agent's weight in one state as plain Python on
+  named values, and :mod:`qllm.agents.template` assembles the TFCAF around it (normalised, monotonic
+  by construction).
 - ``spec``: the coder picks per-agent quantities and says whether the agents with the highest or the
   lowest value of each get more credit, as JSON constrained by a schema (a grammar for the local
-  model); :mod:`qllm.agents.spec` compiles it.
+  model); :mod:`qllm.agents.spec` compiles it into an ``agent_weight`` for the same template.
+- ``function``: the coder writes ``credit_assignment(agents_q, state)`` itself, over batched tensors,
+  given the state's named column slices: the kind of function the QLLM paper's coder writes. Nothing
+  is assembled around it, so nothing guarantees its properties: the sandbox's checks (monotonic when
+  training needs it, as always) are all that stand between it and the trainer, and a repair shows the
+  shapes it was called with. Meant for strong hosted models.
 
 ``auto`` picks ``spec`` for the built-in local model and ``code`` for every other provider.
 """
@@ -24,7 +31,14 @@ from pydantic import BaseModel
 
 from qllm.agents.extract import ExtractionError, extract_code, extract_json
 from qllm.agents.llm import Messages
-from qllm.agents.messages import coder_messages, contract_prompt, improve_trial, repair_messages
+from qllm.agents.messages import (
+    coder_messages,
+    contract_prompt,
+    example_row,
+    improve_trial,
+    repair_messages,
+    weights_summary,
+)
 from qllm.agents.spec import (
     SPEC_TEMPLATE_ID,
     CreditSpec,
@@ -36,11 +50,21 @@ from qllm.agents.spec import (
     spec_model,
 )
 from qllm.agents.state import Attempt, Candidate
-from qllm.agents.template import TEMPLATE_ID, WRITTEN_FUNCTION, NamedState
+from qllm.agents.template import (
+    FUNCTION_TEMPLATE_ID,
+    TEMPLATE_ID,
+    WRITTEN_FUNCTION,
+    NamedState,
+    assemble,
+    column_slices,
+    keep_definitions,
+    written_function,
+)
 from qllm.agents.trial import TrialSummary
 from qllm.llm.providers import ModelSpec
 from qllm.prompts import PromptLibrary
 from qllm.sandbox import ValidationInputs
+from qllm.sandbox.restricted import FUNCTION_NAME
 
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f]")
 
@@ -52,10 +76,11 @@ class Mode(StrEnum):
     """``spec`` for the built-in local model, ``code`` for every other provider."""
     CODE = "code"
     SPEC = "spec"
+    FUNCTION = "function"
 
 
 class WritingMode(Protocol):
-    """How the coder's prompts are built and how its replies become ``agent_weight`` code."""
+    """How the coder's prompts are built and how its replies become a TFCAF."""
 
     name: str
     template_id: str
@@ -81,9 +106,22 @@ class WritingMode(Protocol):
 
     def repair(self, prompts: PromptLibrary, task: str, contract: str, failed: Attempt) -> Messages: ...
 
-    def to_code(self, reply: str) -> str:
-        """The ``agent_weight`` source in ``reply`` (:class:`ExtractionError` or :class:`SpecError`)."""
+    def to_source(
+        self, reply: str, named: NamedState, docstring: str, credit_floor: float
+    ) -> tuple[str, str]:
+        """The code the coder wrote in ``reply`` (as shown back to it) and the complete TFCAF file made of
+        it; :class:`ExtractionError`, :class:`SpecError` or :class:`TemplateError` when there is none."""
         ...
+
+
+def _assembled(
+    code: str, named: NamedState, docstring: str, template_id: str, credit_floor: float
+) -> tuple[str, str]:
+    """``code`` defining ``agent_weight``, and the TFCAF the template assembles around it."""
+    written = keep_definitions(code)
+    return code, assemble(
+        named, written, docstring=docstring, template_id=template_id, credit_floor=credit_floor
+    )
 
 
 @dataclass(frozen=True)
@@ -112,8 +150,11 @@ class CodeMode:
     def repair(self, prompts: PromptLibrary, task: str, contract: str, failed: Attempt) -> Messages:
         return repair_messages(prompts, task, contract, failed.code, failed.result.feedback())
 
-    def to_code(self, reply: str) -> str:
-        return extract_code(reply, must_define=WRITTEN_FUNCTION)
+    def to_source(
+        self, reply: str, named: NamedState, docstring: str, credit_floor: float
+    ) -> tuple[str, str]:
+        code = extract_code(reply, must_define=WRITTEN_FUNCTION)
+        return _assembled(code, named, docstring, self.template_id, credit_floor)
 
 
 @dataclass(frozen=True)
@@ -163,10 +204,78 @@ class SpecMode:
         )
         return [("system", prompts.render("spec_system")), ("human", human)]
 
-    def to_code(self, reply: str) -> str:
+    def to_source(
+        self, reply: str, named: NamedState, docstring: str, credit_floor: float
+    ) -> tuple[str, str]:
         # A grammar-made string may hold a raw newline: strict JSON refuses it, as whitespace it is harmless.
         spec = extract_json(CONTROL_CHARACTERS.sub(" ", reply), self.reply_schema)
-        return compile_spec(spec, list(self.quantities))
+        code = compile_spec(spec, list(self.quantities))
+        return _assembled(code, named, docstring, self.template_id, credit_floor)
+
+
+@dataclass(frozen=True)
+class FunctionMode:
+    """The coder writes the whole ``credit_assignment(agents_q, state)`` over batched tensors."""
+
+    n_agents: int
+    state_dim: int
+    batch: int
+    """States in the validation batch: the shapes a repair prompt says the function was called with."""
+    name: str = "function"
+    template_id: str = FUNCTION_TEMPLATE_ID
+    reply_schema: type[BaseModel] | None = None
+
+    def contract(self, prompts: PromptLibrary, named: NamedState, inputs: ValidationInputs) -> str:
+        example = [round(v, 3) for v in example_row(inputs)]
+        return prompts.render(
+            "function_contract",
+            n_agents=self.n_agents,
+            state_dim=self.state_dim,
+            slices=column_slices(named.schema),
+            example=example,
+        )
+
+    def draft(
+        self,
+        prompts: PromptLibrary,
+        task: str,
+        contract: str,
+        parent: Candidate | None,
+        tips: str,
+        *,
+        parent_trial: TrialSummary | None = None,
+    ) -> Messages:
+        parts = [task, contract]
+        if parent is not None:
+            parts.append(
+                prompts.render(
+                    "function_improve",
+                    code=parent.final.code,
+                    measurements=weights_summary(parent.final.result.weights),
+                    trial=improve_trial(parent_trial),
+                    tips=tips.strip() or "make the weights reflect which agents matter in each state",
+                )
+            )
+        return [("system", prompts.render("function_system")), ("human", "\n".join(parts))]
+
+    def repair(self, prompts: PromptLibrary, task: str, contract: str, failed: Attempt) -> Messages:
+        human = prompts.render(
+            "function_repair",
+            task=task,
+            contract=contract,
+            code=failed.code or "# (no code found)",
+            error=failed.result.feedback(),
+            batch=self.batch,
+            n_agents=self.n_agents,
+            state_dim=self.state_dim,
+        )
+        return [("system", prompts.render("function_system")), ("human", human)]
+
+    def to_source(
+        self, reply: str, named: NamedState, docstring: str, credit_floor: float
+    ) -> tuple[str, str]:
+        code = extract_code(reply, must_define=FUNCTION_NAME)
+        return code, written_function(named, code, docstring)
 
 
 def _shown_spec(reply: str) -> str:
@@ -184,10 +293,13 @@ def resolve_mode(mode: Mode, coder: ModelSpec) -> Mode:
     return mode
 
 
-def writing_mode(mode: Mode, named: NamedState) -> WritingMode:
-    """The mode object for a resolved mode (``code`` or ``spec``)."""
+def writing_mode(mode: Mode, named: NamedState, inputs: ValidationInputs) -> WritingMode:
+    """The mode object for a resolved mode (``code``, ``spec`` or ``function``), for candidates validated on
+    ``inputs``."""
     if mode == Mode.CODE:
         return CodeMode()
+    if mode == Mode.FUNCTION:
+        return FunctionMode(named.info.n_agents, named.info.state_dim, batch=inputs.states.shape[0])
     quantities = tuple(per_agent_quantities(named))
     if not quantities:
         raise SpecError(
@@ -198,6 +310,7 @@ def writing_mode(mode: Mode, named: NamedState) -> WritingMode:
 
 __all__ = [
     "CodeMode",
+    "FunctionMode",
     "Mode",
     "SpecError",
     "SpecMode",

@@ -182,7 +182,7 @@ class GenerationRun:
         (self.run_dir / "task_prompt.md").write_text(task_text)
         coder_spec = ModelSpec.parse(s.coder, s.coder_base_url)
         evaluator_spec = ModelSpec.parse(s.evaluator, s.evaluator_base_url)
-        mode = writing_mode(resolve_mode(s.mode, coder_spec), named)
+        mode = writing_mode(resolve_mode(s.mode, coder_spec), named, inputs)
         if models is None:
             models = Models(
                 make_chat_model(coder_spec, s.coder_temperature, s.max_tokens, s.timeout_s),

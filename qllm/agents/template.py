@@ -35,6 +35,8 @@ from qllm.sandbox.restricted import FUNCTION_NAME
 
 TEMPLATE_ID = "agent-weight/v1"
 """Recorded in every artifact: which template turned the LLM's functions into a TFCAF."""
+FUNCTION_TEMPLATE_ID = "function/v1"
+"""Recorded for a TFCAF the coder wrote whole (mode ``function``): no template around it."""
 WRITTEN_FUNCTION = "agent_weight"
 OPTIONAL_FUNCTION = "state_bias"
 RESERVED_NAMES = frozenset({
@@ -301,6 +303,43 @@ def assemble(
         "# --- generated from the task's state schema (qllm template " + TEMPLATE_ID + ") ------------\n\n"
         f"{named.function_source()}\n\n{HELPERS}\n{CONTRACT_TEMPLATE.lstrip()}"
     )
+
+
+def written_function(named: NamedState, code: str, docstring: str = "") -> str:
+    """The TFCAF file for a ``credit_assignment`` the coder wrote whole: header, docstring, the imports it
+    may use, and its code as written; :class:`TemplateError` if the code is not Python."""
+    try:
+        ast.parse(code)
+    except SyntaxError as exc:
+        lines = code.splitlines()
+        line = lines[exc.lineno - 1].strip() if exc.lineno and exc.lineno <= len(lines) else ""
+        raise TemplateError(f"SyntaxError on line {exc.lineno}: {exc.msg}: {line}") from None
+    info = named.info
+    doc = docstring or f"Training-free credit assignment function for {info.task}."
+    return (
+        f"{tfcaf_header(info, template=FUNCTION_TEMPLATE_ID)}\n"
+        f'"""{doc}"""\n\n'
+        "import math\n\nimport torch\n\n"
+        "# --- written by the coder LLM -------------------------------------------------------------\n\n"
+        f"{code.strip()}\n"
+    )
+
+
+def column_slices(schema: StateSchema) -> str:
+    """Each state field as the columns of a batched state tensor, for a prompt: where it is, its shape
+    once reshaped, and what it means."""
+    lines = []
+    for f in schema:
+        start, stop = f.slice.start, f.slice.stop
+        features = ", ".join(f.features)
+        if f.count == 1:
+            code, shape = f"{f.name} = state[:, {start}:{stop}]", f"one {f.entity}: ({features})"
+        else:
+            code = f"{f.name} = state[:, {start}:{stop}].reshape(-1, {f.count}, {len(f.features)})"
+            shape = f"{f.count} {f.entity}s, ({features}) each"
+        bounds = "" if math.isinf(f.low) and math.isinf(f.high) else f" Range {f.range_text()}."
+        lines.append(f"- `{code}`: {shape}. {f.meaning[0].upper()}{f.meaning[1:]}.{bounds}")
+    return "\n".join(lines)
 
 
 def _rounded(value: Any) -> Any:

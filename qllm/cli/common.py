@@ -44,8 +44,10 @@ EvaluatorBaseUrlOption = Annotated[
 ModeOption = Annotated[
     str | None,
     typer.Option(
-        help="What the coder writes: `code` (the function), `spec` (a credit spec that qllm compiles), "
-        "or `auto` (spec for the built-in local model, code otherwise). \\[default: auto]"
+        help="What the coder writes: `code` (one agent's weight, in a template), `spec` (a credit spec "
+        "that qllm compiles), `function` (the whole batched credit_assignment(agents_q, state), as in the "
+        "QLLM paper; for strong models), or `auto` (spec for the built-in local model, code otherwise). "
+        "\\[default: auto]"
     ),
 ]
 SelectionOption = Annotated[
