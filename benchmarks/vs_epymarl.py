@@ -39,7 +39,10 @@ without installing smaclite (nothing of smaclite is used for gymma). Set up once
 whose own warning says to pin < 81.) Tried at EPyMARL commit cbc38c09588064eab978501d0f12c2cf58fa7fc2.
 
 Run:  .venv/bin/python benchmarks/vs_epymarl.py --epymarl /work/epymarl [--steps 50000] [--repeats 2]
-      [--schedules a,b] [--b-mixers riit,qllm] [--json out.json]
+      [--schedules a,b] [--b-mixers riit,qllm] [--qllm-before OTHER/bin/qllm] [--json out.json]
+``--qllm-before`` adds an earlier qllm (say, a checkout of the previous commit with its own venv, or a
+wrapper script that runs it) whose presets take their turns with the rest: before and after, measured
+in the same session.
 """
 
 from __future__ import annotations
@@ -83,9 +86,16 @@ def epymarl_command(python: Path, schedule: str, steps: int, seed: int, results:
     ]  # fmt: skip
 
 
+BEFORE = "before-"
+"""Prefix of the sides run with ``--qllm-before`` (an earlier qllm), beside the same presets of ``--qllm``."""
+
+
 def sides(schedule: str, args: argparse.Namespace) -> list[str]:
-    """EPyMARL, then each qllm preset measured against it on ``schedule``."""
-    return [EPYMARL, *(f"qllm-{m}" for m in (["qmix"] if schedule == "a" else args.b_mixers))]
+    """EPyMARL, then each qllm preset measured against it on ``schedule`` (and, with ``--qllm-before``,
+    the same preset of the earlier qllm)."""
+    mixers = ["qmix"] if schedule == "a" else args.b_mixers
+    before = [f"{BEFORE}{m}" for m in mixers] if args.qllm_before else []
+    return [EPYMARL, *(f"qllm-{m}" for m in mixers), *before]
 
 
 def qllm_command(qllm: Path, mixer: str, steps: int, seed: int, *, runs: Path, tfcaf: Path) -> list[str]:
@@ -184,8 +194,9 @@ def measure(side: str, schedule: str, seed: int, args: argparse.Namespace, tmp: 
         cwd, before = args.epymarl / "src", sacred_runs(args.epymarl)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp / "stub"), env.get("PYTHONPATH")]))
     else:
-        mixer = side.removeprefix("qllm-")
-        command = qllm_command(args.qllm, mixer, args.steps, seed, runs=work / "runs", tfcaf=tmp / "tfcaf.py")
+        qllm = args.qllm_before if side.startswith(BEFORE) else args.qllm
+        mixer = side.removeprefix(BEFORE).removeprefix("qllm-")
+        command = qllm_command(qllm, mixer, args.steps, seed, runs=work / "runs", tfcaf=tmp / "tfcaf.py")
         cwd, before = work, set()
     row = {"schedule": schedule, "side": side, "seed": seed, "command": command}
     row |= run_measured(command, cwd, env, work, interval=args.interval, timeout=args.timeout)
@@ -227,7 +238,7 @@ def summarize(rows: list[dict], names: list[str]) -> dict:
 
 def format_row(label: str, side: str, r: dict) -> str:
     return (
-        f"{label:8s} {side:10s} {r['wall_s']:8.1f} {r['steps_per_s']:8.0f} {r['tree_rss_mb']:8.0f}"
+        f"{label:8s} {side:12s} {r['wall_s']:8.1f} {r['steps_per_s']:8.0f} {r['tree_rss_mb']:8.0f}"
         f" {r['tree_pss_mb']:8.0f} {r['max_proc_mb']:9.0f}"
     )
 
@@ -235,7 +246,7 @@ def format_row(label: str, side: str, r: dict) -> str:
 def print_schedule(schedule: str, rows: list[dict], summary: dict) -> None:
     print(f"\nschedule {schedule}: EPyMARL qmix vs qllm, {QLLM_TASK}")
     print(
-        f"{'run':8s} {'side':10s} {'wall s':>8s} {'steps/s':>8s} {'RSS MB':>8s} {'PSS MB':>8s}"
+        f"{'run':8s} {'side':12s} {'wall s':>8s} {'steps/s':>8s} {'RSS MB':>8s} {'PSS MB':>8s}"
         f" {'proc MB':>9s}"
     )
     for r in rows:
@@ -248,6 +259,11 @@ def print_schedule(schedule: str, rows: list[dict], summary: dict) -> None:
             f"{side} x EPyMARL: speed {ratio['speed_ratio']:.2f} (EPyMARL wall / qllm wall); memory "
             f"{ratio['rss_ratio']:.2f} (tree RSS), {ratio['pss_ratio']:.2f} (PSS) (qllm / EPyMARL)"
         )
+    medians = summary["medians"]
+    for side in medians:
+        earlier = medians.get(BEFORE + side.removeprefix("qllm-")) if side.startswith("qllm-") else None
+        if earlier:
+            print(f"{side} after / before: speed {earlier['wall_s'] / medians[side]['wall_s']:.2f}")
 
 
 def epymarl_commit(epymarl: Path) -> str:
@@ -285,6 +301,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--epymarl", type=Path, required=True, help="EPyMARL checkout (holding src/).")
     parser.add_argument("--epymarl-python", type=Path, help="default: EPYMARL/.venv/bin/python")
     parser.add_argument("--qllm", type=Path, default=REPO / ".venv" / "bin" / "qllm")
+    parser.add_argument(
+        "--qllm-before",
+        type=Path,
+        help="an earlier qllm's executable (a python beside it): its presets alternate with the others",
+    )
     parser.add_argument("--steps", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--schedules", default="a,b")

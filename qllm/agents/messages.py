@@ -112,21 +112,23 @@ def coder_messages(
     tips: str,
     *,
     parent_trial: TrialSummary | None = None,
+    system: str = "coder_system",
+    improve: str = "improve",
 ) -> Messages:
     """A first draft: the task and contract, plus the best function so far, how it trained on trial, and
-    the evaluator's tips."""
+    the evaluator's tips (``system`` and ``improve`` name the prompts of the coder's mode)."""
     parts = [task, contract]
     if parent is not None:
         parts.append(
             prompts.render(
-                "improve",
+                improve,
                 code=parent.final.code,
                 measurements=weights_summary(parent.final.result.weights),
                 trial=improve_trial(parent_trial),
                 tips=tips.strip() or "make the weights reflect which agents matter in each state",
             )
         )
-    return [("system", prompts.render("coder_system")), ("human", "\n".join(parts))]
+    return [("system", prompts.render(system)), ("human", "\n".join(parts))]
 
 
 def repair_messages(prompts: PromptLibrary, task: str, contract: str, code: str, error: str) -> Messages:

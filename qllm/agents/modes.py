@@ -37,7 +37,6 @@ from qllm.agents.messages import (
     example_row,
     improve_trial,
     repair_messages,
-    weights_summary,
 )
 from qllm.agents.spec import (
     SPEC_TEMPLATE_ID,
@@ -245,18 +244,10 @@ class FunctionMode:
         *,
         parent_trial: TrialSummary | None = None,
     ) -> Messages:
-        parts = [task, contract]
-        if parent is not None:
-            parts.append(
-                prompts.render(
-                    "function_improve",
-                    code=parent.final.code,
-                    measurements=weights_summary(parent.final.result.weights),
-                    trial=improve_trial(parent_trial),
-                    tips=tips.strip() or "make the weights reflect which agents matter in each state",
-                )
-            )
-        return [("system", prompts.render("function_system")), ("human", "\n".join(parts))]
+        return coder_messages(
+            prompts, task, contract, parent, tips, parent_trial=parent_trial,
+            system="function_system", improve="function_improve",
+        )  # fmt: skip
 
     def repair(self, prompts: PromptLibrary, task: str, contract: str, failed: Attempt) -> Messages:
         human = prompts.render(
