@@ -174,6 +174,10 @@ def test_shipped_prompt_version_hashes_every_template() -> None:
     assert set(hashes) == {
         "coder_system",
         "contract",
+        "function_system",
+        "function_contract",
+        "function_improve",
+        "function_repair",
         "spec_system",
         "spec_contract",
         "spec_improve",

@@ -58,7 +58,9 @@ def test_tasks_list_all_prints_names_one_per_line() -> None:
         "mpe-spread-10",
         "mpe-spread-15",
         "mpe-adversary",
+        "mpe-adversary-pretrained",
         "mpe-tag",
+        "mpe-tag-pretrained",
     ]
 
 
