@@ -227,12 +227,7 @@ def keep_definitions(code: str) -> WrittenCode:
     Example calls, prints and ``if __name__ == "__main__"`` blocks are dropped, and so are definitions
     of names the template owns. ``agent_weight`` must be defined with two parameters.
     """
-    try:
-        tree = ast.parse(code)
-    except SyntaxError as exc:
-        lines = code.splitlines()
-        line = lines[exc.lineno - 1].strip() if exc.lineno and exc.lineno <= len(lines) else ""
-        raise TemplateError(f"SyntaxError on line {exc.lineno}: {exc.msg}: {line}") from None
+    tree = _parsed(code)
     kept: list[str] = []
     functions: dict[str, ast.FunctionDef] = {}
     for node in tree.body:
@@ -254,6 +249,16 @@ def keep_definitions(code: str) -> WrittenCode:
     if bias is not None and len(bias.args.args) != 1:
         raise TemplateError(f"`{OPTIONAL_FUNCTION}` must take exactly one parameter: (s)")
     return WrittenCode("\n\n\n".join(kept), defines_bias=bias is not None)
+
+
+def _parsed(code: str) -> ast.Module:
+    """``code`` parsed, or :class:`TemplateError` naming the line of its syntax error."""
+    try:
+        return ast.parse(code)
+    except SyntaxError as exc:
+        lines = code.splitlines()
+        line = lines[exc.lineno - 1].strip() if exc.lineno and exc.lineno <= len(lines) else ""
+        raise TemplateError(f"SyntaxError on line {exc.lineno}: {exc.msg}: {line}") from None
 
 
 def _source_with_decorators(code: str, node: ast.stmt) -> str:
@@ -308,12 +313,7 @@ def assemble(
 def written_function(named: NamedState, code: str, docstring: str = "") -> str:
     """The TFCAF file for a ``credit_assignment`` the coder wrote whole: header, docstring, the imports it
     may use, and its code as written; :class:`TemplateError` if the code is not Python."""
-    try:
-        ast.parse(code)
-    except SyntaxError as exc:
-        lines = code.splitlines()
-        line = lines[exc.lineno - 1].strip() if exc.lineno and exc.lineno <= len(lines) else ""
-        raise TemplateError(f"SyntaxError on line {exc.lineno}: {exc.msg}: {line}") from None
+    _parsed(code)
     info = named.info
     doc = docstring or f"Training-free credit assignment function for {info.task}."
     return (
