@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("qllm.cli.main_job", "run_command"),
     "sweep": ("qllm.cli.sweep", "sweep_command"),
     "report": ("qllm.cli.sweep", "report_command"),
+    "compare": ("qllm.cli.sweep", "compare_command"),
     "trace": ("qllm.cli.trace", "app"),
     "evals": ("qllm.cli.evals", "app"),
     "llm": ("qllm.cli.llm", "app"),

@@ -1,4 +1,5 @@
-"""`qllm sweep` and `qllm report`: train tasks x presets x seeds on Ray, and report them as the paper does."""
+"""`qllm sweep`, `qllm report` and `qllm compare`: train tasks x presets x seeds on Ray, report them as the
+paper does, and put sweeps whose credit functions were written differently side by side."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from qllm.cli.progress import StepProgress, step_progress
 from qllm.llm.providers import ProviderError
 from qllm.prompts import PromptError
 from qllm.rl.tfcaf import TFCAFError
+from qllm.sweep.compare import write_comparison
 from qllm.sweep.execute import Executor, InlineExecutor, RunRecord, SweepStatus, run_sweep
 from qllm.sweep.plan import LEDGER_FILE, SWEEP_FILE, SweepError, SweepPlan, canonical_task
 from qllm.sweep.report import NoFinishedRunError, write_report
@@ -301,4 +303,20 @@ def report_command(
     except NoFinishedRunError as exc:
         console.print(f"[yellow]{exc}[/yellow]")
         raise typer.Exit(FAILURE) from None  # the sweep's runs, not the command line, left nothing to report
+    console.print(f"Report: {path}")
+
+
+def compare_command(
+    sweeps: Annotated[
+        list[Path], typer.Argument(help="Two or more sweep folders; the first is the reference.")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for report.md and its PNGs.")] = Path("comparison"),
+) -> None:
+    """Sweeps that differ in how their credit functions were written (K, selection, models, mode), side by
+    side: final returns with 95% CIs and each sweep's difference from the first, learning curves, and
+    what each generation cost and chose. The sweeps must share budgets and training settings."""
+    try:
+        path = write_comparison(sweeps, out)
+    except (SweepError, TFCAFError) as exc:
+        raise usage_error(str(exc), param_hint="SWEEPS") from None
     console.print(f"Report: {path}")

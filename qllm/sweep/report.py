@@ -143,7 +143,7 @@ def band(curves: Sequence[Curve], budget: int) -> tuple[np.ndarray, np.ndarray, 
     )
 
 
-def _pyplot():
+def pyplot():
     """matplotlib.pyplot for files, loaded only when a report is drawn."""
     import matplotlib  # noqa: PLC0415
 
@@ -153,14 +153,14 @@ def _pyplot():
     return plt
 
 
-def _thousands(value: float, _position: int) -> str:
+def thousands(value: float, _position: int) -> str:
     """Axis ticks in thousands of steps (``150k``): full numbers overlap on a third of a page."""
     return f"{value / 1000:g}k" if value else "0"
 
 
 def plot_curves(results: SweepResults, out: Path) -> Path:
     """One panel per task: each preset's mean greedy test return with its 95% band."""
-    plt = _pyplot()
+    plt = pyplot()
     tasks = results.plan.tasks
     cols = min(3, len(tasks))
     rows = math.ceil(len(tasks) / cols)
@@ -174,7 +174,7 @@ def plot_curves(results: SweepResults, out: Path) -> Path:
             (line,) = ax.plot(steps, mean, label=f"{preset} ({len(curves)})", linewidth=2)
             ax.fill_between(steps, mean - half, mean + half, color=line.get_color(), alpha=0.15)
         ax.set_title(task)
-        ax.xaxis.set_major_formatter(_thousands)
+        ax.xaxis.set_major_formatter(thousands)
         ax.set_xlabel("environment steps")
         ax.set_ylabel("greedy test return")
         ax.grid(alpha=0.3)
@@ -202,7 +202,7 @@ def plot_scaling(results: SweepResults, out: Path) -> Path | None:
     series_tasks = scaling_tasks(results.plan)
     if len(series_tasks) < 2:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for preset in results.plan.presets:
         points = [(n, mean_ci(results.final(task, preset))) for n, task in series_tasks.items()]
@@ -266,7 +266,7 @@ def pairs_section(results: SweepResults) -> str | None:
                 difference = difference_ci(ours, theirs)
                 rows.append(
                     f"| {task} | {pair.credit} vs {pair.baseline} | {mean_ci(ours)} | {mean_ci(theirs)} | "
-                    f"{_signed(difference)} | {verdict(difference, pair.credit)} |"
+                    f"{signed_text(difference)} | {verdict(difference, pair.credit)} |"
                 )
     if not rows:
         return None
@@ -278,7 +278,7 @@ def pairs_section(results: SweepResults) -> str | None:
     )
 
 
-def _signed(difference: Estimate) -> str:
+def signed_text(difference: Estimate) -> str:
     if math.isnan(difference.half_width):
         return f"{difference.mean:+.3g}"
     return f"{difference.mean:+.3g} ± {difference.half_width:.2g}"
