@@ -288,6 +288,27 @@ def test_resuming_with_different_options_is_refused(small_sweep: Path) -> None:
     assert result.exit_code == 2 and "would change it" in result.output
 
 
+def test_more_seeds_extend_a_finished_sweep_without_repeating_its_runs(tmp_path: Path) -> None:
+    tiny_plan(seeds=(0,)).save(tmp_path)
+    assert run_sweep(tmp_path, InlineExecutor()).done == [
+        "matrix-climbing__vdn__0",
+        "matrix-climbing__qmix__0",
+    ]
+
+    result = CliRunner().invoke(
+        app, ["sweep", str(tmp_path), "--seeds", "2", "--local"], env={"COLUMNS": "250"}
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "Adding seeds 1..1" in result.output and SweepPlan.load(tmp_path).seeds == (0, 1)
+    assert Ledger(tmp_path).attempts() == {  # seed 0's runs were not trained again
+        f"matrix-climbing__{preset}__{seed}": 1 for preset in ("vdn", "qmix") for seed in (0, 1)
+    }
+    fewer = CliRunner().invoke(app, ["sweep", str(tmp_path), "--seeds", "1"], env={"COLUMNS": "250"})
+    assert fewer.exit_code == 2 and "never drops runs" in fewer.output
+    assert SweepPlan.load(tmp_path).seeds == (0, 1)
+
+
 def test_report_of_a_folder_that_is_not_a_sweep_is_a_usage_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["report", str(tmp_path)], env={"COLUMNS": "250"})
     assert result.exit_code == 2 and "not a sweep folder" in result.output

@@ -105,8 +105,9 @@ def _new_plan(
         raise usage_error(str(exc)) from None
 
 
-def _open_plan(sweep_dir: Path, given: dict[str, Any]) -> SweepPlan:
-    """The saved plan of an existing sweep; options that would change it are refused, not ignored."""
+def _open_plan(sweep_dir: Path, given: dict[str, Any], seeds: int | None) -> SweepPlan:
+    """The saved plan of an existing sweep, with more seeds if ``seeds`` asks for them; other options
+    that would change it are refused, not ignored."""
     try:
         plan = SweepPlan.load(sweep_dir)
     except SweepError as exc:
@@ -117,7 +118,15 @@ def _open_plan(sweep_dir: Path, given: dict[str, Any]) -> SweepPlan:
             f"{sweep_dir} already holds a sweep ({SWEEP_FILE}); options {changed} would change it. "
             f"Resume it as planned with `qllm sweep {sweep_dir}`, or start a new sweep in another folder."
         )
-    return plan
+    if seeds is None or seeds == len(plan.seeds):
+        return plan
+    try:
+        extended = plan.with_seeds(seeds)
+    except SweepError as exc:
+        raise usage_error(str(exc), param_hint="--seeds") from None
+    extended.save(sweep_dir)
+    console.print(f"Adding seeds {len(plan.seeds)}..{seeds - 1} to the sweep in {sweep_dir}")
+    return extended
 
 
 @contextmanager
@@ -155,7 +164,12 @@ def sweep_command(
         typer.Option(help=f"Comma-separated presets (`qllm train --help`). \\[default: {PAPER_PRESETS}]"),
     ] = None,
     seeds: Annotated[
-        int | None, typer.Option(min=1, help="Seeds per task and preset: 0..N-1. \\[default: 3]")
+        int | None,
+        typer.Option(
+            min=1,
+            help="Seeds per task and preset: 0..N-1; on an existing sweep, a larger N adds seeds. "
+            "\\[default: 3]",
+        ),
     ] = None,
     steps: Annotated[
         int | None, typer.Option(min=1, help="Environment steps per run. \\[default: 100000]")
@@ -206,14 +220,13 @@ def sweep_command(
     given = {
         "tasks": tasks,
         "mixers": mixers,
-        "seeds": seeds,
         "steps": steps,
         "task_steps": task_steps,
         "set": setting,
         "tfcaf": tfcaf,
     }
     if (sweep_dir / SWEEP_FILE).is_file():
-        plan = _open_plan(sweep_dir, given | generation)
+        plan = _open_plan(sweep_dir, given | generation, seeds)
         console.print(f"Resuming the sweep in {sweep_dir}")
     else:
         plan = _new_plan(

@@ -44,7 +44,7 @@ class SandboxCredit:
         call_budget_s: float = SandboxLimits.wall_s,
         max_states: int = 500_000,
     ) -> None:
-        self.source, self.n_agents, self.monotonic, self.max_states = source, n_agents, monotonic, max_states
+        self.n_agents, self.max_states = n_agents, max_states
         self.sha256 = hashlib.sha256(source.encode()).hexdigest()
         """Identifies the function whose credit a replay buffer holds (a resumed run may bring a new one)."""
         self.sandbox = Sandbox(limits=SandboxLimits(wall_s=call_budget_s, cpu_s=math.ceil(call_budget_s)))

@@ -9,13 +9,15 @@ A sweep folder holds everything about it, so it can be resumed, moved and report
       runs/TASK__PRESET__SEED/    one training run folder (``qllm.rl.train``), named by its key
       ledger.jsonl                one line per finished or failed attempt
 
-The plan is written when the sweep is created and never changes; resuming reads it back. Run keys are
+The plan is written when the sweep is created and never changes, except to add seeds
+(:meth:`SweepPlan.with_seeds`); resuming reads it back. Run keys are
 ordered seed-major (every task and preset of seed 0 first), so a sweep stopped early already has a
 complete comparison of its first seeds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -98,6 +100,17 @@ class SweepPlan:
     def credit_presets(self) -> tuple[str, ...]:
         """The presets that train with a credit function (the tfcaf mixer)."""
         return tuple(name for name in self.presets if PRESETS[name].get("mixer") == "tfcaf")
+
+    def with_seeds(self, seeds: int) -> SweepPlan:
+        """This plan with seeds ``0..seeds-1``: more runs of the same tasks, presets, budgets and credit
+        functions. A plan never loses runs: fewer seeds than it has are refused."""
+        if self.seeds != tuple(range(len(self.seeds))):
+            raise SweepError(f"the sweep's seeds are {list(self.seeds)}, not 0..N-1: no seeds can be added")
+        if seeds < len(self.seeds):
+            raise SweepError(
+                f"the sweep already has {len(self.seeds)} seeds; a sweep adds seeds but never drops runs"
+            )
+        return dataclasses.replace(self, seeds=tuple(range(seeds)))
 
     def runs(self) -> list[RunKey]:
         return [RunKey(t, p, s) for s in self.seeds for t in self.tasks for p in self.presets]
