@@ -3,6 +3,7 @@ and the refusal of sweeps that did not train alike."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,11 @@ from qllm.sweep.execute import InlineExecutor, run_sweep
 from qllm.sweep.plan import SweepPlan
 from tests.graph_fakes import GOOD, GOOD_OTHER, evaluation, scripted
 from tests.test_sweep import TINY
+
+
+def _credit(sweep: Path) -> str:
+    return (sweep / "artifacts" / "matrix-climbing.py").read_text()
+
 
 GENERATION = {"mode": "code", "selection": "evaluator", "rounds": 1, "record_episodes": 3}
 
@@ -50,8 +56,8 @@ def test_the_sweeps_are_named_by_the_generation_setting_that_differs(two_sweeps:
 def test_the_generation_facts_say_what_each_cost_and_chose(two_sweeps: tuple[Path, Path]) -> None:
     k1, k2 = (generation_facts(sweep, "matrix-climbing") for sweep in two_sweeps)
     assert k1 is not None and k2 is not None
-    assert (k1.candidates, k1.attempts, k1.passed, k1.chosen) == (1, 1, 1, "r1-c0")
-    assert (k2.candidates, k2.passed, k2.chosen) == (2, 2, "r1-c1")
+    assert (k1.candidates, k1.attempts, k1.passed, k1.distinct, k1.chosen) == (1, 1, 1, 1, "r1-c0")
+    assert (k2.candidates, k2.passed, k2.distinct, k2.chosen) == (2, 2, 2, "r1-c1")
     assert "return 1.0 + i" in k1.written and "last_joint_action" in k2.written
     assert k1.mean_weights[1] > k1.mean_weights[0]  # 1 + i: the second agent weighs more
 
@@ -94,3 +100,25 @@ def test_a_comparison_without_two_sweeps_is_a_usage_error(
     assert result.exit_code == 2
     assert ("at least two sweeps" if how == "one sweep" else "not a sweep folder") in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_whose_coder_wrote_the_same_function_is_said_to_train_identically(
+    two_sweeps: tuple[Path, Path], tmp_path: Path
+) -> None:
+    again = tmp_path / "again"
+    shutil.copytree(two_sweeps[0], again)
+    plan = SweepPlan.load(again).to_dict()
+    SweepPlan.from_dict(plan | {"generation": plan["generation"] | {"rounds": 2}}).save(again)
+    header = "# qllm-tfcaf: another run's header\n"  # comments and docstrings do not make another function
+    (again / "artifacts" / "matrix-climbing.py").write_text(header + _credit(again))
+
+    report = write_comparison([two_sweeps[0], again, two_sweeps[1]], tmp_path / "out").read_text()
+
+    rows = {
+        line.split(" | ")[2]: line
+        for line in report.splitlines()
+        if line.startswith("| matrix-climbing | qllm")
+    }
+    assert "the same function as the reference" in rows["candidates=1, rounds=2"]
+    assert "the same function" not in rows["candidates=2, rounds=1"]
+    assert "`candidates=1, rounds=2`: the same function as `candidates=1, rounds=1`" in report

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from qllm.agents.trace_view import RunSummary, load_run
-from qllm.sweep.credit import generation_dir
+from qllm.agents.trial import function_identity
+from qllm.sweep.credit import credit_file, generation_dir
 from qllm.sweep.plan import SweepError, SweepPlan
 from qllm.sweep.report import (
     CONFIDENCE,
@@ -57,6 +58,16 @@ class Arm:
     label: str
     sweep_dir: Path
     results: SweepResults
+    generations: dict[str, GenerationFacts | None]
+    """Task -> what its generation cost and chose (None: the credit function was given)."""
+    functions: dict[str, str]
+    """Task -> the identity of its credit function (:func:`function_identity`), when it has one."""
+
+    def same_function(self, other: Arm, task: str) -> bool:
+        """Whether both sweeps trained ``task`` with the same function (comments and docstrings aside):
+        with the same seeds, their runs are then the same runs."""
+        mine = self.functions.get(task)
+        return mine is not None and mine == other.functions.get(task)
 
 
 @dataclass(frozen=True)
@@ -115,7 +126,20 @@ def compare_sweeps(sweep_dirs: Sequence[Path]) -> Comparison:
         )
     _check_trained_alike(plans, tasks)
     labels, varied = _labels(plans)
-    arms = tuple(Arm(label, d, load_results(d)) for label, (d, _) in zip(labels, plans, strict=True))
+    arms = tuple(
+        Arm(
+            label,
+            d,
+            load_results(d),
+            {task: generation_facts(d, task) for task in tasks},
+            {
+                t: function_identity(credit_file(d, t).read_text())
+                for t in tasks
+                if credit_file(d, t).is_file()
+            },
+        )
+        for label, (d, _) in zip(labels, plans, strict=True)
+    )
     return Comparison(arms, tasks, presets, varied)
 
 
@@ -140,6 +164,8 @@ def returns_table(comparison: Comparison) -> str:
                 difference = difference_ci(ours, reference) if reference else None
                 shown = signed_text(difference) if difference else "–"
                 said = verdict(difference, arm.label) if difference else "reference has no finished run"
+                if arm.same_function(base, task):
+                    said = "the same function as the reference: it trains identically"
                 rows.append(f"| {task} | {preset} | {arm.label} | {mean_ci(ours)} | {shown} | {said} |")
     return (
         f"| task | preset | sweep | final return (mean ± {CONFIDENCE:.0%} CI) | difference from "
@@ -221,6 +247,8 @@ class GenerationFacts:
     candidates: int
     attempts: int
     passed: int
+    distinct: int
+    """Different functions among the candidates that passed (by what the coder wrote, spacing aside)."""
     llm_calls: int
     minutes: float
     chosen: str
@@ -232,6 +260,7 @@ class GenerationFacts:
     @classmethod
     def of(cls, summary: RunSummary) -> GenerationFacts:
         attempts = [a for r in summary.rounds for c in r.candidates for a in c.attempts]
+        valid = {" ".join(c.final.code.split()) for r in summary.rounds for c in r.candidates if c.ok}
         artifact = summary.artifact or {}
         weights = np.asarray(artifact.get("episode_weights", {}).get("weights") or [[]], dtype=float)
         return cls(
@@ -240,6 +269,7 @@ class GenerationFacts:
             candidates=sum(len(r.candidates) for r in summary.rounds),
             attempts=len(attempts),
             passed=sum(a.ok for a in attempts),
+            distinct=len(valid),
             llm_calls=summary.totals.llm_calls,
             minutes=summary.totals.wall_s / 60,
             chosen=summary.final_choice or "–",
@@ -258,26 +288,30 @@ def generation_section(comparison: Comparison) -> str:
     rows, written = [], []
     for task in comparison.tasks:
         for arm in comparison.arms:
-            facts = generation_facts(arm.sweep_dir, task)
+            facts = arm.generations[task]
             if facts is None:
-                rows.append(f"| {task} | {arm.label} | given with --tfcaf | | | | | | |")
+                rows.append(f"| {task} | {arm.label} | given with --tfcaf | | | | | | | |")
                 continue
             weights = ", ".join(f"{w:.2f}" for w in facts.mean_weights) or "–"
             rows.append(
                 f"| {task} | {arm.label} | {facts.status} | {facts.rounds} | {facts.candidates} | "
-                f"{facts.passed}/{facts.attempts} | {facts.llm_calls} | {facts.minutes:.1f} | "
-                f"{facts.chosen}: {weights} |"
+                f"{facts.passed}/{facts.attempts} | {facts.distinct} | {facts.llm_calls} | "
+                f"{facts.minutes:.1f} | {facts.chosen}: {weights} |"
             )
-            if facts.written:
+            earlier = next(
+                (a for a in comparison.arms[: comparison.arms.index(arm)] if a.same_function(arm, task)), None
+            )
+            if earlier is not None:
+                written.append(f"{task}, `{arm.label}`: the same function as `{earlier.label}`.\n")
+            elif facts.written:
                 written.append(
                     f"<details><summary>{task}, {arm.label}: what the coder wrote ({facts.chosen})</summary>"
                     f"\n\n```\n{facts.written}\n```\n\n</details>\n"
                 )
     table = (
-        "| task | sweep | status | rounds | candidates | attempts passed | LLM calls | minutes | chosen: "
-        "mean weight per agent over a recorded episode |\n|---|---|---|---|---|---|---|---|---|\n"
-        + "\n".join(rows)
-        + "\n"
+        "| task | sweep | status | rounds | candidates | attempts passed | distinct valid functions | LLM "
+        "calls | minutes | chosen: mean weight per agent over a recorded episode |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
     )
     return "## The generations\n\n" + table + "\n" + "\n".join(written)
 
