@@ -27,10 +27,16 @@ for k in 1 3 5; do
     sweep "$SWEEPS/fig7-k$k" --tasks $ABLATION_TASKS --mixers qllm --seeds 3 "${COMMON[@]}" \
         --selection auto --candidates $k
 done
-# Section 5.3.2: the evaluator LLM choosing and giving tips, against K=3 without it (consensus).
+# Section 5.3.2, and Figure 7 again with the paper's selection: the evaluator LLM choosing and giving
+# tips, at K = 3 ("evaluator") and K = 1, against the same K without it (consensus, above). K = 5 with
+# the evaluator (about 30 minutes of generation on 2 cores) did not fit the session: add it here.
 sweep "$SWEEPS/evaluator" --tasks $ABLATION_TASKS --mixers qllm --seeds 3 "${COMMON[@]}" \
     --selection evaluator --candidates 3
+sweep "$SWEEPS/evaluator-k1" --tasks $ABLATION_TASKS --mixers qllm --seeds 3 "${COMMON[@]}" \
+    --selection evaluator --candidates 1
 
 $QLLM report "$SWEEPS/table1" --out "$REPORT/table1"
-$QLLM compare "$SWEEPS/fig7-k1" "$SWEEPS/fig7-k3" "$SWEEPS/fig7-k5" --out "$REPORT/figure7"
-$QLLM compare "$SWEEPS/fig7-k3" "$SWEEPS/evaluator" --out "$REPORT/evaluator"
+$QLLM compare "$SWEEPS/fig7-k1" "$SWEEPS/fig7-k3" "$SWEEPS/fig7-k5" --out "$REPORT/figure7-consensus"
+$QLLM compare "$SWEEPS/evaluator-k1" "$SWEEPS/evaluator" --out "$REPORT/figure7-evaluator"
+$QLLM compare "$SWEEPS/fig7-k3" "$SWEEPS/evaluator" --out "$REPORT/evaluator-k3"
+$QLLM compare "$SWEEPS/fig7-k1" "$SWEEPS/evaluator-k1" --out "$REPORT/evaluator-k1"
