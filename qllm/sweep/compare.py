@@ -248,7 +248,7 @@ class GenerationFacts:
     attempts: int
     passed: int
     distinct: int
-    """Different functions among the candidates that passed (by what the coder wrote, spacing aside)."""
+    """Different functions among the candidates that passed (comments and docstrings aside)."""
     llm_calls: int
     minutes: float
     chosen: str
@@ -260,7 +260,9 @@ class GenerationFacts:
     @classmethod
     def of(cls, summary: RunSummary) -> GenerationFacts:
         attempts = [a for r in summary.rounds for c in r.candidates for a in c.attempts]
-        valid = {" ".join(c.final.code.split()) for r in summary.rounds for c in r.candidates if c.ok}
+        # A candidate's subject is its function's identity, comments and docstrings aside (the spec's
+        # reasoning lives in a docstring); older traces have none, so their code stands in.
+        valid = {c.final.subject or c.final.code for r in summary.rounds for c in r.candidates if c.ok}
         artifact = summary.artifact or {}
         weights = np.asarray(artifact.get("episode_weights", {}).get("weights") or [[]], dtype=float)
         return cls(
