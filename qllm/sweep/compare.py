@@ -17,7 +17,6 @@ difference in return would not be the generation's, and the comparison is refuse
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,14 +31,14 @@ from qllm.sweep.plan import SweepError, SweepPlan
 from qllm.sweep.report import (
     CONFIDENCE,
     REPORT_FILE,
+    CurvePanel,
     SweepResults,
-    band,
     difference_ci,
     load_results,
     mean_ci,
+    plot_curve_panels,
     pyplot,
     signed_text,
-    thousands,
     verdict,
 )
 
@@ -207,32 +206,18 @@ def plot_returns(comparison: Comparison, out: Path) -> Path:
 
 def plot_curves(comparison: Comparison, out: Path) -> Path:
     """One panel per task and preset: each sweep's mean learning curve with its 95% band."""
-    plt = pyplot()
-    panels = [(t, p) for t in comparison.tasks for p in comparison.presets]
-    cols = min(3, len(panels))
-    rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
-    for ax, (task, preset) in zip(axes.flat, panels, strict=False):
-        for arm in comparison.arms:
-            curves = arm.results.seeds_of(task, preset)
-            if curves:
-                steps, mean, half = band(curves, arm.results.plan.steps_for(task))
-                (line,) = ax.plot(steps, mean, label=f"{arm.label} ({len(curves)})", linewidth=2)
-                ax.fill_between(steps, mean - half, mean + half, color=line.get_color(), alpha=0.15)
-        ax.set_title(f"{task}: {preset}")
-        ax.xaxis.set_major_formatter(thousands)
-        ax.set_xlabel("environment steps")
-        ax.set_ylabel("greedy test return")
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize="small", title="sweep (seeds)", title_fontsize="small")
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.set_visible(False)
-    fig.suptitle(f"Learning curves: mean and {CONFIDENCE:.0%} confidence band over seeds")
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    panels = [
+        CurvePanel(
+            f"{task}: {preset}",
+            [
+                (arm.label, arm.results.seeds_of(task, preset), arm.results.plan.steps_for(task))
+                for arm in comparison.arms
+            ],
+        )
+        for task in comparison.tasks
+        for preset in comparison.presets
+    ]
+    return plot_curve_panels(panels, out, "sweep (seeds)")
 
 
 # --- the generations --------------------------------------------------------------------------------

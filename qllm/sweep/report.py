@@ -158,37 +158,54 @@ def thousands(value: float, _position: int) -> str:
     return f"{value / 1000:g}k" if value else "0"
 
 
-def plot_curves(results: SweepResults, out: Path) -> Path:
-    """One panel per task: each preset's mean greedy test return with its 95% band."""
+@dataclass(frozen=True)
+class CurvePanel:
+    """One panel of learning curves: a line (mean, 95% band over its curves) per label."""
+
+    title: str
+    lines: list[tuple[str, list[Curve], int]]
+    """(label, the runs' curves, their budget in steps) per line; lines without curves are skipped."""
+
+
+def plot_curve_panels(panels: Sequence[CurvePanel], out: Path, legend_title: str) -> Path:
+    """The panels, three to a row: each line's mean greedy test return with its 95% band."""
     plt = pyplot()
-    tasks = results.plan.tasks
-    cols = min(3, len(tasks))
-    rows = math.ceil(len(tasks) / cols)
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
-    for ax, task in zip(axes.flat, tasks, strict=False):
-        for preset in results.plan.presets:
-            curves = results.seeds_of(task, preset)
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        for label, curves, budget in panel.lines:
             if not curves:
                 continue
-            steps, mean, half = band(curves, results.plan.steps_for(task))
-            (line,) = ax.plot(steps, mean, label=f"{preset} ({len(curves)})", linewidth=2)
+            steps, mean, half = band(curves, budget)
+            (line,) = ax.plot(steps, mean, label=f"{label} ({len(curves)})", linewidth=2)
             ax.fill_between(steps, mean - half, mean + half, color=line.get_color(), alpha=0.15)
-        ax.set_title(task)
+        ax.set_title(panel.title)
         ax.xaxis.set_major_formatter(thousands)
         ax.set_xlabel("environment steps")
         ax.set_ylabel("greedy test return")
         ax.grid(alpha=0.3)
         if ax.lines:
-            ax.legend(fontsize="small", title="preset (seeds)", title_fontsize="small")
+            ax.legend(fontsize="small", title=legend_title, title_fontsize="small")
         else:
             ax.text(0.5, 0.5, "no finished run yet", ha="center", va="center", transform=ax.transAxes)
-    for ax in list(axes.flat)[len(tasks) :]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     fig.suptitle(f"Learning curves: mean and {CONFIDENCE:.0%} confidence band over seeds")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def plot_curves(results: SweepResults, out: Path) -> Path:
+    """One panel per task: each preset's mean greedy test return with its 95% band."""
+    plan = results.plan
+    panels = [
+        CurvePanel(task, [(p, results.seeds_of(task, p), plan.steps_for(task)) for p in plan.presets])
+        for task in plan.tasks
+    ]
+    return plot_curve_panels(panels, out, "preset (seeds)")
 
 
 def scaling_tasks(plan: SweepPlan) -> dict[int, str]:
