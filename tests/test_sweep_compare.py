@@ -122,3 +122,17 @@ def test_a_sweep_whose_coder_wrote_the_same_function_is_said_to_train_identicall
     assert "the same function as the reference" in rows["candidates=1, rounds=2"]
     assert "the same function" not in rows["candidates=2, rounds=1"]
     assert "`candidates=1, rounds=2`: the same function as `candidates=1, rounds=1`" in report
+
+
+def test_a_generation_trace_that_cannot_be_read_is_one_line_not_a_traceback(
+    two_sweeps: tuple[Path, Path], tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(two_sweeps[1], broken)
+    (trace,) = (broken / "artifacts" / "generate").glob("*/*/trace.jsonl")
+    trace.write_text('{"event": "no-such-event"}\n')
+
+    result = CliRunner().invoke(app, ["compare", str(two_sweeps[0]), str(broken)], env={"COLUMNS": "250"})
+
+    assert result.exit_code == 2 and "generation for matrix-climbing" in result.output
+    assert "Traceback" not in result.output

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from qllm.agents.run import RunFolderError
 from qllm.agents.trace_view import RunSummary, load_run
 from qllm.agents.trial import function_identity
 from qllm.sweep.credit import credit_file, generation_dir
@@ -268,7 +269,12 @@ class GenerationFacts:
 def generation_facts(sweep_dir: Path, task: str) -> GenerationFacts | None:
     """The facts of the sweep's (latest) generation run for ``task``; None when the file was given."""
     runs = sorted(d for d in generation_dir(sweep_dir, task).glob("*") if d.is_dir())
-    return GenerationFacts.of(load_run(runs[-1])) if runs else None
+    if not runs:
+        return None
+    try:
+        return GenerationFacts.of(load_run(runs[-1]))
+    except RunFolderError as exc:  # a trace this version cannot read: say which, in one line
+        raise ComparisonError(f"{sweep_dir}'s generation for {task}: {exc}") from None
 
 
 def generation_section(comparison: Comparison) -> str:
