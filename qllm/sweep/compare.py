@@ -34,9 +34,11 @@ from qllm.sweep.report import (
     REPORT_FILE,
     CurvePanel,
     SweepResults,
+    budgets_text,
     difference_ci,
     load_results,
     mean_ci,
+    overrides_text,
     plot_curve_panels,
     pyplot,
     signed_text,
@@ -163,9 +165,12 @@ def returns_table(comparison: Comparison) -> str:
                     continue
                 difference = difference_ci(ours, reference) if reference else None
                 shown = signed_text(difference) if difference else "–"
-                said = verdict(difference, arm.label) if difference else "reference has no finished run"
                 if arm.same_function(base, task):
                     said = "the same function as the reference: it trains identically"
+                elif difference:
+                    said = verdict(difference, arm.label)
+                else:
+                    said = "reference has no finished run"
                 rows.append(f"| {task} | {preset} | {arm.label} | {mean_ci(ours)} | {shown} | {said} |")
     return (
         f"| task | preset | sweep | final return (mean ± {CONFIDENCE:.0%} CI) | difference from "
@@ -322,8 +327,7 @@ def write_comparison(sweep_dirs: Sequence[Path], out_dir: Path) -> Path:
         f"{len(arm.results.plan.runs())} runs finished)"
         for arm in comparison.arms
     )
-    budgets = ", ".join(f"{t} {first.steps_for(t):,}" for t in comparison.tasks)
-    overrides = ", ".join(f"`{k}={v}`" for k, v in first.overrides.items()) or "none"
+    budgets, overrides = budgets_text(first, comparison.tasks), overrides_text(first)
     sections = [
         "# Comparison of sweeps\n",
         f"What differs between the sweeps' generation settings: {varied}.\n\n{sweeps}\n",

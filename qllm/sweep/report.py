@@ -323,14 +323,23 @@ def reproduce_command(plan: SweepPlan, sweep_dir: Path) -> str:
     return " \\\n    ".join(parts)
 
 
+def budgets_text(plan: SweepPlan, tasks: Sequence[str]) -> str:
+    """``task 40,000, ...``: each task's budget in environment steps."""
+    return ", ".join(f"{t} {plan.steps_for(t):,}" for t in tasks)
+
+
+def overrides_text(plan: SweepPlan) -> str:
+    """The training settings applied on top of every preset, as code spans (``none`` without any)."""
+    return ", ".join(f"`{k}={v}`" for k, v in plan.overrides.items()) or "none"
+
+
 def budget_section(results: SweepResults, ledger: Ledger) -> str:
     plan = results.plan
     done = [r for r in ledger.records() if r.status == "done"]
     presets = {key.name: key.preset for key in plan.runs()}
     per_preset = {p: [r.seconds for r in done if presets.get(r.run) == p] for p in plan.presets}
     times = ", ".join(f"{p} {np.mean(s):.0f} s" for p, s in per_preset.items() if s)
-    budgets = ", ".join(f"{t} {plan.steps_for(t):,}" for t in plan.tasks)
-    overrides = ", ".join(f"`{k}={v}`" for k, v in plan.overrides.items()) or "none"
+    budgets, overrides = budgets_text(plan, plan.tasks), overrides_text(plan)
     lines = [
         f"- **Runs**: {len(results.curves)} of {len(plan.runs())} finished "
         f"({len(plan.tasks)} tasks x {len(plan.presets)} presets x {len(plan.seeds)} seeds).",
