@@ -8,13 +8,14 @@ truncated reply) and strict about the content: the code must parse, the JSON mus
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 import textwrap
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
+
+from qllm.pysource import parse_python
 
 FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
@@ -27,7 +28,7 @@ class ExtractionError(ValueError):
 
 def _parses(code: str) -> bool:
     try:
-        ast.parse(code)
+        parse_python(code)
     except SyntaxError:
         return False
     return True

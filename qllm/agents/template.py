@@ -31,6 +31,7 @@ from typing import Any
 
 from qllm.envs.contract import EnvInfo
 from qllm.envs.schema import StateField, StateSchema
+from qllm.pysource import parse_python
 from qllm.sandbox.restricted import FUNCTION_NAME
 
 TEMPLATE_ID = "agent-weight/v1"
@@ -254,7 +255,7 @@ def keep_definitions(code: str) -> WrittenCode:
 def _parsed(code: str) -> ast.Module:
     """``code`` parsed, or :class:`TemplateError` naming the line of its syntax error."""
     try:
-        return ast.parse(code)
+        return parse_python(code)
     except SyntaxError as exc:
         lines = code.splitlines()
         line = lines[exc.lineno - 1].strip() if exc.lineno and exc.lineno <= len(lines) else ""

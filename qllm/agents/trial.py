@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import BaseModel, Field, computed_field
 from scipy import stats
 
+from qllm.pysource import parse_python
 from qllm.rl.config import TrainConfig, preset
 from qllm.rl.logger import read_metrics, series
 from qllm.rl.tfcaf import TFCAFError
@@ -159,7 +160,7 @@ class TrialSettings:
 def function_identity(source: str) -> str:
     """SHA-256 of what a credit-function file does: its code without comments and docstrings, so two
     candidates that differ only in those (each file's docstring names its candidate) are one function."""
-    tree = ast.parse(source)
+    tree = parse_python(source)
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if (

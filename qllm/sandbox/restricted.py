@@ -33,6 +33,7 @@ import torch.nn.functional
 from RestrictedPython import compile_restricted_exec, safe_builtins
 from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence, safer_getattr
 
+from qllm.pysource import parse_python
 from qllm.sandbox.result import ErrorKind
 
 FUNCTION_NAME = "credit_assignment"
@@ -317,7 +318,7 @@ def _contract_problem(tree: ast.Module) -> str | None:
 def compile_candidate(source: str) -> types.CodeType:
     """Statically check and compile ``source``; :class:`CandidateError` with the reason if refused."""
     try:
-        tree = ast.parse(source, filename=CANDIDATE_FILENAME)
+        tree = parse_python(source, filename=CANDIDATE_FILENAME)
     except SyntaxError as exc:
         where = f"line {exc.lineno}: " if exc.lineno else ""
         raise CandidateError(ErrorKind.SYNTAX, f"{where}{exc.msg}", _syntax_excerpt(source, exc)) from None
@@ -330,7 +331,8 @@ def compile_candidate(source: str) -> types.CodeType:
     problem = _contract_problem(tree)
     if problem:
         raise CandidateError(ErrorKind.CONTRACT, problem)
-    result = compile_restricted_exec(source, filename=CANDIDATE_FILENAME)
+    # The tree parsed above, not the source: RestrictedPython would parse it again, outside the lock.
+    result = compile_restricted_exec(tree, filename=CANDIDATE_FILENAME)
     if result.errors or result.code is None:
         raise CandidateError(ErrorKind.FORBIDDEN, "; ".join(result.errors) or "refused by RestrictedPython")
     return result.code
