@@ -6,7 +6,10 @@ and said so), two ways of validating a candidate are timed on the host, around t
 - cold: a new ``Sandbox(backend, warm=False)`` per candidate, so each time includes starting the worker
   (and the isolation around it) and its ``import torch``;
 - warm: one ``Sandbox(backend, warm=True)``; the first call (which starts the worker) is a warm-up and is
-  excluded; each timed call still runs its candidate in a freshly forked, rlimited child.
+  excluded; each timed call still runs its candidate in a child of its own. Warm calls are timed at each
+  of ``--gaps-ms``, the pause before each round of calls: 0 is candidates back to back (the worker forks
+  and warms the next child while the host already waits for it), a pause longer than that preparation
+  is candidates as the generation graph sends them, each one written by an LLM first (seconds).
 
 The backends take turns, call by call (cold: one new sandbox of each in turn; warm: one warm sandbox of
 each, open side by side, called in turn), so that a busy moment of the machine falls on all of them
@@ -14,10 +17,10 @@ alike. The reference is the same work in this process with no isolation: ``load_
 ``run_checks``, timed the same way as warm (one warm-up call, then the repeats). Three realistic candidates
 (VDN, a state-dependent softmax mixer, an LBF level-weighted mixer) are cycled through, and every one must
 pass. Each row gives median and p90 ms per candidate and ``ratio`` = its median / the in-process median;
-then warm gVisor against warm bubblewrap (the target: at most 2x). Peak RSS of this process is printed
-last (the workers' memory is not included).
+then warm gVisor against warm bubblewrap at each gap (the target: at most 2x). Peak RSS of this process is
+printed last (the workers' memory is not included).
 
-Run:  .venv/bin/python benchmarks/sandbox_latency.py [--backends bwrap,process] [--json out.json]
+Run:  .venv/bin/python benchmarks/sandbox_latency.py [--backends gvisor,bwrap] [--gaps-ms 0,500] [--json F]
 """
 
 from __future__ import annotations
@@ -92,11 +95,14 @@ def in_process(source: str, inputs: ValidationInputs) -> ValidationResult:
     )
 
 
-def timed_in_turn(calls: dict[str, Runner], sources: list[str], repeats: int) -> dict[str, list[float]]:
+def timed_in_turn(
+    calls: dict[str, Runner], sources: list[str], repeats: int, gap_s: float = 0.0
+) -> dict[str, list[float]]:
     """Seconds per call of each runner, the runners taking turns on the same ``repeats`` candidates
-    (cycled from ``sources``); each must pass."""
+    (cycled from ``sources``), ``gap_s`` before each round; each must pass."""
     samples: dict[str, list[float]] = {name: [] for name in calls}
     for i in range(repeats):
+        time.sleep(gap_s)
         source = sources[i % len(sources)]
         for name, call in calls.items():
             start = time.perf_counter()
@@ -117,14 +123,17 @@ def bench_cold(backends: list[str], sources: list[str], inputs: ValidationInputs
     return timed_in_turn({b: cold(b) for b in backends}, sources, repeats)
 
 
-def bench_warm(backends: list[str], sources: list[str], inputs: ValidationInputs, repeats: int) -> dict:
+def bench_warm(
+    backends: list[str], sources: list[str], inputs: ValidationInputs, repeats: int, gaps_s: list[float]
+) -> dict[float, dict[str, list[float]]]:
+    """Per gap, the seconds per call of each backend's warm sandbox (the same sandboxes for every gap)."""
     with contextlib.ExitStack() as stack:
         calls: dict[str, Runner] = {}
         for backend in backends:
             sandbox = stack.enter_context(Sandbox(backend=backend, warm=True))
             check(sandbox.validate(sources[-1], inputs), sources[-1], f"{backend} warm-up")
             calls[backend] = lambda s, box=sandbox: box.validate(s, inputs)
-        return timed_in_turn(calls, sources, repeats)
+        return {gap: timed_in_turn(calls, sources, repeats, gap) for gap in gaps_s}
 
 
 def bench_reference(sources: list[str], inputs: ValidationInputs, repeats: int) -> list[float]:
@@ -136,6 +145,10 @@ def row(backend: str, mode: str, samples: list[float]) -> dict[str, Any]:
     ms = np.array(samples) * 1e3
     median, p90 = float(np.median(ms)), float(np.percentile(ms, 90))
     return {"backend": backend, "mode": mode, "n": len(samples), "median_ms": median, "p90_ms": p90}
+
+
+def warm_mode(gap_s: float) -> str:
+    return "warm, back to back" if gap_s == 0 else f"warm, {gap_s * 1000:g} ms apart"
 
 
 def peak_rss_mib() -> float:
@@ -166,6 +179,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--cold-repeats", type=int, default=5, help="cold candidates per backend (default: %(default)s)")
     add("--warm-repeats", type=int, default=30, help="timed warm candidates (default: %(default)s)")
     add("--backends", default=BACKEND_ORDER, help="comma-separated backends (default: %(default)s)")
+    add(
+        "--gaps-ms",
+        default="0,500",
+        help="pauses before each round of warm calls, comma-separated ms (default: %(default)s)",
+    )
     add("--json", type=Path, help="also write the results to this JSON file")
     return parser.parse_args(argv)
 
@@ -184,26 +202,35 @@ def main(argv: list[str] | None = None) -> None:
         except SandboxUnavailableError as exc:
             print(f"skipping {name}: {exc}", flush=True)
             skipped.append(name)
+    gaps_s = [float(gap) / 1000 for gap in args.gaps_ms.split(",") if gap.strip()]
     cold = bench_cold(backends, sources, inputs, args.cold_repeats)
-    warm = bench_warm(backends, sources, inputs, args.warm_repeats)
+    warm = bench_warm(backends, sources, inputs, args.warm_repeats, gaps_s)
     rows = [reference]
     for name in backends:
-        rows += [row(name, "cold", cold[name]), row(name, "warm", warm[name])]
+        rows.append(row(name, "cold", cold[name]))
+        rows += [row(name, warm_mode(gap), warm[gap][name]) for gap in gaps_s]
     for r in rows:
         r["ratio"] = r["median_ms"] / reference["median_ms"]
     print()
     print_table(rows)
     if {"gvisor", "bwrap"} <= set(backends):
-        ratio = float(np.median(warm["gvisor"]) / np.median(warm["bwrap"]))
-        verdict = "met" if ratio <= GVISOR_TARGET else "NOT met"
-        print(
-            f"\nwarm gvisor / warm bwrap: {ratio:.2f}x per candidate "
-            f"(target at most {GVISOR_TARGET:g}x: {verdict})"
-        )
+        print()
+        for gap in gaps_s:
+            ratio = float(np.median(warm[gap]["gvisor"]) / np.median(warm[gap]["bwrap"]))
+            verdict = "met" if ratio <= GVISOR_TARGET else "NOT met"
+            print(
+                f"{warm_mode(gap)}: gvisor / bwrap {ratio:.2f}x per candidate "
+                f"(target at most {GVISOR_TARGET:g}x: {verdict})"
+            )
     rss = peak_rss_mib()
     print(f"\npeak RSS: {rss:.1f} MiB (this process only)")
     if args.json is not None:
-        meta = {"task": args.task, "states": int(inputs.states.shape[0]), "candidates": len(sources)}
+        meta = {
+            "task": args.task,
+            "states": int(inputs.states.shape[0]),
+            "candidates": len(sources),
+            "gaps_ms": [gap * 1000 for gap in gaps_s],
+        }
         payload = {**meta, "skipped": skipped, "peak_rss_mib": rss, "results": rows}
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
 

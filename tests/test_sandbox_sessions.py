@@ -39,10 +39,11 @@ HANGS_ON_LARGE_BATCHES = (
 BURNS_CPU = (
     "def credit_assignment(agents_q, state):\n"
     "    total = 0\n"
-    "    for i in range(2 * 10**5):\n"
+    "    for i in range(4 * 10**5):\n"
     "        total += i\n"
     "    return agents_q.sum(dim=1, keepdim=True)\n"
 )
+"""About a third of a second of CPU a call here: a third of the 1 s budget each call may use."""
 PRINTS = (
     "def credit_assignment(agents_q, state):\n"
     "    print('x' * N)\n"

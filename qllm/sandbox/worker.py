@@ -1,14 +1,25 @@
 """The sandbox worker: a warm process that runs each job in a fresh, resource-limited child.
 
-Started by an isolation backend (bubblewrap, docker, unshare...) as ``python -I -m qllm.sandbox.worker``,
-it imports torch once, says it is ready, then serves jobs read from stdin as length-prefixed JSON frames
-(``protocol.py``). For each job it forks a child that
+Started by an isolation backend (gVisor, bubblewrap, docker, unshare...) as ``python -I -m
+qllm.sandbox.worker``, it imports torch once, says it is ready, then serves jobs read from stdin as
+length-prefixed JSON frames (``protocol.py``). Each job goes to a child forked for it alone, which
 
 - starts a new session (so the whole process group can be killed),
 - sends its stdout/stderr into a pipe the worker reads with a byte cap,
-- applies rlimits: CPU seconds, address space (the worker's own plus the job's memory budget), no
-  file writes (RLIMIT_FSIZE 0), few file descriptors, no core dumps,
-- runs the job and writes one JSON result into a private pipe.
+- reads its job from its own request pipe, then applies rlimits before any of the job's code runs: CPU
+  seconds, address space (its own plus the job's memory budget), no file writes (RLIMIT_FSIZE 0), few
+  file descriptors, no core dumps,
+- runs the job and writes one JSON result frame into its own result pipe.
+
+The child is forked *before* its job arrives, a spare: the first at start, the next as soon as a job is
+answered. Forking the torch-loaded worker is slow under gVisor (tens of milliseconds), and a fresh
+fork's first writes to each page it shares with the worker are copy-on-write faults that gVisor serves
+slowly too, which cost more than the checks themselves. So a spare forked after a job warms up before
+it says it is ready: it runs a trusted function (equal weights) through the job's own path on that
+job's inputs, and the pages a candidate's checks write are its own by the time one arrives. The warm-up
+runs only qllm's code, before the limits; the candidate still runs in a process no other candidate has
+touched. Candidates that arrive further apart than a spare's warm-up (the generation graph's, each
+written by an LLM) never wait for a fork.
 
 After each job the worker empties the scratch folders its backend made private to it (``QLLM_SCRATCH``:
 the private /tmp, /dev/shm), so that nothing a job wrote (RLIMIT_FSIZE stops contents, not empty files and
@@ -19,13 +30,13 @@ process cannot affect the next one. Verdicts on how the child ended (timeout, si
 are made here, outside the child.
 
 A trainer asks for the credit of new states hundreds of times with one function, and a fork per call
-costs more than the call itself (a fork of the torch-loaded worker is tens of milliseconds under
-gVisor). So a credit function can also be opened as a *session* (``credit-open``): one limited child
-loads it once and answers ``credit`` jobs naming the session over its own pipes until ``credit-close``.
-Every call keeps its own limits: the wall clock and the output cap are enforced here per call, the
-child moves its CPU-time limit to "used so far + the budget" before each call, and its address-space
-limit holds throughout. A call that fails in any way ends the session (the child is killed); the
-function's state may carry over between calls, as it would in any process that calls it repeatedly.
+costs more than the call itself. So a credit function can also be opened as a *session*
+(``credit-open``): its child loads it once and answers ``credit`` jobs naming the session over its pipes
+until ``credit-close``. Every call keeps its own limits: the wall clock and the output cap are enforced
+here per call, the child moves its CPU-time limit to "used so far + the budget" before each call, and its
+address-space limit holds throughout. A call that fails in any way ends the session (the child is
+killed); the function's state may carry over between calls, as it would in any process that calls it
+repeatedly. A child that went to a session is not replaced by a new spare: a trainer's worker needs none.
 """
 
 from __future__ import annotations
@@ -41,7 +52,7 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -63,11 +74,18 @@ if TYPE_CHECKING:
 
     from qllm.sandbox.checks import CreditFunction, Tracer
     from qllm.sandbox.restricted import LoadedCandidate
-
 RESULT_BYTES = 4 * 1024 * 1024
 MAX_OPEN_FILES = 64
 MAX_PROCESSES = 64
 TAIL_BYTES = 2048
+WARM_UP_SOURCE = "def credit_assignment(agents_q, state):\n    return agents_q.sum(dim=1, keepdim=True)\n"
+"""Equal weights (VDN): the trusted function a spare runs through its predecessor's job to warm up."""
+WARMED_KINDS = frozenset({"validate", "credit"})
+"""Jobs whose inputs the next spare warms up on (a probe's plain Python is not worth repeating)."""
+READY_TIMEOUT_S = 10.0
+"""How long a job waits for its spare to finish warming up before a fresh child is forked instead; well
+inside the host's margin over a job's own budget (``client.ANSWER_MARGIN_S``)."""
+READY = {"ready": True}
 
 
 def main() -> None:
@@ -76,6 +94,7 @@ def main() -> None:
     os.dup2(2, 1)
     protocol_in = sys.stdin.buffer
     _warm_up()
+    _SPARES.replenish()
     write_frame(protocol_out, {"ready": True, "pid": os.getpid()})
     while True:
         try:
@@ -83,6 +102,7 @@ def main() -> None:
         except ProtocolError:
             return  # the host closed the pipe: shut down
         write_frame(protocol_out, run_job(job))
+        _SPARES.replenish()  # while the host reads the answer and prepares the next job
 
 
 def _warm_up() -> None:
@@ -95,32 +115,22 @@ def _warm_up() -> None:
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Run one job and return its result as a dict: a credit-session job in its session's child, any
-    other in a new forked, limited child."""
+    """Run one job and return its result as a dict: a call of an open credit session in that session's
+    child, any other job in a child of its own."""
     kind = job.get("kind")
     try:
-        if kind == "credit-open":
-            return _SESSIONS.open(job)
         if kind == "credit" and "session" in job:
             return _SESSIONS.call(int(job["session"]), job)
         if kind == "credit-close":
             _SESSIONS.close(int(job["session"]))
             return {"ok": True}
-    finally:
-        _empty_scratch()
-    limits = SandboxLimits(**job.get("limits", {}))
-    result_r, result_w = os.pipe()
-    output_r, output_w = os.pipe()
-    baseline = _address_space_bytes()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns
-        os.close(result_r)
-        os.close(output_r)
-        _child(job, limits, result_w, output_w, baseline)
-    os.close(result_w)
-    os.close(output_w)
-    try:
-        return _supervise(pid, result_r, output_r, limits)  # the host times the whole round trip
+        try:
+            child = _SPARES.take(job)
+        except OSError as exc:
+            return _failure(ErrorKind.SANDBOX, f"cannot start a child process: {exc}", bytearray())
+        if kind == "credit-open":
+            return _SESSIONS.open(child, job)
+        return child.run_once(job)
     finally:
         _empty_scratch()
 
@@ -143,44 +153,210 @@ def _address_space_bytes() -> int:
     return 0
 
 
-def _enter_child(result_w: int, output_w: int, request_r: int | None = None) -> None:
-    """A forked child's own session and descriptors: stdin from /dev/null (or, for a credit session, its
-    requests on fd 4), stdout and stderr into the output pipe, results on fd 3, nothing else open."""
+# --- children: forked ahead of their job, one job each (or one credit session) ---------------------
+
+
+def _frame_complete(data: bytearray) -> bool:
+    header = FRAME_HEADER.size
+    return len(data) >= header and len(data) >= header + FRAME_HEADER.unpack_from(data)[0]
+
+
+@dataclass
+class _Child:
+    """A forked child and the worker's ends of its pipes: its requests (its fd 4), its result frames (its
+    fd 3) and its stdout and stderr (one pipe); ``limits`` are its job's, once it has one."""
+
+    pid: int
+    requests: int
+    results: int
+    output: int
+    limits: SandboxLimits = field(default_factory=SandboxLimits)
+
+    def wait_ready(self) -> bool:
+        """Whether the child finished warming up and waits for its job (else it is ended); what it
+        printed while warming up is thrown away, so that it is not taken for its job's output."""
+        wait = SandboxLimits(wall_s=READY_TIMEOUT_S)
+        result, _, verdict = _gather(self.results, self.output, wait, done=_frame_complete)
+        if verdict is not None or _decoded(result) != READY:
+            self.end((ErrorKind.SANDBOX, "not ready"))
+            return False
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.output, 65536):  # non-blocking since _gather
+                pass
+        return True
+
+    def run_once(self, job: dict[str, Any]) -> dict[str, Any]:
+        """The answer to ``job``, its only one: the child is gone afterwards in any case."""
+        answer = self.exchange(job)
+        if answer.get("ok"):
+            self.stop()
+        return answer
+
+    def exchange(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Send ``request`` and return the child's answer, or the verdict on why none came (the child is
+        then over: it is killed); an answer that is a failure ends the child too."""
+        try:
+            _write_all(self.requests, encode_frame(request), time.monotonic() + self.limits.wall_s)
+        except (OSError, TimeoutError) as exc:
+            return self.end((ErrorKind.CRASHED, f"the child process stopped reading requests ({exc})"))
+        return self.receive()
+
+    def receive(self) -> dict[str, Any]:
+        """The child's next answer within its job's limits, or the verdict on why none came."""
+        result, output, verdict = _gather(self.results, self.output, self.limits, done=_frame_complete)
+        if verdict is not None:
+            return self.end(verdict, output)
+        if not _frame_complete(result):  # both pipes closed: the child died
+            return self.end(None, output)
+        answer = _decoded(result)
+        if answer is None:
+            return self.end((ErrorKind.CRASHED, "the process returned a malformed result"), output)
+        answer = _with_output(answer, output)
+        if not answer.get("ok"):
+            self.end(None)
+        return answer
+
+    def end(self, verdict: tuple[ErrorKind, str] | None, output: bytearray | None = None) -> dict[str, Any]:
+        """Stop the child; the failure answer with ``verdict``, or (None) with what its exit status says
+        (it died, or failed and was on its way out)."""
+        status = self.stop()
+        return _failure(*(verdict or _exit_verdict(status)), output or bytearray())
+
+    def stop(self) -> int:
+        """Kill the child's process group, reap it and close the pipes; its wait status."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        _, status = os.waitpid(self.pid, 0)
+        for fd in (self.requests, self.results, self.output):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        return status
+
+
+def _decoded(frame: bytearray) -> dict[str, Any] | None:
+    """The JSON object a complete frame carries, or None if it carries none."""
+    try:
+        message = json.loads(bytes(frame[FRAME_HEADER.size :]))
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) else None
+
+
+class _Spares:
+    """The child forked ahead of the next job, and the inputs it warms up on."""
+
+    def __init__(self) -> None:
+        self.spare: _Child | None = None
+        self.warm_job: dict[str, Any] | None = None
+        """The last warmed kind of job, with its inputs and settings, for the next spare to warm up on."""
+        self.wanted = True
+        """False once a child went to a credit session: a trainer's worker needs no spare."""
+
+    def replenish(self) -> None:
+        if self.spare is None and self.wanted:
+            with contextlib.suppress(OSError):  # no process to spare now: the next job forks its own
+                self.spare = _fork_child(self.warm_job)
+
+    def take(self, job: dict[str, Any]) -> _Child:
+        """A child ready for ``job`` with its limits: the spare, or (none, or not ready in time) a fresh
+        one that does not warm up."""
+        child, self.spare = self.spare, None
+        if child is None or not child.wait_ready():
+            child = _fork_child(None)
+            if not child.wait_ready():
+                raise OSError("a new child process did not start")
+        child.limits = SandboxLimits(**job.get("limits", {}))
+        if job.get("kind") in WARMED_KINDS:
+            self.warm_job = {key: value for key, value in job.items() if key != "source"}
+        self.wanted = job.get("kind") != "credit-open"
+        return child
+
+
+_SPARES = _Spares()
+
+
+def _fork_child(warm_job: dict[str, Any] | None) -> _Child:
+    """Fork a child that warms up on ``warm_job`` (None: it does not), says it is ready, and waits."""
+    request_r, request_w = os.pipe()
+    result_r, result_w = os.pipe()
+    output_r, output_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        for fd in (request_w, result_r, output_r):
+            os.close(fd)
+        _child(warm_job, request_r=request_r, result_w=result_w, output_w=output_w)
+    for fd in (request_r, result_w, output_w):
+        os.close(fd)
+    return _Child(pid, request_w, result_r, output_r)
+
+
+def _enter_child(result_w: int, output_w: int, request_r: int) -> None:
+    """A forked child's own session and descriptors: stdin from /dev/null, its requests on fd 4, stdout
+    and stderr into the output pipe, results on fd 3, nothing else open."""
     os.setsid()
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(output_w, 1)
     os.dup2(output_w, 2)
     os.dup2(result_w, 3)
-    first_closed = 4
-    if request_r is not None:
-        os.dup2(request_r, 4)
-        first_closed = 5
-    os.closerange(first_closed, 1 << 16)  # the worker's protocol pipes and other sessions' among them
+    os.dup2(request_r, 4)
+    os.closerange(5, 1 << 16)  # the worker's protocol pipes, other children's among them
 
 
-def _child(job: dict[str, Any], limits: SandboxLimits, result_w: int, output_w: int, baseline: int) -> None:
+def _child(warm_job: dict[str, Any] | None, *, request_r: int, result_w: int, output_w: int) -> None:
+    """Warm up, say ready, take one job, apply its limits, then answer it (or serve the credit session it
+    opens). Any failure ends the child; the worker gives the verdict."""
     code = 0
     try:
-        _enter_child(result_w, output_w)
-        _apply_limits(limits, baseline)
-        payload = json.dumps(_execute(job, limits)).encode()
-        for stream in (sys.stdout, sys.stderr):  # os._exit below skips Python's own flushing
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
-        with os.fdopen(3, "wb") as out:
-            out.write(payload[:RESULT_BYTES])
+        _enter_child(result_w, output_w, request_r)
+        import torch  # noqa: PLC0415
+
+        torch.set_num_threads(1)
+        if warm_job is not None:
+            _run_warm_up(warm_job)
+        _flush_standard_streams()
+        with os.fdopen(4, "rb") as requests, os.fdopen(3, "wb") as results:
+            write_frame(results, READY)
+            try:
+                job = read_frame(requests)
+            except ProtocolError:
+                return  # the worker went away before this child got a job
+            limits = SandboxLimits(**job.get("limits", {}))
+            session = job.get("kind") == "credit-open"
+            _apply_limits(limits, _address_space_bytes(), session=session)
+            if session:
+                _serve_session(job, limits, requests, results)
+            else:
+                answer = _execute(job, limits)
+                _flush_standard_streams()
+                write_frame(results, answer)
     except BaseException:
         code = 70
     finally:
+        _flush_standard_streams()
         os._exit(code)
 
 
-def _apply_limits(limits: SandboxLimits, baseline: int, *, session: bool = False) -> None:
-    # A session child raises its own soft CPU limit before each call (_allow_cpu), so its hard limit
-    # stays open; its calls' code is restricted and cannot reach setrlimit itself.
-    cpu_hard = resource.RLIM_INFINITY if session else limits.cpu_s + 1
-    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, cpu_hard))
+def _run_warm_up(job: dict[str, Any]) -> None:
+    """The trusted equal-weights function through ``job``'s own path on its inputs; the answer is thrown
+    away (and so is a failure: a warm-up only makes the next job faster)."""
+    with contextlib.suppress(Exception):
+        _execute({**job, "source": WARM_UP_SOURCE}, SandboxLimits(**job.get("limits", {})))
+
+
+def _flush_standard_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):  # os._exit skips Python's own flushing
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+
+
+def _apply_limits(limits: SandboxLimits, baseline: int, *, session: bool) -> None:
+    # The CPU budget starts now, on top of what warming up used. A session child raises its own soft
+    # limit before each call (_allow_cpu), so its hard limit stays open; its calls' code is restricted and
+    # cannot reach setrlimit itself.
+    cpu_soft = _cpu_used_s() + limits.cpu_s
+    cpu_hard = resource.RLIM_INFINITY if session else cpu_soft + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_soft, cpu_hard))
     memory = baseline + limits.memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
@@ -188,6 +364,11 @@ def _apply_limits(limits: SandboxLimits, baseline: int, *, session: bool = False
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     # Processes and threads of the sandbox user; a backstop against fork bombs (not enforced for root).
     resource.setrlimit(resource.RLIMIT_NPROC, (MAX_PROCESSES, MAX_PROCESSES))
+
+
+def _cpu_used_s() -> int:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return math.ceil(usage.ru_utime + usage.ru_stime)
 
 
 def _execute(job: dict[str, Any], limits: SandboxLimits) -> dict[str, Any]:
@@ -292,24 +473,6 @@ def _probe(source: str) -> dict[str, Any]:
     return ValidationResult(ok=True).model_dump(mode="json")
 
 
-def _supervise(pid: int, result_r: int, output_r: int, limits: SandboxLimits) -> dict[str, Any]:
-    """Collect the child's result and output until it exits, enforcing wall-clock and output caps."""
-    result, output, verdict = _gather(result_r, output_r, limits, done=lambda _: False)
-    if verdict is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-    _, status = os.waitpid(pid, 0)
-    for fd in (result_r, output_r):
-        os.close(fd)
-    if verdict is None:
-        verdict_or_result = _exit_verdict(status, bytes(result))
-        if isinstance(verdict_or_result, dict):
-            return _with_output(verdict_or_result, output)
-        verdict = verdict_or_result
-    kind, message = verdict
-    return _failure(kind, message, output)
-
-
 def _gather(
     result_r: int, output_r: int, limits: SandboxLimits, done: Callable[[bytearray], bool]
 ) -> tuple[bytearray, bytearray, tuple[ErrorKind, str] | None]:
@@ -363,82 +526,17 @@ def _tail(output: bytearray) -> str:
 # --- credit sessions: one function loaded once, called many times --------------------------------
 
 
-def _frame_complete(data: bytearray) -> bool:
-    header = FRAME_HEADER.size
-    return len(data) >= header and len(data) >= header + FRAME_HEADER.unpack_from(data)[0]
-
-
-@dataclass
-class _Session:
-    """A limited child holding one loaded credit function, and the worker's ends of its pipes."""
-
-    pid: int
-    requests: int
-    results: int
-    output: int
-    limits: SandboxLimits
-
-    def exchange(self, request: dict[str, Any] | None) -> dict[str, Any]:
-        """Send ``request`` (None: wait for the load verdict) and return the child's answer, or the
-        verdict on why none came (the session is then over: the child is killed)."""
-        if request is not None:
-            try:
-                _write_all(self.requests, encode_frame(request), time.monotonic() + self.limits.wall_s)
-            except (OSError, TimeoutError) as exc:
-                return self.end((ErrorKind.CRASHED, f"the credit process stopped reading requests ({exc})"))
-        result, output, verdict = _gather(self.results, self.output, self.limits, done=_frame_complete)
-        if verdict is not None:
-            return self.end(verdict, output)
-        if not _frame_complete(result):  # both pipes closed: the child died
-            return self.end(None, output)
-        try:
-            answer = json.loads(bytes(result[FRAME_HEADER.size :]))
-        except ValueError:
-            return self.end((ErrorKind.CRASHED, "the process returned a malformed result"), output)
-        answer = _with_output(answer, output)
-        if not answer.get("ok"):
-            self.end(None)
-        return answer
-
-    def end(self, verdict: tuple[ErrorKind, str] | None, output: bytearray | None = None) -> dict[str, Any]:
-        """Kill and reap the child; the failure answer with ``verdict``, or (None) with what its exit
-        status says (it died, or failed and was on its way out)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signal.SIGKILL)
-        _, status = os.waitpid(self.pid, 0)
-        for fd in (self.requests, self.results, self.output):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        if verdict is None:
-            exit_verdict = _exit_verdict(status, b"")  # no payload: always a verdict
-            verdict = exit_verdict if isinstance(exit_verdict, tuple) else (ErrorKind.CRASHED, "no result")
-        return _failure(*verdict, output or bytearray())
-
-
 class _Sessions:
-    """The worker's open credit sessions, by their child's pid."""
+    """The worker's open credit sessions: their children, by pid."""
 
     def __init__(self) -> None:
-        self.open_sessions: dict[int, _Session] = {}
+        self.open_sessions: dict[int, _Child] = {}
 
-    def open(self, job: dict[str, Any]) -> dict[str, Any]:
-        limits = SandboxLimits(**job.get("limits", {}))
-        request_r, request_w = os.pipe()
-        result_r, result_w = os.pipe()
-        output_r, output_w = os.pipe()
-        baseline = _address_space_bytes()
-        pid = os.fork()
-        if pid == 0:  # the child: never returns
-            for fd in (request_w, result_r, output_r):
-                os.close(fd)
-            _session_child(job, limits, baseline, request_r=request_r, result_w=result_w, output_w=output_w)
-        for fd in (request_r, result_w, output_w):
-            os.close(fd)
-        session = _Session(pid, request_w, result_r, output_r, limits)
-        answer = session.exchange(None)
+    def open(self, child: _Child, job: dict[str, Any]) -> dict[str, Any]:
+        answer = child.exchange(job)  # the load verdict
         if answer.get("ok"):
-            self.open_sessions[pid] = session
-            answer["session"] = pid
+            self.open_sessions[child.pid] = child
+            answer["session"] = child.pid
         return answer
 
     def call(self, session_id: int, job: dict[str, Any]) -> dict[str, Any]:
@@ -453,56 +551,40 @@ class _Sessions:
     def close(self, session_id: int) -> None:
         session = self.open_sessions.pop(session_id, None)
         if session is not None:
-            session.end((ErrorKind.SANDBOX, "closed"))
+            session.stop()
 
 
 _SESSIONS = _Sessions()
 
 
-def _session_child(
-    job: dict[str, Any], limits: SandboxLimits, baseline: int, *, request_r: int, result_w: int, output_w: int
+def _serve_session(
+    job: dict[str, Any], limits: SandboxLimits, requests: IO[bytes], results: IO[bytes]
 ) -> None:
     """Load the function once, answer its load verdict, then one credit answer per request until the
-    worker closes the request pipe. Any failure is answered and ends the child."""
-    code = 0
-    try:
-        _enter_child(result_w, output_w, request_r)
-        _apply_limits(limits, baseline, session=True)
-        import torch  # noqa: PLC0415
-
-        torch.set_num_threads(1)
-        with os.fdopen(4, "rb") as requests, os.fdopen(3, "wb") as results:
-            loaded = _load(job["source"], limits, CreditResult)
-            if isinstance(loaded, Verdict):
-                write_frame(results, loaded.model_dump(mode="json"))
-                return
-            write_frame(results, CreditResult(ok=True).model_dump(mode="json"))
-            while True:
-                try:
-                    request = read_frame(requests)
-                except ProtocolError:
-                    return  # the worker closed the session
-                _allow_cpu(limits.cpu_s)
-                loaded.output.reset()
-                call = {**job, **request}  # the open job's settings, this request's states
-                answer = _answer(loaded, job["source"], call, limits, result_type=CreditResult, run=_credit)
-                write_frame(results, answer)
-                if not answer["ok"]:
-                    return
-    except BaseException:
-        code = 70
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
-        os._exit(code)
+    worker closes the request pipe. A failed answer ends the session."""
+    loaded = _load(job["source"], limits, CreditResult)
+    if isinstance(loaded, Verdict):
+        write_frame(results, loaded.model_dump(mode="json"))
+        return
+    write_frame(results, CreditResult(ok=True).model_dump(mode="json"))
+    while True:
+        try:
+            request = read_frame(requests)
+        except ProtocolError:
+            return  # the worker closed the session
+        _allow_cpu(limits.cpu_s)
+        loaded.output.reset()
+        call = {**job, **request}  # the open job's settings, this request's states
+        answer = _answer(loaded, job["source"], call, limits, result_type=CreditResult, run=_credit)
+        _flush_standard_streams()
+        write_frame(results, answer)
+        if not answer["ok"]:
+            return
 
 
 def _allow_cpu(budget_s: int) -> None:
     """Let the next call use ``budget_s`` more CPU seconds than this process has used so far."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    used = math.ceil(usage.ru_utime + usage.ru_stime)
-    resource.setrlimit(resource.RLIMIT_CPU, (used + budget_s, resource.RLIM_INFINITY))
+    resource.setrlimit(resource.RLIMIT_CPU, (_cpu_used_s() + budget_s, resource.RLIM_INFINITY))
 
 
 def _write_all(fd: int, data: bytes, deadline: float) -> None:
@@ -522,19 +604,14 @@ SIGNAL_VERDICTS = {
 }
 
 
-def _exit_verdict(status: int, payload: bytes) -> dict[str, Any] | tuple[ErrorKind, str]:
-    """The child's result, or why there is none."""
+def _exit_verdict(status: int) -> tuple[ErrorKind, str]:
+    """Why a child that gave no (complete) answer ended."""
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         return SIGNAL_VERDICTS.get(
             sig, (ErrorKind.CRASHED, f"the process died with {signal.Signals(sig).name}")
         )
-    if os.WEXITSTATUS(status) != 0 or not payload:
-        return ErrorKind.CRASHED, f"the process exited with status {os.WEXITSTATUS(status)} and no result"
-    try:
-        return json.loads(payload)
-    except ValueError:
-        return ErrorKind.CRASHED, "the process returned a malformed result"
+    return ErrorKind.CRASHED, f"the process exited with status {os.WEXITSTATUS(status)} and no result"
 
 
 if __name__ == "__main__":
