@@ -42,6 +42,7 @@ repeatedly. A child that went to a session is not replaced by a new spare: a tra
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
@@ -102,7 +103,10 @@ def main() -> None:
         except ProtocolError:
             return  # the host closed the pipe: shut down
         write_frame(protocol_out, run_job(job))
-        _SPARES.replenish()  # while the host reads the answer and prepares the next job
+        # While the host reads the answer and prepares the next job: the exit of a finished child (tens of
+        # milliseconds for a torch-sized process) and the fork of the next one.
+        _reap_retired()
+        _SPARES.replenish()
 
 
 def _warm_up() -> None:
@@ -189,7 +193,7 @@ class _Child:
         """The answer to ``job``, its only one: the child is gone afterwards in any case."""
         answer = self.exchange(job)
         if answer.get("ok"):
-            self.stop()
+            self.retire()
         return answer
 
     def exchange(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -213,7 +217,7 @@ class _Child:
             return self.end((ErrorKind.CRASHED, "the process returned a malformed result"), output)
         answer = _with_output(answer, output)
         if not answer.get("ok"):
-            self.end(None)
+            self.retire()
         return answer
 
     def end(self, verdict: tuple[ErrorKind, str] | None, output: bytearray | None = None) -> dict[str, Any]:
@@ -224,13 +228,34 @@ class _Child:
 
     def stop(self) -> int:
         """Kill the child's process group, reap it and close the pipes; its wait status."""
+        self._kill()
+        return self._reap()
+
+    def retire(self) -> None:
+        """Kill the child's process group now (it runs no code from here on) and reap it once the answer
+        is on its way (:func:`_reap_retired`)."""
+        self._kill()
+        _RETIRED.append(self)
+
+    def _kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)
+
+    def _reap(self) -> int:
         _, status = os.waitpid(self.pid, 0)
         for fd in (self.requests, self.results, self.output):
             with contextlib.suppress(OSError):
                 os.close(fd)
         return status
+
+
+_RETIRED: list[_Child] = []
+"""Children killed while their answer was being given, to reap after it."""
+
+
+def _reap_retired() -> None:
+    while _RETIRED:
+        _RETIRED.pop()._reap()
 
 
 def _decoded(frame: bytearray) -> dict[str, Any] | None:
@@ -294,13 +319,14 @@ def _enter_child(result_w: int, output_w: int, request_r: int) -> None:
     """A forked child's own session and descriptors: stdin from /dev/null, its requests on fd 4, stdout
     and stderr into the output pipe, results on fd 3, nothing else open."""
     os.setsid()
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(output_w, 1)
-    os.dup2(output_w, 2)
-    os.dup2(result_w, 3)
-    os.dup2(request_r, 4)
-    os.closerange(5, 1 << 16)  # the worker's protocol pipes, other children's among them
+    # Copies above the numbers they go to first: a pipe that happens to be fd 3 or 4 is not overwritten.
+    null, output, result, request = (
+        fcntl.fcntl(fd, fcntl.F_DUPFD, 5)
+        for fd in (os.open(os.devnull, os.O_RDONLY), output_w, result_w, request_r)
+    )
+    for fd, number in ((null, 0), (output, 1), (output, 2), (result, 3), (request, 4)):
+        os.dup2(fd, number)
+    os.closerange(5, 1 << 16)  # the copies, the worker's protocol pipes, other children's pipes
 
 
 def _child(warm_job: dict[str, Any] | None, *, request_r: int, result_w: int, output_w: int) -> None:
@@ -551,7 +577,7 @@ class _Sessions:
     def close(self, session_id: int) -> None:
         session = self.open_sessions.pop(session_id, None)
         if session is not None:
-            session.stop()
+            session.retire()
 
 
 _SESSIONS = _Sessions()
