@@ -7,17 +7,18 @@ and said so), two ways of validating a candidate are timed on the host, around t
   (and the isolation around it) and its ``import torch``;
 - warm: one ``Sandbox(backend, warm=True)``; the first call (which starts the worker) is a warm-up and is
   excluded; each timed call still runs its candidate in a child of its own. Warm calls are timed at each
-  of ``--gaps-ms``, the pause before each round of calls: 0 is candidates back to back (the worker forks
+  of ``--gaps-ms``, the pause before each call: 0 is candidates back to back (the worker forks
   and warms the next child while the host already waits for it), a pause longer than that preparation
   is candidates as the generation graph sends them, each one written by an LLM first (seconds).
 
 The backends take turns, call by call (cold: one new sandbox of each in turn; warm: one warm sandbox of
 each, open side by side, called in turn), so that a busy moment of the machine falls on all of them
 alike. The reference is the same work in this process with no isolation: ``load_credit_function`` followed by
-``run_checks``, timed the same way as warm (one warm-up call, then the repeats). Three realistic candidates
-(VDN, a state-dependent softmax mixer, an LBF level-weighted mixer) are cycled through, and every one must
-pass. Each row gives median and p90 ms per candidate and ``ratio`` = its median / the in-process median;
-then warm gVisor against warm bubblewrap at each gap (the target: at most 2x). Peak RSS of this process is
+``run_checks``, timed the same way as warm (one warm-up call, then the repeats). Four realistic candidates
+(VDN, a state-dependent softmax mixer, an LBF level-weighted mixer, and a credit spec compiled by qllm's
+template, what the built-in model's generations write) are cycled through, and every one must pass.
+Each row gives median and p90 ms per candidate and ``ratio`` = its median / the in-process median; then
+warm gVisor against warm bubblewrap at each gap (the target: at most 2x). Peak RSS of this process is
 printed last (the workers' memory is not included).
 
 Run:  .venv/bin/python benchmarks/sandbox_latency.py [--backends gvisor,bwrap] [--gaps-ms 0,500] [--json F]
@@ -78,9 +79,31 @@ Runner = Callable[[str], ValidationResult]
 """Validates one candidate source."""
 
 
-def candidates_for(task: str) -> list[str]:
-    """The candidate sources cycled through; the LBF mixer only makes sense on LBF tasks."""
-    return [VDN, SOFTMAX, LBF] if task.startswith("lbf") else [VDN, SOFTMAX]
+def spec_candidate(task: str) -> str:
+    """What ``qllm generate`` writes with the built-in local model (spec mode): a credit spec compiled by
+    qllm's template, a Python loop over the states, here one on the agents' distance to the nearest
+    entity of their task (every family has one but the matrix games)."""
+    from qllm.agents.spec import SPEC_TEMPLATE_ID, CreditSpec, compile_spec, per_agent_quantities
+    from qllm.agents.template import NamedState, assemble, keep_definitions
+    from qllm.envs import make_env
+
+    named = NamedState.for_task(make_env(task).info)
+    quantities = per_agent_quantities(named)
+    distances = [q.name for q in quantities if q.name.endswith("_distance")]
+    term = {
+        "quantity": (distances or [quantities[0].name])[0],
+        "more_credit_to": "lowest",
+        "strength": "moderate",
+    }
+    spec = CreditSpec.model_validate({"reasoning": "a fixed spec for timing", "terms": [term]})
+    return assemble(named, keep_definitions(compile_spec(spec, quantities)), template_id=SPEC_TEMPLATE_ID)
+
+
+def candidates_for(task: str) -> dict[str, str]:
+    """The candidates cycled through, by name: hand-written tensor functions (the LBF mixer only on LBF
+    tasks) and a template-compiled credit spec."""
+    lbf = {"LBF levels": LBF} if task.startswith("lbf") else {}
+    return {"VDN": VDN, "softmax": SOFTMAX, **lbf, "credit spec": spec_candidate(task)}
 
 
 def check(result: ValidationResult, source: str, where: str) -> None:
@@ -99,12 +122,13 @@ def timed_in_turn(
     calls: dict[str, Runner], sources: list[str], repeats: int, gap_s: float = 0.0
 ) -> dict[str, list[float]]:
     """Seconds per call of each runner, the runners taking turns on the same ``repeats`` candidates
-    (cycled from ``sources``), ``gap_s`` before each round; each must pass."""
+    (cycled from ``sources``), ``gap_s`` before each call (so that what one sandbox does after its
+    answer, forking and warming its next child, is done before another is timed); each must pass."""
     samples: dict[str, list[float]] = {name: [] for name in calls}
     for i in range(repeats):
-        time.sleep(gap_s)
         source = sources[i % len(sources)]
         for name, call in calls.items():
+            time.sleep(gap_s)
             start = time.perf_counter()
             result = call(source)
             samples[name].append(time.perf_counter() - start)
@@ -147,6 +171,11 @@ def row(backend: str, mode: str, samples: list[float]) -> dict[str, Any]:
     return {"backend": backend, "mode": mode, "n": len(samples), "median_ms": median, "p90_ms": p90}
 
 
+def per_candidate_medians(samples: list[float], n_candidates: int) -> list[float]:
+    """Median ms of each candidate's calls (call ``i`` validated candidate ``i % n_candidates``)."""
+    return [float(np.median(samples[k::n_candidates])) * 1e3 for k in range(n_candidates)]
+
+
 def warm_mode(gap_s: float) -> str:
     return "warm, back to back" if gap_s == 0 else f"warm, {gap_s * 1000:g} ms apart"
 
@@ -182,7 +211,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add(
         "--gaps-ms",
         default="0,500",
-        help="pauses before each round of warm calls, comma-separated ms (default: %(default)s)",
+        help="pauses before each warm call, comma-separated ms (default: %(default)s)",
     )
     add("--json", type=Path, help="also write the results to this JSON file")
     return parser.parse_args(argv)
@@ -190,10 +219,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    sources = candidates_for(args.task)
+    candidates = candidates_for(args.task)
+    sources = list(candidates.values())
     inputs = ValidationInputs.from_recording(record(args.task, episodes=20), max_states=args.states)
     print(f"{args.task}: {inputs.states.shape[0]} states, {len(sources)} candidates cycled", flush=True)
-    reference = row("in-process", "warm", bench_reference(sources, inputs, args.warm_repeats))
+    reference_samples = bench_reference(sources, inputs, args.warm_repeats)
+    reference = row("in-process", "warm", reference_samples)
     backends, skipped = [], []
     for name in (b.strip() for b in args.backends.split(",") if b.strip()):
         try:
@@ -213,14 +244,27 @@ def main(argv: list[str] | None = None) -> None:
         r["ratio"] = r["median_ms"] / reference["median_ms"]
     print()
     print_table(rows)
+    print("\nwarm medians per candidate, ms (" + ", ".join(candidates) + "):")
+    for name in ("in-process", *backends):
+        for gap in [0.0] if name == "in-process" else gaps_s:
+            samples = reference_samples if name == "in-process" else warm[gap][name]
+            medians = per_candidate_medians(samples, len(sources))
+            mode = "warm" if name == "in-process" else warm_mode(gap)
+            print(f"  {name:<10} {mode:<20} " + "  ".join(f"{m:7.2f}" for m in medians))
     if {"gvisor", "bwrap"} <= set(backends):
         print()
         for gap in gaps_s:
             ratio = float(np.median(warm[gap]["gvisor"]) / np.median(warm[gap]["bwrap"]))
             verdict = "met" if ratio <= GVISOR_TARGET else "NOT met"
+            each = zip(
+                per_candidate_medians(warm[gap]["gvisor"], len(sources)),
+                per_candidate_medians(warm[gap]["bwrap"], len(sources)),
+                strict=True,
+            )
+            ratios = ", ".join(f"{name} {g / b:.2f}x" for name, (g, b) in zip(candidates, each, strict=True))
             print(
                 f"{warm_mode(gap)}: gvisor / bwrap {ratio:.2f}x per candidate "
-                f"(target at most {GVISOR_TARGET:g}x: {verdict})"
+                f"(target at most {GVISOR_TARGET:g}x: {verdict}); by candidate: {ratios}"
             )
     rss = peak_rss_mib()
     print(f"\npeak RSS: {rss:.1f} MiB (this process only)")

@@ -23,6 +23,7 @@ from qllm.sandbox import (
 )
 from qllm.sandbox.checks import run_checks
 from qllm.sandbox.restricted import candidate_traceback
+from qllm.sandbox.worker import WARM_UP_SOURCES
 
 VDN = "def credit_assignment(agents_q, state):\n    return agents_q.sum(dim=1, keepdim=True)\n"
 SOFTMAX = """
@@ -205,3 +206,15 @@ def test_a_runtime_error_shows_the_failing_line_and_the_values_there(lbf_inputs:
     assert not result.ok and result.error_kind == "runtime"
     assert "return (levels @ agents_q)" in result.traceback
     assert "levels = tensor of shape [" in result.traceback and "scale = 2.0 (float)" in result.traceback
+
+
+def test_the_workers_warm_up_functions_are_valid_equal_weights_on_every_family(task: str) -> None:
+    # A spare child runs these before its job; one that failed would warm up nothing, without a word.
+    inputs = ValidationInputs.from_recording(record(task, episodes=2), max_states=32)
+    for source in WARM_UP_SOURCES:
+        result = check(source, inputs, require_monotonic=True)
+        assert result.ok, result.message
+        assert all(
+            a.mean == pytest.approx(1.0) and a.std == pytest.approx(0.0) for a in result.weights.agents
+        )
+        assert result.weights.bias_mean == pytest.approx(0.0, abs=1e-5)

@@ -208,7 +208,8 @@ class GvisorBackend(Backend):
         if os.geteuid() != 0:
             flags.append("--rootless")
         container = f"qllm-{uuid.uuid4().hex[:12]}"
-        return ["runsc", *flags, "run", "--bundle", str(self._bundle(process)), container]
+        runsc = shutil.which("runsc") or "runsc"  # found on the host's PATH, not the worker's
+        return [runsc, *flags, "run", "--bundle", str(self._bundle(process)), container]
 
     def _bundle(self, process: list[str]) -> Path:
         """An OCI bundle running ``process`` (made once per command line)."""

@@ -15,8 +15,8 @@ The child is forked *before* its job arrives, a spare: the first at start, the n
 answered. Forking the torch-loaded worker is slow under gVisor (tens of milliseconds), and a fresh
 fork's first writes to each page it shares with the worker are copy-on-write faults that gVisor serves
 slowly too, which cost more than the checks themselves. So a spare forked after a job warms up before
-it says it is ready: it runs a trusted function (equal weights) through the job's own path on that
-job's inputs, and the pages a candidate's checks write are its own by the time one arrives. The warm-up
+it says it is ready: it runs trusted functions (equal weights, reached in the ways candidates compute
+theirs) through the job's own path on that job's inputs, and the pages a candidate's checks write are its own by the time one arrives. The warm-up
 runs only qllm's code, before the limits; the candidate still runs in a process no other candidate has
 touched. Candidates that arrive further apart than a spare's warm-up (the generation graph's, each
 written by an LLM) never wait for a fork.
@@ -48,7 +48,6 @@ import math
 import os
 import resource
 import select
-import selectors
 import shutil
 import signal
 import sys
@@ -79,8 +78,41 @@ RESULT_BYTES = 4 * 1024 * 1024
 MAX_OPEN_FILES = 64
 MAX_PROCESSES = 64
 TAIL_BYTES = 2048
-WARM_UP_SOURCE = "def credit_assignment(agents_q, state):\n    return agents_q.sum(dim=1, keepdim=True)\n"
-"""Equal weights (VDN): the trusted function a spare runs through its predecessor's job to warm up."""
+WARM_UP_SOURCES = (
+    "def credit_assignment(agents_q, state):\n    return agents_q.sum(dim=1, keepdim=True)\n",
+    """\
+import torch
+
+
+def credit_assignment(agents_q, state):
+    n = agents_q.shape[1]
+    feature = state.reshape(state.shape[0], -1).abs().mean(dim=1, keepdim=True).clamp(0.0, 10.0)
+    scores = torch.exp(-feature).expand(-1, n) * 0.0 + state.norm(dim=1, keepdim=True) * 0.0
+    weights = torch.softmax(torch.where(scores > 1.0, scores, torch.zeros_like(agents_q)), dim=1) * n
+    return (weights * agents_q).sum(dim=1, keepdim=True) + feature.max(dim=1, keepdim=True).values * 0.0
+""",
+    """\
+import math
+
+import torch
+
+
+def credit_assignment(agents_q, state):
+    n = agents_q.shape[1]
+    weights, biases = [], []
+    for row in state.tolist():
+        s = {"pairs": [tuple(row[j : j + 2]) for j in range(0, len(row) - 1, 2)], "values": list(row)}
+        spread = max(abs(v - sum(s["values"]) / len(s["values"])) for v in s["values"])
+        weights.append([math.exp(0.0 * spread + 0.0 * math.sqrt(len(s["pairs"])))] * n)
+        biases.append(0.0)
+    w = torch.tensor(weights, dtype=agents_q.dtype)
+    b = torch.tensor(biases, dtype=agents_q.dtype)
+    return (w * agents_q).sum(dim=1, keepdim=True) + b.unsqueeze(1)
+""",
+)
+"""The trusted functions a spare runs through its predecessor's job to warm up, all equal weights (VDN):
+reached directly, through the tensor operations hand-written candidates use most, and through a Python
+loop over the rows as qllm's template does (named values, lists, tuples, ``math``)."""
 WARMED_KINDS = frozenset({"validate", "credit"})
 """Jobs whose inputs the next spare warms up on (a probe's plain Python is not worth repeating)."""
 READY_TIMEOUT_S = 10.0
@@ -184,9 +216,8 @@ class _Child:
         if verdict is not None or _decoded(result) != READY:
             self.end((ErrorKind.SANDBOX, "not ready"))
             return False
-        with contextlib.suppress(BlockingIOError):
-            while os.read(self.output, 65536):  # non-blocking since _gather
-                pass
+        while select.select([self.output], [], [], 0)[0] and os.read(self.output, 65536):
+            pass
         return True
 
     def run_once(self, job: dict[str, Any]) -> dict[str, Any]:
@@ -312,6 +343,7 @@ def _fork_child(warm_job: dict[str, Any] | None) -> _Child:
         _child(warm_job, request_r=request_r, result_w=result_w, output_w=output_w)
     for fd in (request_r, result_w, output_w):
         os.close(fd)
+    os.set_blocking(request_w, False)  # so that a child that stops reading cannot block the worker
     return _Child(pid, request_w, result_r, output_r)
 
 
@@ -364,10 +396,12 @@ def _child(warm_job: dict[str, Any] | None, *, request_r: int, result_w: int, ou
 
 
 def _run_warm_up(job: dict[str, Any]) -> None:
-    """The trusted equal-weights function through ``job``'s own path on its inputs; the answer is thrown
+    """The trusted warm-up functions through ``job``'s own path on its inputs; the answers are thrown
     away (and so is a failure: a warm-up only makes the next job faster)."""
-    with contextlib.suppress(Exception):
-        _execute({**job, "source": WARM_UP_SOURCE}, SandboxLimits(**job.get("limits", {})))
+    limits = SandboxLimits(**job.get("limits", {}))
+    for source in WARM_UP_SOURCES:
+        with contextlib.suppress(Exception):
+            _execute({**job, "source": source}, limits)
 
 
 def _flush_standard_streams() -> None:
@@ -503,25 +537,26 @@ def _gather(
     result_r: int, output_r: int, limits: SandboxLimits, done: Callable[[bytearray], bool]
 ) -> tuple[bytearray, bytearray, tuple[ErrorKind, str] | None]:
     """Read a child's result and output pipes until both close or ``done(result so far)``, within the
-    wall-clock budget and the output caps; returns both, and the verdict if a limit was hit."""
-    selector = selectors.DefaultSelector()
+    wall-clock budget and the output caps; returns both, and the verdict if a limit was hit.
+
+    Plain ``select`` on the two pipes, no epoll object made and dropped per call: under gVisor's ptrace
+    platform every system call costs tens of microseconds, and a selector's set-up cost 2.6 ms a call
+    against 0.23 ms for this."""
     buffers = {result_r: bytearray(), output_r: bytearray()}
-    for fd in buffers:
-        os.set_blocking(fd, False)
-        selector.register(fd, selectors.EVENT_READ)
+    open_fds = [result_r, output_r]
     deadline = time.monotonic() + limits.wall_s
     verdict: tuple[ErrorKind, str] | None = None
-    while selector.get_map() and not done(buffers[result_r]):
+    while open_fds and not done(buffers[result_r]):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             verdict = (ErrorKind.TIMEOUT, f"still running after {limits.wall_s:g}s (wall-clock budget)")
             break
-        for key, _ in selector.select(timeout=remaining):
-            chunk = os.read(key.fd, 65536)
-            if not chunk:
-                selector.unregister(key.fd)
-                continue
-            buffers[key.fd] += chunk
+        for fd in select.select(open_fds, [], [], remaining)[0]:
+            chunk = os.read(fd, 65536)  # readable: returns at once, with data or at end of file
+            if chunk:
+                buffers[fd] += chunk
+            else:
+                open_fds.remove(fd)
         if len(buffers[output_r]) > limits.output_bytes:
             verdict = (
                 ErrorKind.OUTPUT_LIMIT,
@@ -531,7 +566,6 @@ def _gather(
         if len(buffers[result_r]) > RESULT_BYTES:
             verdict = (ErrorKind.OUTPUT_LIMIT, "result larger than the result budget")
             break
-    selector.close()
     return buffers[result_r], buffers[output_r], verdict
 
 
@@ -614,7 +648,8 @@ def _allow_cpu(budget_s: int) -> None:
 
 
 def _write_all(fd: int, data: bytes, deadline: float) -> None:
-    os.set_blocking(fd, False)
+    """Write ``data`` to ``fd`` (non-blocking, as :func:`_fork_child` leaves a request pipe) by
+    ``deadline``, or raise ``TimeoutError``."""
     view = memoryview(data)
     while view:
         remaining = deadline - time.monotonic()
