@@ -14,12 +14,14 @@ length-prefixed JSON frames (``protocol.py``). Each job goes to a child forked f
 The child is forked *before* its job arrives, a spare: the first at start, the next as soon as a job is
 answered. Forking the torch-loaded worker is slow under gVisor (tens of milliseconds), and a fresh
 fork's first writes to each page it shares with the worker are copy-on-write faults that gVisor serves
-slowly too, which cost more than the checks themselves. So a spare forked after a job warms up before
-it says it is ready: it runs trusted functions (equal weights, reached in the ways candidates compute
-theirs) through the job's own path on that job's inputs, and the pages a candidate's checks write are its own by the time one arrives. The warm-up
-runs only qllm's code, before the limits; the candidate still runs in a process no other candidate has
-touched. Candidates that arrive further apart than a spare's warm-up (the generation graph's, each
-written by an LLM) never wait for a fork.
+slowly too, which cost more than the checks themselves. So a spare forked after a job warms up: it runs
+trusted functions (equal weights, reached in the ways candidates compute theirs) through the job's own
+path on that job's inputs, so that the pages a candidate's checks write are mostly its own by the time
+one arrives, then says it is ready and takes its job. The warm-up runs only qllm's code, before the
+limits; the candidate still runs in a process no other candidate has touched. A job that arrives while
+its spare is still warming up waits for the current step only (the spare looks for it between steps).
+Candidates that arrive further apart than a spare's preparation (the generation graph's, each written
+by an LLM first) never wait for a fork.
 
 After each job the worker empties the scratch folders its backend made private to it (``QLLM_SCRATCH``:
 the private /tmp, /dev/shm), so that nothing a job wrote (RLIMIT_FSIZE stops contents, not empty files and
@@ -165,8 +167,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         except OSError as exc:
             return _failure(ErrorKind.SANDBOX, f"cannot start a child process: {exc}", bytearray())
         if kind == "credit-open":
-            return _SESSIONS.open(child, job)
-        return child.run_once(job)
+            return _SESSIONS.open(child)
+        return child.answer_once()
     finally:
         _empty_scratch()
 
@@ -208,9 +210,16 @@ class _Child:
     output: int
     limits: SandboxLimits = field(default_factory=SandboxLimits)
 
-    def wait_ready(self) -> bool:
-        """Whether the child finished warming up and waits for its job (else it is ended); what it
-        printed while warming up is thrown away, so that it is not taken for its job's output."""
+    def begin(self, job: dict[str, Any]) -> bool:
+        """Hand the child ``job`` and wait until it has stopped warming up (at its next step, once the job
+        is there) and taken it; False (the child is then ended) if it died or was not ready in time.
+        What it printed while warming up is thrown away, so that it is not taken for its job's output."""
+        self.limits = SandboxLimits(**job.get("limits", {}))
+        try:
+            _write_all(self.requests, encode_frame(job), time.monotonic() + READY_TIMEOUT_S)
+        except (OSError, TimeoutError):
+            self.stop()
+            return False
         wait = SandboxLimits(wall_s=READY_TIMEOUT_S)
         result, _, verdict = _gather(self.results, self.output, wait, done=_frame_complete)
         if verdict is not None or _decoded(result) != READY:
@@ -220,9 +229,9 @@ class _Child:
             pass
         return True
 
-    def run_once(self, job: dict[str, Any]) -> dict[str, Any]:
-        """The answer to ``job``, its only one: the child is gone afterwards in any case."""
-        answer = self.exchange(job)
+    def answer_once(self) -> dict[str, Any]:
+        """The answer to the job it began, its only one: the child is gone afterwards in any case."""
+        answer = self.receive()
         if answer.get("ok"):
             self.retire()
         return answer
@@ -314,14 +323,13 @@ class _Spares:
                 self.spare = _fork_child(self.warm_job)
 
     def take(self, job: dict[str, Any]) -> _Child:
-        """A child ready for ``job`` with its limits: the spare, or (none, or not ready in time) a fresh
-        one that does not warm up."""
+        """A child that began ``job``: the spare, or (none, or not ready in time) a fresh one that does
+        not warm up."""
         child, self.spare = self.spare, None
-        if child is None or not child.wait_ready():
+        if child is None or not child.begin(job):
             child = _fork_child(None)
-            if not child.wait_ready():
+            if not child.begin(job):
                 raise OSError("a new child process did not start")
-        child.limits = SandboxLimits(**job.get("limits", {}))
         if job.get("kind") in WARMED_KINDS:
             self.warm_job = {key: value for key, value in job.items() if key != "source"}
         self.wanted = job.get("kind") != "credit-open"
@@ -397,9 +405,12 @@ def _child(warm_job: dict[str, Any] | None, *, request_r: int, result_w: int, ou
 
 def _run_warm_up(job: dict[str, Any]) -> None:
     """The trusted warm-up functions through ``job``'s own path on its inputs; the answers are thrown
-    away (and so is a failure: a warm-up only makes the next job faster)."""
+    away (and so is a failure: a warm-up only makes the next job faster). Once this child's own job is
+    waiting on its request pipe (candidates back to back), it goes first."""
     limits = SandboxLimits(**job.get("limits", {}))
     for source in WARM_UP_SOURCES:
+        if select.select([4], [], [], 0)[0]:
+            return
         with contextlib.suppress(Exception):
             _execute({**job, "source": source}, limits)
 
@@ -592,8 +603,8 @@ class _Sessions:
     def __init__(self) -> None:
         self.open_sessions: dict[int, _Child] = {}
 
-    def open(self, child: _Child, job: dict[str, Any]) -> dict[str, Any]:
-        answer = child.exchange(job)  # the load verdict
+    def open(self, child: _Child) -> dict[str, Any]:
+        answer = child.receive()  # the load verdict of the job it began
         if answer.get("ok"):
             self.open_sessions[child.pid] = child
             answer["session"] = child.pid
