@@ -8,7 +8,8 @@
         print(result.ok, result.error_kind, result.weights)
 
 By default one worker stays warm between candidates (torch is imported once); each candidate still runs
-in a fresh forked child inside it. ``warm=False`` starts a new worker per candidate.
+in a child of its own inside it, forked and warmed up before the candidate arrives (``worker.py``).
+``warm=False`` starts a new worker per candidate.
 
 A trainer that needs one function's credit for new states again and again opens a
 :class:`CreditSession`: the function is loaded once, in one limited child of the worker, and every call

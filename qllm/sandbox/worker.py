@@ -118,8 +118,9 @@ loop over the rows as qllm's template does (named values, lists, tuples, ``math`
 WARMED_KINDS = frozenset({"validate", "credit"})
 """Jobs whose inputs the next spare warms up on (a probe's plain Python is not worth repeating)."""
 READY_TIMEOUT_S = 10.0
-"""How long a job waits for its spare to finish warming up before a fresh child is forked instead; well
-inside the host's margin over a job's own budget (``client.ANSWER_MARGIN_S``)."""
+"""How long a job waits for its spare to take it (it finishes its current warm-up step first) before a
+fresh child is forked instead; well inside the host's margin over a job's own budget
+(``client.ANSWER_MARGIN_S``)."""
 READY = {"ready": True}
 
 
