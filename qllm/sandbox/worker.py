@@ -54,6 +54,7 @@ import shutil
 import signal
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -210,25 +211,38 @@ class _Child:
     results: int
     output: int
     limits: SandboxLimits = field(default_factory=SandboxLimits)
+    unread: bytearray = field(default_factory=bytearray)
+    """Result bytes read past the frame that said it is ready: the start of its job's answer, if any."""
 
-    def begin(self, job: dict[str, Any]) -> bool:
+    def begin(self, job: dict[str, Any]) -> str | None:
         """Hand the child ``job`` and wait until it has stopped warming up (at its next step, once the job
-        is there) and taken it; False (the child is then ended) if it died or was not ready in time.
-        What it printed while warming up is thrown away, so that it is not taken for its job's output."""
+        is there) and taken it; None once it has, else why not (the child is then ended)."""
         self.limits = SandboxLimits(**job.get("limits", {}))
         try:
             _write_all(self.requests, encode_frame(job), time.monotonic() + READY_TIMEOUT_S)
-        except (OSError, TimeoutError):
+        except (OSError, TimeoutError) as exc:
             self.stop()
-            return False
-        wait = SandboxLimits(wall_s=READY_TIMEOUT_S)
-        result, _, verdict = _gather(self.results, self.output, wait, done=_frame_complete)
-        if verdict is not None or _decoded(result) != READY:
-            self.end((ErrorKind.SANDBOX, "not ready"))
-            return False
-        while select.select([self.output], [], [], 0)[0] and os.read(self.output, 65536):
-            pass
-        return True
+            return f"it did not read its job ({exc})"
+        return self._await_ready(time.monotonic() + READY_TIMEOUT_S)
+
+    def _await_ready(self, deadline: float) -> str | None:
+        """Read the child's first frame, which says it is ready, by ``deadline``. Only the result pipe is
+        read: a child that took its job at once may have answered it already, and both that answer (kept
+        in ``unread`` for :meth:`receive`) and what it printed belong to the job."""
+        while not _frame_complete(self.unread):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self.results], [], [], remaining)[0]:
+                return self.end((ErrorKind.SANDBOX, f"not ready after {READY_TIMEOUT_S:g}s"))["message"]
+            chunk = os.read(self.results, 65536)
+            if not chunk:  # it died: its exit status says how, and its traceback (if any) why
+                failure = self.end(None, _read_available(self.output, TAIL_BYTES))
+                return " ".join(filter(None, (failure["message"], failure["printed"].strip())))
+            self.unread += chunk
+        size = FRAME_HEADER.size + FRAME_HEADER.unpack_from(self.unread)[0]
+        frame, self.unread = self.unread[:size], self.unread[size:]
+        if _decoded(frame) != READY:
+            return self.end((ErrorKind.SANDBOX, "its first message was not that it is ready"))["message"]
+        return None
 
     def answer_once(self) -> dict[str, Any]:
         """The answer to the job it began, its only one: the child is gone afterwards in any case."""
@@ -248,7 +262,10 @@ class _Child:
 
     def receive(self) -> dict[str, Any]:
         """The child's next answer within its job's limits, or the verdict on why none came."""
-        result, output, verdict = _gather(self.results, self.output, self.limits, done=_frame_complete)
+        result, output, verdict = _gather(
+            self.results, self.output, self.limits, done=_frame_complete, result=self.unread
+        )
+        self.unread = bytearray()
         if verdict is not None:
             return self.end(verdict, output)
         if not _frame_complete(result):  # both pipes closed: the child died
@@ -327,10 +344,10 @@ class _Spares:
         """A child that began ``job``: the spare, or (none, or not ready in time) a fresh one that does
         not warm up."""
         child, self.spare = self.spare, None
-        if child is None or not child.begin(job):
+        if child is None or child.begin(job) is not None:
             child = _fork_child(None)
-            if not child.begin(job):
-                raise OSError("a new child process did not start")
+            if (why := child.begin(job)) is not None:
+                raise OSError(f"a new child process did not start: {why}")
         if job.get("kind") in WARMED_KINDS:
             self.warm_job = {key: value for key, value in job.items() if key != "source"}
         self.wanted = job.get("kind") != "credit-open"
@@ -399,6 +416,8 @@ def _child(warm_job: dict[str, Any] | None, *, request_r: int, result_w: int, ou
                 write_frame(results, answer)
     except BaseException:
         code = 70
+        with contextlib.suppress(BaseException):  # why, for the worker's verdict (its output's tail)
+            traceback.print_exc()
     finally:
         _flush_standard_streams()
         os._exit(code)
@@ -406,14 +425,26 @@ def _child(warm_job: dict[str, Any] | None, *, request_r: int, result_w: int, ou
 
 def _run_warm_up(job: dict[str, Any]) -> None:
     """The trusted warm-up functions through ``job``'s own path on its inputs; the answers are thrown
-    away (and so is a failure: a warm-up only makes the next job faster). Once this child's own job is
-    waiting on its request pipe (candidates back to back), it goes first."""
+    away (and so is a failure: a warm-up only makes the next job faster), and so is what they print, so
+    that the output pipe carries this child's job's output only. Once this child's own job is waiting on
+    its request pipe (candidates back to back), it goes first."""
     limits = SandboxLimits(**job.get("limits", {}))
-    for source in WARM_UP_SOURCES:
-        if select.select([4], [], [], 0)[0]:
-            return
-        with contextlib.suppress(Exception):
-            _execute({**job, "source": source}, limits)
+    output = os.dup(1)
+    null = os.open(os.devnull, os.O_WRONLY)
+    for number in (1, 2):
+        os.dup2(null, number)
+    os.close(null)
+    try:
+        for source in WARM_UP_SOURCES:
+            if select.select([4], [], [], 0)[0]:
+                return
+            with contextlib.suppress(Exception):
+                _execute({**job, "source": source}, limits)
+    finally:
+        _flush_standard_streams()
+        for number in (1, 2):
+            os.dup2(output, number)
+        os.close(output)
 
 
 def _flush_standard_streams() -> None:
@@ -546,15 +577,20 @@ def _probe(source: str) -> dict[str, Any]:
 
 
 def _gather(
-    result_r: int, output_r: int, limits: SandboxLimits, done: Callable[[bytearray], bool]
+    result_r: int,
+    output_r: int,
+    limits: SandboxLimits,
+    done: Callable[[bytearray], bool],
+    result: bytearray | None = None,
 ) -> tuple[bytearray, bytearray, tuple[ErrorKind, str] | None]:
-    """Read a child's result and output pipes until both close or ``done(result so far)``, within the
-    wall-clock budget and the output caps; returns both, and the verdict if a limit was hit.
+    """Read a child's result and output pipes until both close or ``done(result so far)`` (``result``:
+    what was read of it before), within the wall-clock budget and the output caps; returns both, and the
+    verdict if a limit was hit.
 
     Plain ``select`` on the two pipes, no epoll object made and dropped per call: under gVisor's ptrace
     platform every system call costs tens of microseconds, and a selector's set-up cost 2.6 ms a call
     against 0.23 ms for this."""
-    buffers = {result_r: bytearray(), output_r: bytearray()}
+    buffers = {result_r: result if result is not None else bytearray(), output_r: bytearray()}
     open_fds = [result_r, output_r]
     deadline = time.monotonic() + limits.wall_s
     verdict: tuple[ErrorKind, str] | None = None
@@ -569,16 +605,32 @@ def _gather(
                 buffers[fd] += chunk
             else:
                 open_fds.remove(fd)
-        if len(buffers[output_r]) > limits.output_bytes:
-            verdict = (
-                ErrorKind.OUTPUT_LIMIT,
-                f"wrote more than {limits.output_bytes} bytes to stdout/stderr",
-            )
+        if verdict := _over_caps(buffers[result_r], buffers[output_r], limits):
             break
-        if len(buffers[result_r]) > RESULT_BYTES:
-            verdict = (ErrorKind.OUTPUT_LIMIT, "result larger than the result budget")
-            break
+    else:
+        # A child flushes its output before it writes its result: what is still in the pipe belongs to it.
+        buffers[output_r] += _read_available(output_r, limits.output_bytes + 1 - len(buffers[output_r]))
+        verdict = _over_caps(buffers[result_r], buffers[output_r], limits)
     return buffers[result_r], buffers[output_r], verdict
+
+
+def _over_caps(result: bytearray, output: bytearray, limits: SandboxLimits) -> tuple[ErrorKind, str] | None:
+    if len(output) > limits.output_bytes:
+        return ErrorKind.OUTPUT_LIMIT, f"wrote more than {limits.output_bytes} bytes to stdout/stderr"
+    if len(result) > RESULT_BYTES:
+        return ErrorKind.OUTPUT_LIMIT, "result larger than the result budget"
+    return None
+
+
+def _read_available(fd: int, most: int) -> bytearray:
+    """Up to about ``most`` bytes that ``fd`` has to give without waiting."""
+    data = bytearray()
+    while len(data) < most and select.select([fd], [], [], 0)[0]:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def _with_output(answer: dict[str, Any], output: bytearray) -> dict[str, Any]:
