@@ -23,9 +23,10 @@ its spare is still warming up waits for the current step only (the spare looks f
 Candidates that arrive further apart than a spare's preparation (the generation graph's, each written
 by an LLM first) never wait for a fork.
 
-After each job the worker empties the scratch folders its backend made private to it (``QLLM_SCRATCH``:
-the private /tmp, /dev/shm), so that nothing a job wrote (RLIMIT_FSIZE stops contents, not empty files and
-folders) is there for the next one. Backends that share the host's /tmp set none.
+After each job's answer, once that job's children are gone, the worker empties the scratch folders its
+backend made private to it (``QLLM_SCRATCH``: the private /tmp, /dev/shm), so that nothing a job wrote
+(RLIMIT_FSIZE stops contents, not empty files and folders) is there for the next one. Backends that share
+the host's /tmp set none.
 
 The worker itself never runs candidate code, so a job that crashes, hangs, floods or corrupts its
 process cannot affect the next one. Verdicts on how the child ended (timeout, signal, output flood)
@@ -140,8 +141,11 @@ def main() -> None:
             return  # the host closed the pipe: shut down
         write_frame(protocol_out, run_job(job))
         # While the host reads the answer and prepares the next job: the exit of a finished child (tens of
-        # milliseconds for a torch-sized process) and the fork of the next one.
+        # milliseconds for a torch-sized process), then, with every child of that job gone, emptying the
+        # scratch folders (up to 12 ms under gVisor, whose file system calls go through its sentry), and
+        # the fork of the next child.
         _reap_retired()
+        _empty_scratch()
         _SPARES.replenish()
 
 
@@ -158,21 +162,18 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Run one job and return its result as a dict: a call of an open credit session in that session's
     child, any other job in a child of its own."""
     kind = job.get("kind")
+    if kind == "credit" and "session" in job:
+        return _SESSIONS.call(int(job["session"]), job)
+    if kind == "credit-close":
+        _SESSIONS.close(int(job["session"]))
+        return {"ok": True}
     try:
-        if kind == "credit" and "session" in job:
-            return _SESSIONS.call(int(job["session"]), job)
-        if kind == "credit-close":
-            _SESSIONS.close(int(job["session"]))
-            return {"ok": True}
-        try:
-            child = _SPARES.take(job)
-        except OSError as exc:
-            return _failure(ErrorKind.SANDBOX, f"cannot start a child process: {exc}", bytearray())
-        if kind == "credit-open":
-            return _SESSIONS.open(child)
-        return child.answer_once()
-    finally:
-        _empty_scratch()
+        child = _SPARES.take(job)
+    except OSError as exc:
+        return _failure(ErrorKind.SANDBOX, f"cannot start a child process: {exc}", bytearray())
+    if kind == "credit-open":
+        return _SESSIONS.open(child)
+    return child.answer_once()
 
 
 def _empty_scratch() -> None:
