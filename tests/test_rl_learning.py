@@ -125,11 +125,12 @@ def test_exploration_and_targets_respect_available_actions() -> None:
         batch.obs, torch.cat([torch.full_like(batch.actions[:, :1], -1), batch.actions], 1), 6
     )
     q_all = agent.unroll(inputs).detach()
+    target_q = learner._target_unroll(inputs)
     assert (~batch.avail_actions[batch.avail_actions.any(-1)]).any(), "need states with unavailable actions"
     # Make every unavailable action look best to the online net; targets must not change.
     with torch.no_grad():
-        values = learner._state_values(q_all, inputs, batch, batch.state)
-        boosted = learner._state_values(q_all + (~batch.avail_actions) * 1e3, inputs, batch, batch.state)
+        values = learner._state_values(q_all, target_q, batch, batch.state)
+        boosted = learner._state_values(q_all + (~batch.avail_actions) * 1e3, target_q, batch, batch.state)
     assert torch.equal(values, boosted)
 
 

@@ -8,7 +8,10 @@ targets, reward standardisation, target networks and the clipped gradient step b
 
 ``QLearner.update`` is one gradient step on a batch of episodes:
 
-1. unroll the online and target agent networks over the whole episodes (``T + 1`` states);
+1. unroll the online and target agent networks over the whole episodes (``T + 1`` states), the target
+   network's on a second thread while this one unrolls the online network (the GRU kernels release the
+   GIL, so the two use both cores; each is the same single-threaded computation as in line, so the
+   numbers are bit for bit the same);
 2. pick next actions with the online network among available actions (double Q), evaluate them with
    the target network, and mix them with the target mixer into state values ``V[t]``;
 3. build TD(lambda) targets from rewards, terminal flags and ``V`` (:func:`td_lambda_targets`);
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
@@ -242,6 +246,8 @@ class QLearner:
         self.parameters = [*agent.parameters(), *mixer.parameters()]
         self.optimiser = torch.optim.Adam(self.parameters, lr=config.lr)
         self.reward_stats = RunningMeanStd()
+        self._target_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qllm-target-unroll")
+        """Unrolls the target agent network while the caller unrolls the online one."""
 
     def behaviour(self, t_env: int) -> EpsilonGreedy:
         return EpsilonGreedy(epsilon_at(self.config, t_env))
@@ -263,6 +269,7 @@ class QLearner:
         cfg = self.config
         rewards = self.reward_stats.standardise(batch.reward) if cfg.standardise_rewards else batch.reward
         inputs = episode_inputs(batch, self.n_actions)  # [B, T+1, n, D]
+        target_q = self._target_thread.submit(self._target_unroll, inputs)
         q = self.agent.unroll(inputs)  # [B, T+1, n, A]
         q_taken = q[:, :-1].gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)  # [B, T, n]
         mixing = batch.credit if self.mixer.reads_credit else batch.state  # [B, T+1, S or n+1]
@@ -270,7 +277,7 @@ class QLearner:
         mask = batch.filled.unsqueeze(-1).expand_as(q_tot)
         require_finite("Q_tot", q_tot.detach(), mask)
         with torch.no_grad():
-            values = self._state_values(q.detach(), inputs, batch, mixing)  # [B, T+1, k]
+            values = self._state_values(q.detach(), target_q.result(), batch, mixing)  # [B, T+1, k]
             targets = td_lambda_targets(
                 rewards, batch.terminated, batch.filled, values, gamma=cfg.gamma, td_lambda=cfg.td_lambda
             )
@@ -283,10 +290,16 @@ class QLearner:
             }
         return loss, stats
 
+    @torch.no_grad()
+    def _target_unroll(self, inputs: torch.Tensor) -> torch.Tensor:
+        # no_grad here, not inherited: grad mode is per thread, and this runs on the target thread.
+        return self.target_agent.unroll(inputs)
+
     def _state_values(
-        self, q: torch.Tensor, inputs: torch.Tensor, batch: Episodes, mixing: torch.Tensor
+        self, q: torch.Tensor, target_q: torch.Tensor, batch: Episodes, mixing: torch.Tensor
     ) -> torch.Tensor:
-        target_q = self.target_agent.unroll(inputs).masked_fill(~batch.avail_actions, -torch.inf)
+        """``V[t]``: the target mixer over the target network's value of each state's next action."""
+        target_q = target_q.masked_fill(~batch.avail_actions, -torch.inf)
         if self.config.double_q:
             best = q.masked_fill(~batch.avail_actions, -torch.inf).argmax(dim=-1, keepdim=True)
             chosen = target_q.gather(-1, best).squeeze(-1)
