@@ -6,13 +6,15 @@ and said so), two ways of validating a candidate are timed on the host, around t
 - cold: a new ``Sandbox(backend, warm=False)`` per candidate, so each time includes starting the worker
   (and the isolation around it) and its ``import torch``;
 - warm: one ``Sandbox(backend, warm=True)``; the first call (which starts the worker) is a warm-up and is
-  excluded; each timed call still runs its candidate in a child of its own. Warm calls are timed at each
-  of ``--gaps-ms``, the pause before each call: 0 is candidates back to back (the worker forks
-  and warms the next child while the host already waits for it), a pause longer than that preparation
-  is candidates as the generation graph sends them, each one written by an LLM first (seconds).
+  excluded; each timed call still runs its candidate in a child of its own. Warm calls come in bursts
+  of ``--burst`` candidates back to back, and are timed at each of ``--gaps-ms``, the pause before each
+  burst: with bursts of 1, a gap of 0 is every candidate back to back (the worker has no time to fork
+  and warm children ahead), and a pause longer than that preparation is candidates one at a time; bursts
+  of K with a pause are how the generation graph sends them (its K candidates checked back to back,
+  then the LLM's next turn, seconds).
 
-The backends take turns, call by call (cold: one new sandbox of each in turn; warm: one warm sandbox of
-each, open side by side, called in turn), so that a busy moment of the machine falls on all of them
+The backends take turns, burst by burst (cold: one new sandbox of each in turn; warm: one warm sandbox
+of each, open side by side, called in turn), so that a busy moment of the machine falls on all of them
 alike. The reference is the same work in this process with no isolation: ``load_credit_function`` followed by
 ``run_checks``, timed the same way as warm (one warm-up call, then the repeats). Four realistic candidates
 (VDN, a state-dependent softmax mixer, an LBF level-weighted mixer, and a credit spec compiled by qllm's
@@ -21,7 +23,8 @@ Each row gives median and p90 ms per candidate and ``ratio`` = its median / the 
 warm gVisor against warm bubblewrap at each gap (the target: at most 2x). Peak RSS of this process is
 printed last (the workers' memory is not included).
 
-Run:  .venv/bin/python benchmarks/sandbox_latency.py [--backends gvisor,bwrap] [--gaps-ms 0,500] [--json F]
+Run:  .venv/bin/python benchmarks/sandbox_latency.py [--backends gvisor,bwrap] [--gaps-ms 0,500] [--burst 3]
+      [--json F]
 """
 
 from __future__ import annotations
@@ -119,20 +122,22 @@ def in_process(source: str, inputs: ValidationInputs) -> ValidationResult:
 
 
 def timed_in_turn(
-    calls: dict[str, Runner], sources: list[str], repeats: int, gap_s: float = 0.0
+    calls: dict[str, Runner], sources: list[str], repeats: int, gap_s: float = 0.0, burst: int = 1
 ) -> dict[str, list[float]]:
-    """Seconds per call of each runner, the runners taking turns on the same ``repeats`` candidates
-    (cycled from ``sources``), ``gap_s`` before each call (so that what one sandbox does after its
-    answer, forking and warming its next child, is done before another is timed); each must pass."""
+    """Seconds per call of each runner, the runners taking turns, burst by burst, on the same ``repeats``
+    candidates (cycled from ``sources``): ``gap_s`` before each burst of ``burst`` calls back to back
+    (so that what one sandbox does between bursts, forking and warming children ahead, is done before
+    another is timed); each must pass."""
     samples: dict[str, list[float]] = {name: [] for name in calls}
-    for i in range(repeats):
-        source = sources[i % len(sources)]
+    for first in range(0, repeats, burst):
         for name, call in calls.items():
             time.sleep(gap_s)
-            start = time.perf_counter()
-            result = call(source)
-            samples[name].append(time.perf_counter() - start)
-            check(result, source, name)
+            for i in range(first, min(first + burst, repeats)):
+                source = sources[i % len(sources)]
+                start = time.perf_counter()
+                result = call(source)
+                samples[name].append(time.perf_counter() - start)
+                check(result, source, name)
     return samples
 
 
@@ -148,7 +153,13 @@ def bench_cold(backends: list[str], sources: list[str], inputs: ValidationInputs
 
 
 def bench_warm(
-    backends: list[str], sources: list[str], inputs: ValidationInputs, repeats: int, gaps_s: list[float]
+    backends: list[str],
+    sources: list[str],
+    inputs: ValidationInputs,
+    repeats: int,
+    *,
+    gaps_s: list[float],
+    burst: int,
 ) -> dict[float, dict[str, list[float]]]:
     """Per gap, the seconds per call of each backend's warm sandbox (the same sandboxes for every gap)."""
     with contextlib.ExitStack() as stack:
@@ -157,7 +168,7 @@ def bench_warm(
             sandbox = stack.enter_context(Sandbox(backend=backend, warm=True))
             check(sandbox.validate(sources[-1], inputs), sources[-1], f"{backend} warm-up")
             calls[backend] = lambda s, box=sandbox: box.validate(s, inputs)
-        return {gap: timed_in_turn(calls, sources, repeats, gap) for gap in gaps_s}
+        return {gap: timed_in_turn(calls, sources, repeats, gap, burst) for gap in gaps_s}
 
 
 def bench_reference(sources: list[str], inputs: ValidationInputs, repeats: int) -> list[float]:
@@ -176,8 +187,10 @@ def per_candidate_medians(samples: list[float], n_candidates: int) -> list[float
     return [float(np.median(samples[k::n_candidates])) * 1e3 for k in range(n_candidates)]
 
 
-def warm_mode(gap_s: float) -> str:
-    return "warm, back to back" if gap_s == 0 else f"warm, {gap_s * 1000:g} ms apart"
+def warm_mode(gap_s: float, burst: int) -> str:
+    if burst == 1:
+        return "warm, back to back" if gap_s == 0 else f"warm, {gap_s * 1000:g} ms apart"
+    return f"warm, bursts of {burst}" + ("" if gap_s == 0 else f" {gap_s * 1000:g} ms apart")
 
 
 def peak_rss_mib() -> float:
@@ -211,8 +224,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add(
         "--gaps-ms",
         default="0,500",
-        help="pauses before each warm call, comma-separated ms (default: %(default)s)",
+        help="pauses before each burst of warm calls, comma-separated ms (default: %(default)s)",
     )
+    add("--burst", type=int, default=1, help="warm calls back to back after each pause (default: 1)")
     add("--json", type=Path, help="also write the results to this JSON file")
     return parser.parse_args(argv)
 
@@ -235,11 +249,11 @@ def main(argv: list[str] | None = None) -> None:
             skipped.append(name)
     gaps_s = [float(gap) / 1000 for gap in args.gaps_ms.split(",") if gap.strip()]
     cold = bench_cold(backends, sources, inputs, args.cold_repeats)
-    warm = bench_warm(backends, sources, inputs, args.warm_repeats, gaps_s)
+    warm = bench_warm(backends, sources, inputs, args.warm_repeats, gaps_s=gaps_s, burst=args.burst)
     rows = [reference]
     for name in backends:
         rows.append(row(name, "cold", cold[name]))
-        rows += [row(name, warm_mode(gap), warm[gap][name]) for gap in gaps_s]
+        rows += [row(name, warm_mode(gap, args.burst), warm[gap][name]) for gap in gaps_s]
     for r in rows:
         r["ratio"] = r["median_ms"] / reference["median_ms"]
     print()
@@ -249,8 +263,8 @@ def main(argv: list[str] | None = None) -> None:
         for gap in [0.0] if name == "in-process" else gaps_s:
             samples = reference_samples if name == "in-process" else warm[gap][name]
             medians = per_candidate_medians(samples, len(sources))
-            mode = "warm" if name == "in-process" else warm_mode(gap)
-            print(f"  {name:<10} {mode:<20} " + "  ".join(f"{m:7.2f}" for m in medians))
+            mode = "warm" if name == "in-process" else warm_mode(gap, args.burst)
+            print(f"  {name:<10} {mode:<28} " + "  ".join(f"{m:7.2f}" for m in medians))
     if {"gvisor", "bwrap"} <= set(backends):
         print()
         for gap in gaps_s:
@@ -263,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             ratios = ", ".join(f"{name} {g / b:.2f}x" for name, (g, b) in zip(candidates, each, strict=True))
             print(
-                f"{warm_mode(gap)}: gvisor / bwrap {ratio:.2f}x per candidate "
+                f"{warm_mode(gap, args.burst)}: gvisor / bwrap {ratio:.2f}x per candidate "
                 f"(target at most {GVISOR_TARGET:g}x: {verdict}); by candidate: {ratios}"
             )
     rss = peak_rss_mib()
@@ -274,6 +288,7 @@ def main(argv: list[str] | None = None) -> None:
             "states": int(inputs.states.shape[0]),
             "candidates": len(sources),
             "gaps_ms": [gap * 1000 for gap in gaps_s],
+            "burst": args.burst,
         }
         payload = {**meta, "skipped": skipped, "peak_rss_mib": rss, "results": rows}
         args.json.write_text(json.dumps(payload, indent=2) + "\n")

@@ -3,15 +3,19 @@
 A child is forked before its job and says it is ready once it has the job; the worker reads that, then
 the answer. A busy machine can leave the worker descheduled long enough for a quick child to have said
 ready *and* answered before the worker reads anything: both frames then arrive in one read.
+
+Up to ``SPARES`` children are forked ahead, while no job waits, so that a burst of candidates each find
+one; a credit session (a trainer's) needs none, and ends the others.
 """
 
 from __future__ import annotations
 
 import array
 import fcntl
+import os
 import termios
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -50,3 +54,73 @@ def test_a_child_that_answers_before_the_worker_reads_that_it_is_ready_keeps_its
 
     assert answer["ok"], answer
     assert "from the job" in answer["printed"]
+
+
+def _probe(source: str) -> dict[str, object]:
+    return {"kind": "probe", "source": source, "limits": SandboxLimits(wall_s=20).to_dict()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def spares() -> Iterator[worker._Spares]:
+    pool = worker._Spares()
+    yield pool
+    while pool.ready:
+        pool.ready.popleft().stop()
+    worker._reap_retired()
+
+
+def test_spares_are_forked_only_while_no_job_waits_and_up_to_their_number(spares: worker._Spares) -> None:
+    waiting = iter([False, True])
+    spares.replenish(job_waiting=lambda: next(waiting))
+    assert len(spares.ready) == 1  # a job came after the first fork: it is not kept waiting for more
+
+    spares.replenish(job_waiting=lambda: False)
+    assert len(spares.ready) == worker.SPARES
+    assert all(_alive(child.pid) for child in spares.ready)
+
+
+def test_a_burst_of_jobs_runs_in_children_forked_before_it_each_in_its_own(spares: worker._Spares) -> None:
+    spares.replenish(job_waiting=lambda: False)
+    forked_ahead = {child.pid for child in spares.ready}
+    # A job's child leads its own session: its process group id is its pid.
+    job = _probe("import os\nos.write(1, str(os.getpgid(0)).encode())")
+
+    ran_in = []
+    for _ in range(worker.SPARES):
+        answer = spares.take(job).answer_once()
+        assert answer["ok"], answer
+        ran_in.append(int(answer["printed"]))
+    worker._reap_retired()
+
+    assert sorted(ran_in) == sorted(forked_ahead)
+    assert not spares.ready
+
+
+def test_a_credit_session_ends_the_other_spares_and_none_are_forked_after_it(
+    spares: worker._Spares,
+) -> None:
+    spares.replenish(job_waiting=lambda: False)
+    others = [child.pid for child in list(spares.ready)[1:]]
+    job = {
+        "kind": "credit-open",
+        "source": "def credit_assignment(agents_q, state):\n    return agents_q.sum(dim=1, keepdim=True)\n",
+        "n_agents": 2,
+        "monotonic": True,
+        "limits": SandboxLimits(wall_s=20).to_dict(),
+    }
+    session_child = spares.take(job)
+    try:
+        worker._reap_retired()
+        assert others and not any(_alive(pid) for pid in others)
+        spares.replenish(job_waiting=lambda: False)
+        assert not spares.ready
+    finally:
+        session_child.stop()

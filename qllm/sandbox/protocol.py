@@ -58,13 +58,14 @@ def receive_frame(read_exactly: Callable[[int], bytes]) -> dict[str, Any]:
 
 
 def _read_exactly(stream: IO[bytes], n: int) -> bytes:
-    data = b""
+    """``n`` bytes from ``stream``, buffered or raw (whose reads may return less than asked)."""
+    data = bytearray()
     while len(data) < n:
         chunk = stream.read(n - len(data))
         if not chunk:
             raise ProtocolError("the other side closed the stream")
         data += chunk
-    return data
+    return bytes(data)
 
 
 def encode_array(array: np.ndarray) -> dict[str, Any]:

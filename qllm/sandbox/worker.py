@@ -11,8 +11,10 @@ length-prefixed JSON frames (``protocol.py``). Each job goes to a child forked f
   file descriptors, no core dumps,
 - runs the job and writes one JSON result frame into its own result pipe.
 
-The child is forked *before* its job arrives, a spare: the first at start, the next as soon as a job is
-answered. Forking the torch-loaded worker is slow under gVisor (tens of milliseconds), and a fresh
+Children are forked *before* their jobs arrive, as spares: up to :data:`SPARES` of them, forked while
+the worker is idle, one at a time, each only while no job is waiting (a fork cannot be interrupted). So
+the generation graph's K candidates, checked back to back after the coder's turn, each find a child
+ready. Forking the torch-loaded worker is slow under gVisor (tens of milliseconds), and a fresh
 fork's first writes to each page it shares with the worker are copy-on-write faults that gVisor serves
 slowly too, which cost more than the checks themselves. So a spare forked after a job warms up: it runs
 trusted functions (equal weights, reached in the ways candidates compute theirs) through the job's own
@@ -20,8 +22,8 @@ path on that job's inputs, so that the pages a candidate's checks write are most
 one arrives, then says it is ready and takes its job. The warm-up runs only qllm's code, before the
 limits; the candidate still runs in a process no other candidate has touched. A job that arrives while
 its spare is still warming up waits for the current step only (the spare looks for it between steps).
-Candidates that arrive further apart than a spare's preparation (the generation graph's, each written
-by an LLM first) never wait for a fork.
+Candidates in bursts of at most :data:`SPARES`, apart from the next burst by more than the spares'
+preparation (an LLM's turn), never wait for a fork.
 
 After each job's answer, once that job's children are gone, the worker empties the scratch folders its
 backend made private to it (``QLLM_SCRATCH``: the private /tmp, /dev/shm), so that nothing a job wrote
@@ -39,7 +41,8 @@ until ``credit-close``. Every call keeps its own limits: the wall clock and the 
 here per call, the child moves its CPU-time limit to "used so far + the budget" before each call, and its
 address-space limit holds throughout. A call that fails in any way ends the session (the child is
 killed); the function's state may carry over between calls, as it would in any process that calls it
-repeatedly. A child that went to a session is not replaced by a new spare: a trainer's worker needs none.
+repeatedly. Once a child went to a session the other spares are ended and none is forked again: a
+trainer's worker needs none.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ import signal
 import sys
 import time
 import traceback
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -124,17 +128,22 @@ READY_TIMEOUT_S = 10.0
 fresh child is forked instead; well inside the host's margin over a job's own budget
 (``client.ANSWER_MARGIN_S``)."""
 READY = {"ready": True}
+SPARES = 3
+"""Children kept forked ahead of jobs: the generation graph's default K (``GenerationSettings.candidates``),
+whose candidates are checked back to back. Each spare costs the memory its warm-up wrote (its own copies
+of the pages it touched), a few tens of MB."""
 
 
 def main() -> None:
     # Keep the protocol stream private: anything else printed to fd 1 goes to stderr instead.
     protocol_out: IO[bytes] = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
-    protocol_in = sys.stdin.buffer
+    # Unbuffered, so that a job waiting on the pipe is a job waiting on fd 0 (no read-ahead hides one).
+    protocol_in: IO[bytes] = os.fdopen(0, "rb", buffering=0)
     _warm_up()
-    _SPARES.replenish()
     write_frame(protocol_out, {"ready": True, "pid": os.getpid()})
     while True:
+        _SPARES.replenish(job_waiting=lambda: bool(select.select([protocol_in], [], [], 0)[0]))
         try:
             job = read_frame(protocol_in)
         except ProtocolError:
@@ -142,11 +151,9 @@ def main() -> None:
         write_frame(protocol_out, run_job(job))
         # While the host reads the answer and prepares the next job: the exit of a finished child (tens of
         # milliseconds for a torch-sized process), then, with every child of that job gone, emptying the
-        # scratch folders (up to 12 ms under gVisor, whose file system calls go through its sentry), and
-        # the fork of the next child.
+        # scratch folders (up to 12 ms under gVisor, whose file system calls go through its sentry).
         _reap_retired()
         _empty_scratch()
-        _SPARES.replenish()
 
 
 def _warm_up() -> None:
@@ -297,8 +304,11 @@ class _Child:
         _RETIRED.append(self)
 
     def _kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signal.SIGKILL)
+        # The group for what its job started; the child itself too, for a child so freshly forked that
+        # it has not made its own group yet (killpg finds no such group, and it would live on).
+        for kill in (os.killpg, os.kill):
+            with contextlib.suppress(ProcessLookupError):
+                kill(self.pid, signal.SIGKILL)
 
     def _reap(self) -> int:
         _, status = os.waitpid(self.pid, 0)
@@ -327,24 +337,28 @@ def _decoded(frame: bytearray) -> dict[str, Any] | None:
 
 
 class _Spares:
-    """The child forked ahead of the next job, and the inputs it warms up on."""
+    """The children forked ahead of the next jobs, oldest first, and the inputs they warm up on."""
 
     def __init__(self) -> None:
-        self.spare: _Child | None = None
+        self.ready: deque[_Child] = deque()
         self.warm_job: dict[str, Any] | None = None
-        """The last warmed kind of job, with its inputs and settings, for the next spare to warm up on."""
+        """The last warmed kind of job, with its inputs and settings, for the next spares to warm up on."""
         self.wanted = True
-        """False once a child went to a credit session: a trainer's worker needs no spare."""
+        """False after a job that opened a credit session: a trainer's worker needs no spare."""
 
-    def replenish(self) -> None:
-        if self.spare is None and self.wanted:
-            with contextlib.suppress(OSError):  # no process to spare now: the next job forks its own
-                self.spare = _fork_child(self.warm_job)
+    def replenish(self, job_waiting: Callable[[], bool]) -> None:
+        """Fork spares up to :data:`SPARES`, one at a time, each only while ``job_waiting()`` is false:
+        a job that arrives meanwhile waits for one fork at most."""
+        while self.wanted and len(self.ready) < SPARES and not job_waiting():
+            try:
+                self.ready.append(_fork_child(self.warm_job))
+            except OSError:  # no process to spare now: the next job forks its own
+                return
 
     def take(self, job: dict[str, Any]) -> _Child:
-        """A child that began ``job``: the spare, or (none, or not ready in time) a fresh one that does
-        not warm up."""
-        child, self.spare = self.spare, None
+        """A child that began ``job``: the oldest spare (the likeliest to have finished warming up), or
+        (none, or not ready in time) a fresh one that does not warm up."""
+        child = self.ready.popleft() if self.ready else None
         if child is None or child.begin(job) is not None:
             child = _fork_child(None)
             if (why := child.begin(job)) is not None:
@@ -352,6 +366,8 @@ class _Spares:
         if job.get("kind") in WARMED_KINDS:
             self.warm_job = {key: value for key, value in job.items() if key != "source"}
         self.wanted = job.get("kind") != "credit-open"
+        while not self.wanted and self.ready:  # ended with the answer, like a finished job's child
+            self.ready.popleft().retire()
         return child
 
 
