@@ -5,7 +5,8 @@ the answer. A busy machine can leave the worker descheduled long enough for a qu
 ready *and* answered before the worker reads anything: both frames then arrive in one read.
 
 Up to ``SPARES`` children are forked ahead, while no job waits, so that a burst of candidates each find
-one; a credit session (a trainer's) needs none, and ends the others.
+one; a credit session (a trainer's) needs none, and ends the others. After each job the worker empties
+its private scratch folders, but not what is bound into them.
 """
 
 from __future__ import annotations
@@ -13,14 +14,17 @@ from __future__ import annotations
 import array
 import fcntl
 import os
+import subprocess
+import sys
 import termios
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from qllm.sandbox import SandboxLimits, worker
-from qllm.sandbox.protocol import encode_frame
+from qllm.sandbox.protocol import SCRATCH_ENV, encode_frame
 
 
 def _bytes_waiting(fd: int) -> int:
@@ -124,3 +128,33 @@ def test_a_credit_session_ends_the_other_spares_and_none_are_forked_after_it(
         assert not spares.ready
     finally:
         session_child.stop()
+
+
+def test_emptying_the_scratch_folder_removes_what_jobs_wrote_but_not_what_is_bound_into_it(
+    tmp_path: Path,
+) -> None:
+    # A venv or checkout under /tmp is bound into the private /tmp the worker empties after each job.
+    scratch, outside = tmp_path.resolve() / "scratch", tmp_path.resolve() / "venv"
+    mount_point = scratch / "tmp" / "venv"
+    mount_point.mkdir(parents=True)
+    (scratch / "tmp" / "written").write_text("by a job")
+    (scratch / "made" / "deeper").mkdir(parents=True)
+    (scratch / "made" / "deeper" / "file").write_text("by a job")
+    outside.mkdir()
+    (outside / "site.py").write_text("not the job's")
+    bind_then_empty = (
+        "import subprocess, sys\n"
+        f"subprocess.run(['mount', '--bind', {str(outside)!r}, {str(mount_point)!r}], check=True)\n"
+        "from qllm.sandbox import worker\n"
+        "worker._empty_scratch()\n"
+    )
+    # A mount namespace of its own, so that the bind is gone with it.
+    subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", sys.executable, "-c", bind_then_empty],
+        env={**os.environ, SCRATCH_ENV: str(scratch)},
+        check=True,
+        timeout=60,
+    )
+
+    assert (outside / "site.py").read_text() == "not the job's"
+    assert sorted(str(p.relative_to(scratch)) for p in scratch.rglob("*")) == ["tmp", "tmp/venv"]

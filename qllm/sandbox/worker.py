@@ -52,16 +52,16 @@ import fcntl
 import json
 import math
 import os
+import re
 import resource
 import select
-import shutil
 import signal
+import stat
 import sys
 import time
 import traceback
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from qllm.sandbox.protocol import (
@@ -184,13 +184,46 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _empty_scratch() -> None:
+    mounts = _mount_points()
     for folder in filter(None, os.environ.get(SCRATCH_ENV, "").split(":")):
         with contextlib.suppress(OSError):
-            for entry in Path(folder).iterdir():
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.unlink(missing_ok=True)
+            device = os.lstat(folder).st_dev
+            for entry in os.scandir(folder):
+                _remove_unmounted(entry.path, device, mounts)
+
+
+def _mount_points() -> frozenset[str]:
+    """Where something is mounted, from ``/proc/self/mountinfo`` (empty if it cannot be read)."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:  # noqa: PTH123
+            # The fifth field, with space, tab, newline and backslash escaped in octal.
+            return frozenset(
+                re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split()[4]) for line in mountinfo
+            )
+    except (OSError, IndexError):
+        return frozenset()
+
+
+def _remove_unmounted(top: str, device: int, mounts: frozenset[str]) -> None:
+    """Remove ``top`` and everything under it, except what is mounted there (or lies on another device
+    than the scratch folder's). A venv or checkout under /tmp is bound into the private /tmp, and walking
+    it would unlink its files (a writable bind) or try to, one by one (a read-only one: seconds per job
+    under gVisor). Iterative, so that no depth of folders a job made can exhaust the worker's stack."""
+    pending = [(top, False)]  # (path, whether its contents are already on the stack above it)
+    while pending:
+        path, emptied = pending.pop()
+        with contextlib.suppress(OSError):
+            if emptied:
+                os.rmdir(path)  # noqa: PTH106  (fails, and is left, where a mount is below it)
+                continue
+            info = os.lstat(path)
+            if path in mounts or info.st_dev != device:
+                continue
+            if not stat.S_ISDIR(info.st_mode):  # files, and links (never followed)
+                os.unlink(path)  # noqa: PTH108
+                continue
+            pending.append((path, True))
+            pending.extend((entry.path, False) for entry in os.scandir(path))
 
 
 def _address_space_bytes() -> int:
