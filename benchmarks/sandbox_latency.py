@@ -259,12 +259,13 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print_table(rows)
     print("\nwarm medians per candidate, ms (" + ", ".join(candidates) + "):")
+    width = max(len(warm_mode(gap, args.burst)) for gap in gaps_s)
     for name in ("in-process", *backends):
         for gap in [0.0] if name == "in-process" else gaps_s:
             samples = reference_samples if name == "in-process" else warm[gap][name]
             medians = per_candidate_medians(samples, len(sources))
             mode = "warm" if name == "in-process" else warm_mode(gap, args.burst)
-            print(f"  {name:<10} {mode:<28} " + "  ".join(f"{m:7.2f}" for m in medians))
+            print(f"  {name:<10} {mode:<{width}} " + "  ".join(f"{m:7.2f}" for m in medians))
     if {"gvisor", "bwrap"} <= set(backends):
         print()
         for gap in gaps_s:

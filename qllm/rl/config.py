@@ -46,9 +46,11 @@ class TrainConfig:
     device: str = "auto"
     """auto (CUDA when available), cpu or cuda."""
     threads: int = 1
-    """CPU threads for torch. One is fastest for these small networks (measured on 2 cores), and
-    several runs sharing a machine (sweeps) do not oversubscribe its cores: OpenMP threads spinning
-    against another process's threads slowed training by more than 10x here."""
+    """CPU threads for each torch operation. One is fastest for these small networks (measured on 2
+    cores), and several runs sharing a machine (sweeps) do not oversubscribe its cores: OpenMP threads
+    spinning against another process's threads slowed training by more than 10x here. (The q learner
+    also unrolls its target network on a second Python thread, beside the online one, each unroll with
+    these threads: no spinning, and the same results.)"""
 
     # exploration (epsilon-greedy, q learner only: the actor-critic learners sample from their policy)
     epsilon_start: float = 1.0

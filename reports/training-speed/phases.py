@@ -1,0 +1,71 @@
+"""Where one `qllm train` run's time goes: the whole CLI run in this process, with timers around its phases.
+
+Prints one line to stderr: seconds spent importing qllm, collecting episodes (training and evaluation),
+evaluating, in the learner's updates, logging, checkpointing and plotting, and the total. The timers
+wrap the functions by name, so a checkout of any qllm with the same functions can be timed with the
+same script: run it with that checkout's venv.
+
+Run (before / after in turn):  BEFORE/.venv/bin/python reports/training-speed/phases.py --steps 20000
+                               .venv/bin/python reports/training-speed/phases.py --steps 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+start = time.perf_counter()
+train_module = importlib.import_module("qllm.rl.train")  # the module, not the function qllm.rl exports
+from qllm.cli import main as qllm_main  # noqa: E402
+from qllm.rl.learner import QLearner  # noqa: E402
+from qllm.rl.runner import ParallelRunner  # noqa: E402
+
+imported_s = time.perf_counter() - start
+spent: defaultdict[str, float] = defaultdict(float)
+
+
+def timed(owner: Any, name: str, phase: str) -> None:
+    function: Callable[..., Any] = getattr(owner, name)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            spent[phase] += time.perf_counter() - began
+
+    setattr(owner, name, wrapper)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20_000)
+    parser.add_argument("--mixer", default="qmix")
+    parser.add_argument("--task", default="lbf-8x8-2p-2f")
+    args = parser.parse_args()
+    timed(ParallelRunner, "run", "collect (all episodes)")
+    timed(QLearner, "update", "update")
+    for name, phase in [("save_checkpoint", "checkpoint"), ("log_evaluation", "evaluate"),
+                        ("log_training", "log"), ("plot_learning_curve", "plot")]:  # fmt: skip
+        timed(train_module, name, phase)
+    with tempfile.TemporaryDirectory() as runs:
+        argv = ["train", "--task", args.task, "--mixer", args.mixer, "--steps", str(args.steps)]
+        sys.argv = ["qllm", *argv, "--runs-dir", runs]
+        try:
+            qllm_main()
+        except SystemExit as exit_:
+            if exit_.code:
+                raise
+    phases = ", ".join(f"{phase} {seconds:.2f}" for phase, seconds in spent.items())
+    total = time.perf_counter() - start
+    print(f"import {imported_s:.2f}, {phases}, total {total:.2f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
