@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import math
 import os
@@ -184,16 +185,19 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _empty_scratch() -> None:
-    mounts = _mount_points()
-    for folder in filter(None, os.environ.get(SCRATCH_ENV, "").split(":")):
+    folders = [folder for folder in os.environ.get(SCRATCH_ENV, "").split(":") if folder]
+    mounts = _mount_points() if folders else frozenset()
+    for folder in folders:
         with contextlib.suppress(OSError):
             device = os.lstat(folder).st_dev
             for entry in os.scandir(folder):
                 _remove_unmounted(entry.path, device, mounts)
 
 
+@functools.cache
 def _mount_points() -> frozenset[str]:
-    """Where something is mounted, from ``/proc/self/mountinfo`` (empty if it cannot be read)."""
+    """Where something is mounted, from ``/proc/self/mountinfo`` (empty if it cannot be read). Read
+    once: the backend sets the worker's mounts up before it starts, and jobs cannot change them."""
     try:
         with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:  # noqa: PTH123
             # The fifth field, with space, tab, newline and backslash escaped in octal.
