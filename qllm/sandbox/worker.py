@@ -132,7 +132,7 @@ READY = {"ready": True}
 SPARES = 3
 """Children kept forked ahead of jobs: the generation graph's default K (``GenerationSettings.candidates``),
 whose candidates are checked back to back. Each spare costs the memory its warm-up wrote (its own copies
-of the pages it touched), a few tens of MB."""
+of the pages it touched): 6.5 MB private per spare, measured under bubblewrap."""
 
 
 def main() -> None:
