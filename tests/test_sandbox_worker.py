@@ -143,7 +143,7 @@ def test_emptying_the_scratch_folder_removes_what_jobs_wrote_but_not_what_is_bou
     outside.mkdir()
     (outside / "site.py").write_text("not the job's")
     bind_then_empty = (
-        "import subprocess, sys\n"
+        "import subprocess\n"
         f"subprocess.run(['mount', '--bind', {str(outside)!r}, {str(mount_point)!r}], check=True)\n"
         "from qllm.sandbox import worker\n"
         "worker._empty_scratch()\n"
