@@ -6,20 +6,25 @@ against a scripted OpenAI-compatible server, and one kills the command while it 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import pytest
 from graph_fakes import GOOD, GOOD_OTHER, evaluation, scripted, settings
 from openai_stub import Slow, stub_server
 from typer.testing import CliRunner
 
 from qllm.agents import GenerationRun, Models, RunStatus
+from qllm.agents import run as run_module
 from qllm.agents.review import ReviewAction, ReviewAnswer, ReviewRequest, read_answer
 from qllm.agents.run import ReviewPending
 from qllm.agents.trace import DecisionEvent, read_events
@@ -202,6 +207,49 @@ def test_ctrl_c_during_a_call_ends_with_the_resume_command_and_resume_finishes(t
         (run_dir / "settings.json").write_text(json.dumps(settings))
         resumed = runner.invoke(app, ["generate", "--resume", str(run_dir)], env={"COLUMNS": "200"})
     assert resumed.exit_code == 0 and (run_dir / "tfcaf.py").is_file(), resumed.output
+
+
+# The stream Ctrl-C abandons is left to the process's end (the CLI exits at once); in tests, garbage
+# collection finds it still open and says so.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_ctrl_c_while_the_listener_prints_ends_the_run_without_waiting_for_a_model_call_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The graph streams events while a node's model call runs on a thread. A Ctrl-C that lands while the
+    # listener prints one used to close the stream the way an error does, which waits for that call.
+    answered = threading.Event()
+
+    async def events_during_a_call() -> AsyncIterator[object]:
+        call = asyncio.get_running_loop().run_in_executor(None, answered.wait)  # a model call, unanswered
+        try:
+            yield "an event"
+        finally:
+            await call  # as the graph's stream, closed, waits for its nodes in flight
+
+    def streamed(_: GenerationRun, *_args: object) -> Iterator[object]:
+        return run_module._driven(events_during_a_call())
+
+    def ctrl_c(_: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(GenerationRun, "stream", streamed)
+    raised: list[BaseException] = []
+
+    def execute() -> None:
+        try:
+            GenerationRun(tmp_path, settings()).execute(listener=ctrl_c)
+        except KeyboardInterrupt as exc:
+            raised.append(exc)
+
+    running = threading.Thread(target=execute, daemon=True)
+    running.start()
+    try:
+        running.join(timeout=30)
+        assert not running.is_alive(), "the run waited for the model call after Ctrl-C"
+        assert raised, "the Ctrl-C did not reach the caller"
+    finally:
+        answered.set()
+        running.join(timeout=30)
 
 
 def _read_until(process: subprocess.Popen[bytes], marker: str, timeout_s: float) -> str:

@@ -282,9 +282,16 @@ class GenerationRun:
         self, models: Models | None = None, listener: Listener | None = None, reviewer: Reviewer | None = None
     ) -> GenerationOutcome:
         """:meth:`stream` to its end, handing each trace event to ``listener``; the run's outcome."""
-        for update in self.stream(models, reviewer):
-            if listener is not None and not isinstance(update, NodeFinished | ReviewPending):
-                listener(update)
+        updates = self.stream(models, reviewer)
+        try:
+            for update in updates:
+                if listener is not None and not isinstance(update, NodeFinished | ReviewPending):
+                    listener(update)
+        except KeyboardInterrupt as interrupt:
+            # Ctrl-C while the listener ran: raised in the stream too, so that it ends at once as after a
+            # Ctrl-C inside it (see _driven), instead of waiting, as it closes, for a model call in flight.
+            updates.throw(interrupt)
+            raise
         return self.outcome()
 
     def outcome(self) -> GenerationOutcome:
