@@ -198,11 +198,18 @@ def test_a_credit_function_linear_in_q_trains_on_credit_from_the_sandbox(tmp_pat
 # --- exact resume -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["qmix", "qllm"])
-def test_resume_reproduces_an_uninterrupted_run(name: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("name", "collect_ahead"), [("qmix", True), ("qmix", False), ("qllm", True)])
+def test_resume_reproduces_an_uninterrupted_run(name: str, collect_ahead: bool, tmp_path: Path) -> None:
+    check_resume(name, tmp_path, collect_ahead=collect_ahead)
+
+
+def check_resume(name: str, tmp_path: Path, *, collect_ahead: bool = True) -> None:
+    """A run resumed after a crash ends as the uninterrupted run does: the same weights, test returns and
+    metrics (collecting ahead, also across the batch in hand, saved with the checkpoint)."""
     overrides = {
         "steps": 600, "checkpoint_interval": 300, "eval_interval": 200, "eval_episodes": 2,
         "log_interval": 100, "batch_size": 4, "buffer_size": 64, "envs": 2, "target_update_interval": 4,
+        "collect_ahead": collect_ahead,
     }  # fmt: skip
     if name == "qllm":
         path = tmp_path / "vdn.py"

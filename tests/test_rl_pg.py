@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_rl_learning import test_resume_reproduces_an_uninterrupted_run as check_resume
+from test_rl_learning import check_resume
 from typer.testing import CliRunner
 
 from qllm.cli import app

@@ -80,6 +80,14 @@ def train_command(
             "a function not linear in Q) before training stops with an error (default 10).",
         ),
     ] = None,
+    collect_ahead: Annotated[
+        bool | None,
+        typer.Option(
+            "--collect-ahead/--collect-in-line",
+            help="Off-policy learners: collect the next episodes in a second process during each update, "
+            "acting with the weights from before it (the default), or in line after it, as EPyMARL does.",
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     runs_dir: Annotated[Path, typer.Option(help="Where run folders are created.")] = Path("runs"),
     resume: Annotated[
@@ -105,6 +113,7 @@ def train_command(
             "eval_episodes": eval_episodes,
             "checkpoint_interval": checkpoint_interval,
             "credit_call_budget_s": credit_call_budget,
+            "collect_ahead": collect_ahead,
         }
         config = preset(
             mixer,

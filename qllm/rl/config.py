@@ -51,6 +51,11 @@ class TrainConfig:
     spinning against another process's threads slowed training by more than 10x here. (The q learner
     also unrolls its target network on a second Python thread, beside the online one, each unroll with
     these threads: no spinning, and the same results.)"""
+    collect_ahead: bool = True
+    """Off-policy learners (q, maddpg): a second process collects the next batch of episodes while the
+    learner updates on the last, acting with the weights from before that update (one update behind)
+    instead of after it, so collection and update use two cores at once. False collects in line, one
+    thing after the other, as EPyMARL does. On-policy learners (coma) always collect in line."""
 
     # exploration (epsilon-greedy, q learner only: the actor-critic learners sample from their policy)
     epsilon_start: float = 1.0
@@ -109,7 +114,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        return cls().replace(**data)
+        # Runs saved before collection could run ahead collected in line: they continue the same way.
+        return cls().replace(**{"collect_ahead": False, **data})
 
 
 PRESETS: dict[str, dict[str, Any]] = {

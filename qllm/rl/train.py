@@ -9,7 +9,11 @@ to an on-policy learner; through the replay buffer to an off-policy one.
 ``metrics.csv`` (and TensorBoard events), checkpoints, the final model and a learning-curve PNG.
 ``train(..., resume=RUN)`` continues a run from its latest checkpoint and ends exactly where an
 uninterrupted run would have: every source of randomness is either saved (the torch generator that
-drives exploration and sampling) or derived from counters (environment reset seeds).
+drives exploration and sampling) or derived from counters (environment reset seeds), and a batch of
+episodes collected but not yet learned from is saved with the checkpoint.
+
+The next batch of episodes is asked for before each update and taken after it: an off-policy learner's
+is collected meanwhile in a second process (``collect_ahead``), see :mod:`qllm.rl.collector`.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from qllm.envs.episodes import Episodes
 from qllm.envs.tasks import folder_name
 from qllm.rl.agent import RNNAgent, build_agent
 from qllm.rl.buffer import ReplayBuffer
+from qllm.rl.collector import Collected, CollectorError, EpisodeCollector, InlineCollector, ProcessCollector
 from qllm.rl.coma import COMALearner
 from qllm.rl.config import TrainConfig
 from qllm.rl.credit import CreditFunctionError, SandboxCredit
@@ -36,7 +41,7 @@ from qllm.rl.learner import Learner, NonFiniteError, QLearner
 from qllm.rl.logger import MetricsLogger, plot_learning_curve
 from qllm.rl.maddpg import MADDPGLearner
 from qllm.rl.mixers import MIXERS, TFCAF, LinearCredit, Mixer
-from qllm.rl.runner import GREEDY, ActionSelector, EpsilonGreedy, ParallelRunner, RolloutStats
+from qllm.rl.runner import GREEDY, EpsilonGreedy, ParallelRunner, RolloutStats
 from qllm.rl.tfcaf import load_tfcaf
 
 if TYPE_CHECKING:
@@ -57,7 +62,8 @@ class RunError(ValueError):
 
 class TrainingError(RuntimeError):
     """Training stopped because continuing would give a wrong result: the credit function failed on new
-    states, or an update met a NaN or infinity. The run folder keeps its checkpoints."""
+    states, an update met a NaN or infinity, or collecting episodes failed. The run folder keeps its
+    checkpoints."""
 
     @classmethod
     def at(
@@ -153,12 +159,22 @@ def build_q_learner(config: TrainConfig, info: EnvInfo, device: torch.device) ->
     return QLearner(agent.to(device), mixer.to(device), info.n_actions, config, credit)
 
 
-LEARNERS: dict[str, Callable[[TrainConfig, EnvInfo, torch.device], Learner]] = {
-    "q": build_q_learner,
-    "coma": COMALearner,
-    "maddpg": MADDPGLearner,
+@dataclass(frozen=True)
+class Algorithm:
+    """How to build a learner, and what the loop must know before it exists."""
+
+    build: Callable[[TrainConfig, EnvInfo, torch.device], Learner]
+    """Builds the learner and its networks on a device."""
+    on_policy: bool
+    """The learner's own ``on_policy``: its episodes are collected in line, never ahead."""
+
+
+LEARNERS: dict[str, Algorithm] = {
+    "q": Algorithm(build_q_learner, QLearner.on_policy),
+    "coma": Algorithm(COMALearner, COMALearner.on_policy),
+    "maddpg": Algorithm(MADDPGLearner, MADDPGLearner.on_policy),
 }
-"""Learner factories by ``TrainConfig.algo``; each builds its networks on ``device``."""
+"""Learners by ``TrainConfig.algo``."""
 
 
 def new_run_dir(config: TrainConfig, runs_dir: Path, name: str | None = None) -> Path:
@@ -208,69 +224,139 @@ def train(
     run_name: str | None = None,
 ) -> TrainResult:
     """Train with ``config`` in a new run folder (named ``run_name`` if given), or continue the run
-    folder ``resume``. A credit function that fails on new states, or a NaN or infinity in an update,
-    stops the run with :class:`TrainingError`; its checkpoints stay, so it can be resumed once fixed."""
+    folder ``resume``. A credit function that fails on new states, a NaN or infinity in an update, or a
+    failure collecting episodes stops the run with :class:`TrainingError`; its checkpoints stay, so it
+    can be resumed once fixed."""
     # --- set-up (everything that can refuse the config happens before a run folder exists) ----------
     if resume is not None:
         check_resumable(resume, config)
+    if config.algo not in LEARNERS:
+        raise ValueError(f"unknown algo {config.algo!r}; choose from {', '.join(LEARNERS)}")
     device = pick_device(config.device)
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)  # exploration and replay sampling
-    runner = ParallelRunner(config.task, config.envs)
     eval_runner = ParallelRunner(config.task, min(config.eval_episodes, EVAL_ENVS))
-    if config.algo not in LEARNERS:
-        raise ValueError(f"unknown algo {config.algo!r}; choose from {', '.join(LEARNERS)}")
-    learner = LEARNERS[config.algo](config, runner.info, device)
-    run_dir = resume if resume is not None else new_run_dir(config, runs_dir, run_name)
-    buffer = replay_buffer(config, runner.info, learner)
-    at = Counters(next_checkpoint=config.checkpoint_interval)
-    if resume is not None:
-        at = restore_checkpoint(latest_checkpoint(run_dir), learner, buffer, generator, device)
-    logger = MetricsLogger(run_dir, resume_step=at.t_env if resume is not None else None)
-    test_return: float | None = None
-
-    # --- the loop: collect, store, learn, evaluate, log, checkpoint -------------------------------
+    # Forked before the learner exists: its threads and the sandbox worker's pipes must not be inherited.
+    collector = episode_collector(config, generator, device)
     try:
-        while at.t_env < config.steps:
-            behaviour = learner.behaviour(at.t_env)
-            epsilon = behaviour.epsilon if isinstance(behaviour, EpsilonGreedy) else None
-            seeds = [config.seed * 1_000_003 + at.episodes + e for e in range(config.envs)]
-            try:
-                rollout, update = collect_and_learn(
-                    learner, runner, buffer, seeds, behaviour=behaviour, generator=generator,
-                    batch_size=config.batch_size, device=device,
-                )  # fmt: skip
-            except (CreditFunctionError, NonFiniteError) as exc:
-                raise TrainingError.at(exc, at, config, run_dir, episodes=len(seeds)) from exc
-            at.advance(rollout)
-            if at.t_env >= at.next_eval:
-                test_return = log_evaluation(
-                    logger, at.t_env, agent=learner.agent, runner=eval_runner, config=config, device=device
-                )
-                at.next_eval += config.eval_interval
-            if at.t_env >= at.next_log:
-                log_training(logger, at, epsilon, update)
-                at.next_log += config.log_interval
-            if at.t_env >= at.next_checkpoint:
-                at.next_checkpoint += config.checkpoint_interval
-                save_checkpoint(run_dir, learner, buffer, generator, at)
-            if on_progress is not None:
-                on_progress(Progress(at.t_env, config.steps, mean(rollout.returns), epsilon, test_return))
+        learner = LEARNERS[config.algo].build(config, eval_runner.info, device)
+    except BaseException:
+        collector.close()
+        raise
+    run_dir = resume if resume is not None else new_run_dir(config, runs_dir, run_name)
+    buffer = replay_buffer(config, eval_runner.info, learner)
+    at = Counters(next_checkpoint=config.checkpoint_interval)
+    pending: Collected | None = None
+    if resume is not None:
+        at, pending = restore_checkpoint(latest_checkpoint(run_dir), learner, buffer, generator, device)
+    logger = MetricsLogger(run_dir, resume_step=at.t_env if resume is not None else None)
+    run = TrainingRun(config, run_dir, device, learner, buffer, generator, collector, eval_runner, logger)
 
-        # --- wrap-up -------------------------------------------------------------------------------
+    # --- the loop, then the final evaluation --------------------------------------------------------
+    try:
+        run.loop(at, pending, on_progress)
         final_return = log_evaluation(
             logger, at.t_env, agent=learner.agent, runner=eval_runner, config=config, device=device
         )
     finally:
-        for resource in (logger, runner, eval_runner, learner.credit):
+        for resource in (logger, collector, eval_runner, learner.credit):
             if resource is not None:
                 resource.close()
+
+    # --- wrap-up -----------------------------------------------------------------------------------
     final_model = {name: network.state_dict() for name, network in learner.networks().items()}
     torch.save({**final_model, "t_env": at.t_env}, run_dir / FINAL_MODEL)
-    del buffer, learner  # the replay buffer is most of a run's memory: release it before plotting
+    del run, buffer, learner  # the replay buffer is most of a run's memory: release it before plotting
     plot = plot_learning_curve(run_dir, f"{config.task}: {config.preset} (seed {config.seed})")
     return TrainResult(run_dir=run_dir, t_env=at.t_env, final_test_return=final_return, plot=plot)
+
+
+@dataclass
+class TrainingRun:
+    """What the training loop's steps share; :meth:`loop` is the loop, readable top to bottom."""
+
+    config: TrainConfig
+    run_dir: Path
+    device: torch.device
+    learner: Learner
+    buffer: ReplayBuffer | None
+    generator: torch.Generator
+    collector: EpisodeCollector
+    eval_runner: ParallelRunner
+    logger: MetricsLogger
+
+    def loop(
+        self, at: Counters, pending: Collected | None, on_progress: Callable[[Progress], None] | None
+    ) -> None:
+        """Train until ``config.steps``, counting in ``at``, starting from the batch in hand (``pending``)
+        if there is one: learn from it (asking for the next batch before the update), evaluate and log,
+        take the next batch, save a checkpoint (with that batch) when one is due."""
+        config, test_return = self.config, None
+        while at.t_env < config.steps:
+            if pending is None:  # the run's first batch, or a checkpoint saved with none in hand
+                self.ask_for_next_batch(at)
+                pending = self.take_batch(at)
+            collected, pending = pending, None
+            behaviour = self.learner.behaviour(at.t_env)  # what collected these episodes
+            epsilon = behaviour.epsilon if isinstance(behaviour, EpsilonGreedy) else None
+            update = self.learn(collected, at)
+            if at.t_env >= at.next_eval:
+                test_return = log_evaluation(
+                    self.logger, at.t_env, agent=self.learner.agent, runner=self.eval_runner, config=config,
+                    device=self.device,
+                )  # fmt: skip
+                at.next_eval += config.eval_interval
+            if at.t_env >= at.next_log:
+                log_training(self.logger, at, epsilon, update)
+                at.next_log += config.log_interval
+            if at.t_env < config.steps:
+                pending = self.take_batch(at)
+            if at.t_env >= at.next_checkpoint:
+                at.next_checkpoint += config.checkpoint_interval
+                save_checkpoint(self.run_dir, self.learner, self.buffer, self.generator, at, pending=pending)
+            if on_progress is not None:
+                returns = mean(collected.stats.returns)
+                on_progress(Progress(at.t_env, config.steps, returns, epsilon, test_return))
+
+    def learn(self, collected: Collected, at: Counters) -> DataclassInstance | None:
+        """Store the batch (labelled with its credit if the learner needs it) and count it, ask for the
+        next batch, then update once there is enough to learn from; returns the update's diagnostics."""
+        before = replace(at, returns_since_log=[])
+        episodes = len(collected.stats.returns)
+        try:
+            training_batch = store(self.learner, collected.episodes, self.buffer, self.config.batch_size,
+                                   self.generator)  # fmt: skip
+            at.advance(collected.stats)
+            if at.t_env < self.config.steps:
+                self.ask_for_next_batch(at)  # a process collector collects it during the update
+            if training_batch is None:
+                return None
+            return self.learner.update(training_batch.to(self.device), episodes)
+        except (CreditFunctionError, NonFiniteError) as exc:
+            raise TrainingError.at(exc, before, self.config, self.run_dir, episodes) from exc
+
+    def ask_for_next_batch(self, at: Counters) -> None:
+        """Environment reset seeds follow the episode count, so a resumed run draws the same ones."""
+        seeds = [self.config.seed * 1_000_003 + at.episodes + e for e in range(self.config.envs)]
+        self.collector.submit(self.learner.agent, seeds, self.learner.behaviour(at.t_env))
+
+    def take_batch(self, at: Counters) -> Collected:
+        """The batch asked for last; a collector that failed stops training with one clear line."""
+        try:
+            return self.collector.result()
+        except CollectorError as exc:
+            raise TrainingError.at(exc, at, self.config, self.run_dir, self.config.envs) from exc
+
+
+def episode_collector(
+    config: TrainConfig, generator: torch.Generator, device: torch.device
+) -> EpisodeCollector:
+    """A process collecting ahead for an off-policy learner when the config asks for it, else collection
+    in line (an on-policy learner must learn from episodes of the policy it updates)."""
+    if config.collect_ahead and not LEARNERS[config.algo].on_policy:
+        return ProcessCollector(config, generator)
+    return InlineCollector(ParallelRunner(config.task, config.envs), generator, device)
 
 
 def replay_buffer(config: TrainConfig, info: EnvInfo, learner: Learner) -> ReplayBuffer | None:
@@ -280,36 +366,21 @@ def replay_buffer(config: TrainConfig, info: EnvInfo, learner: Learner) -> Repla
     return ReplayBuffer(config.buffer_size, info, learner.credit.width if learner.credit else 0)
 
 
-def collect_and_learn(
+def store(
     learner: Learner,
-    runner: ParallelRunner,
+    episodes: Episodes,
     buffer: ReplayBuffer | None,
-    seeds: list[int],
-    *,
-    behaviour: ActionSelector,
-    generator: torch.Generator,
     batch_size: int,
-    device: torch.device,
-) -> tuple[RolloutStats, DataclassInstance | None]:
-    """One episode per seed with the acting network, each state labelled with its credit when the learner
-    needs it, then (once there is enough to learn from) one update; returns the update's diagnostics."""
-    batch, rollout = runner.run(learner.agent, seeds, behaviour, generator, device)
-    if learner.credit is not None:
-        batch = replace(batch, credit=learner.credit(batch.state))
-    training_batch = next_training_batch(batch, buffer, batch_size, generator)
-    if training_batch is None:
-        return rollout, None
-    return rollout, learner.update(training_batch.to(device), len(seeds))
-
-
-def next_training_batch(
-    batch: Episodes, buffer: ReplayBuffer | None, batch_size: int, generator: torch.Generator
+    generator: torch.Generator,
 ) -> Episodes | None:
-    """What to learn from after collecting ``batch``: the batch itself for an on-policy learner (no
-    buffer), else a replayed sample once the buffer holds ``batch_size`` episodes."""
+    """What to learn from after collecting ``episodes``, each state labelled with its credit when the
+    learner needs it: the episodes themselves for an on-policy learner (no buffer), else a replayed sample
+    once the buffer holds ``batch_size`` episodes (None before)."""
+    if learner.credit is not None:
+        episodes = replace(episodes, credit=learner.credit(episodes.state))
     if buffer is None:
-        return batch.trimmed()
-    buffer.insert(batch)
+        return episodes.trimmed()
+    buffer.insert(episodes)
     return buffer.sample(batch_size, generator) if buffer.can_sample(batch_size) else None
 
 
@@ -346,9 +417,16 @@ def log_training(
 
 
 def save_checkpoint(
-    run_dir: Path, learner: Learner, buffer: ReplayBuffer | None, generator: torch.Generator, at: Counters
+    run_dir: Path,
+    learner: Learner,
+    buffer: ReplayBuffer | None,
+    generator: torch.Generator,
+    at: Counters,
+    *,
+    pending: Collected | None,
 ) -> Path:
-    """Everything needed to continue exactly; written atomically."""
+    """Everything needed to continue exactly, with the batch collected but not yet learned from
+    (``pending``); written atomically."""
     directory = run_dir / CHECKPOINT_DIR
     directory.mkdir(exist_ok=True)
     state: dict[str, Any] = {
@@ -357,6 +435,7 @@ def save_checkpoint(
         "generator": generator.get_state(),
         "counters": asdict(at),
         "credit_sha256": None if learner.credit is None else learner.credit.sha256,
+        "pending": pending,
     }
     path = directory / f"step_{at.t_env}.pt"
     tmp = path.with_suffix(".tmp")
@@ -371,7 +450,10 @@ def restore_checkpoint(
     buffer: ReplayBuffer | None,
     generator: torch.Generator,
     device: torch.device,
-) -> Counters:
+) -> tuple[Counters, Collected | None]:
+    """The counters and the batch in hand saved in ``path``, with the learner, buffer and generator
+    restored in place. (Checkpoints from before collection could run ahead hold no batch: the loop
+    collects the next one first, as it did then.)"""
     # Our own file, written by save_checkpoint: full unpickling is needed for the optimiser state.
     state = torch.load(path, map_location=device, weights_only=False)
     learner.load_state_dict(state["learner"])
@@ -383,7 +465,10 @@ def restore_checkpoint(
             stored = buffer.storage[slice(0, buffer.size)]
             stored.credit[:] = credit(stored.state)
     generator.set_state(state["generator"].cpu())  # map_location may have moved it; generators live on CPU
-    return Counters(**state["counters"])
+    pending = state.get("pending")
+    if pending is not None:
+        pending = Collected(pending.episodes.to(torch.device("cpu")), pending.stats)
+    return Counters(**state["counters"]), pending
 
 
 @torch.no_grad()

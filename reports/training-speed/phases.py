@@ -1,9 +1,11 @@
 """Where one `qllm train` run's time goes: the whole CLI run in this process, with timers around its phases.
 
-Prints one line to stderr: seconds spent importing qllm, collecting episodes (training and evaluation),
-evaluating, in the learner's updates, logging, checkpointing and plotting, and the total. The timers
-wrap the functions by name, so a checkout of any qllm with the same functions can be timed with the
-same script: run it with that checkout's venv.
+Prints one line to stderr: seconds spent importing qllm, collecting episodes in this process
+(evaluation, and training episodes collected in line), waiting for the episodes a collector process
+collects ahead (where qllm has one), evaluating, in the learner's updates, logging, checkpointing and
+plotting, and the total. The timers wrap the functions by name, so a checkout of any qllm with the same
+functions can be timed with the same script: run it with that checkout's venv. Extra arguments go to
+`qllm train` (say, --collect-in-line).
 
 Run (before / after in turn):  BEFORE/.venv/bin/python reports/training-speed/phases.py --steps 20000
                                .venv/bin/python reports/training-speed/phases.py --steps 20000
@@ -48,14 +50,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--mixer", default="qmix")
     parser.add_argument("--task", default="lbf-8x8-2p-2f")
-    args = parser.parse_args()
-    timed(ParallelRunner, "run", "collect (all episodes)")
+    args, extra = parser.parse_known_args()
+    timed(ParallelRunner, "run", "collect (in this process)")
+    if hasattr(train_module, "TrainingRun"):
+        timed(train_module.TrainingRun, "take_batch", "take the next batch (waiting included)")
     timed(QLearner, "update", "update")
     for name, phase in [("save_checkpoint", "checkpoint"), ("log_evaluation", "evaluate"),
                         ("log_training", "log"), ("plot_learning_curve", "plot")]:  # fmt: skip
         timed(train_module, name, phase)
     with tempfile.TemporaryDirectory() as runs:
-        argv = ["train", "--task", args.task, "--mixer", args.mixer, "--steps", str(args.steps)]
+        argv = ["train", "--task", args.task, "--mixer", args.mixer, "--steps", str(args.steps), *extra]
         sys.argv = ["qllm", *argv, "--runs-dir", runs]
         try:
             qllm_main()

@@ -1,0 +1,137 @@
+"""Collecting ahead in a second process: the same episodes as in line for the same weights, the weights as
+they were when the batch was asked for, and a collector that fails or dies stops training with one clear
+line, leaves no process behind and keeps the checkpoints to resume from."""
+
+from __future__ import annotations
+
+import copy
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import qllm.rl.runner
+from qllm.envs import MultiAgentEnv, TimeStep
+from qllm.rl import preset, train
+from qllm.rl.agent import build_agent
+from qllm.rl.collector import Collected, InlineCollector, ProcessCollector
+from qllm.rl.config import TrainConfig
+from qllm.rl.runner import EpsilonGreedy, ParallelRunner
+from qllm.rl.train import FINAL_MODEL, TrainingError, checkpoints
+
+TASK = "lbf-5x5-2p-1f"
+SHORT = {
+    "steps": 600, "checkpoint_interval": 200, "eval_interval": 300, "eval_episodes": 2, "log_interval": 100,
+    "batch_size": 4, "buffer_size": 64, "envs": 2, "target_update_interval": 4,
+}  # fmt: skip
+CPU = torch.device("cpu")
+
+
+def assert_same_episodes(a: Collected, b: Collected) -> None:
+    assert a.stats == b.stats
+    for name in ("obs", "state", "actions", "reward", "terminated", "filled", "avail_actions"):
+        assert torch.equal(getattr(a.episodes, name), getattr(b.episodes, name)), name
+
+
+def test_a_process_collector_collects_what_an_inline_one_does() -> None:
+    config = preset("qmix", task=TASK, envs=2)
+    torch.manual_seed(0)
+    agent = build_agent(config, ParallelRunner(TASK, 1).info)
+    in_line_generator, ahead_generator = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    in_line = InlineCollector(ParallelRunner(TASK, 2), in_line_generator, CPU)
+    ahead = ProcessCollector(config, ahead_generator)
+    try:
+        for seeds in ([1, 2], [3, 4]):  # twice: the generator's state comes back with each batch
+            in_line.submit(agent, seeds, EpsilonGreedy(0.3))
+            ahead.submit(agent, seeds, EpsilonGreedy(0.3))
+            assert_same_episodes(ahead.result(), in_line.result())
+            assert torch.equal(ahead_generator.get_state(), in_line_generator.get_state())
+    finally:
+        in_line.close()
+        ahead.close()
+
+
+def test_the_process_collector_acts_with_the_weights_as_they_were_when_asked() -> None:
+    config = preset("qmix", task=TASK, envs=2)
+    agent = build_agent(config, ParallelRunner(TASK, 1).info)
+    as_asked = copy.deepcopy(agent)
+    ahead = ProcessCollector(config, torch.Generator().manual_seed(5))
+    in_line = InlineCollector(ParallelRunner(TASK, 2), torch.Generator().manual_seed(5), CPU)
+    greedy = EpsilonGreedy(0.0)  # no random draws: the actions are the weights' alone
+    try:
+        ahead.submit(agent, [1, 2], greedy)
+        with torch.no_grad():  # what the update does meanwhile
+            for parameter in agent.parameters():
+                parameter.copy_(torch.randn_like(parameter))
+        in_line.submit(as_asked, [1, 2], greedy)
+        assert_same_episodes(ahead.result(), expected := in_line.result())
+        in_line.submit(agent, [1, 2], greedy)  # the weights after the change act otherwise
+        assert not torch.equal(in_line.result().episodes.actions, expected.episodes.actions)
+    finally:
+        ahead.close()
+        in_line.close()
+
+
+class FailingEnv:
+    """Wraps an environment; in a process other than the test's it fails at its ``after``-th step."""
+
+    def __init__(self, env: MultiAgentEnv, after: int, failure: str, test_pid: int) -> None:
+        self.env, self.after, self.failure, self.test_pid, self.steps = env, after, failure, test_pid, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.env, name)
+
+    def step(self, actions: Any) -> TimeStep:
+        self.steps += 1
+        if os.getpid() != self.test_pid and self.steps >= self.after:
+            if self.failure == "raise":
+                raise RuntimeError("the simulator lost its connection")
+            os._exit(3)
+        return self.env.step(actions)
+
+
+@pytest.fixture
+def failing_env(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Makes the environments that the collector forks with fail (the fork inherits the patch)."""
+    real_make_env, test_pid = qllm.rl.runner.make_env, os.getpid()
+
+    def arm(failure: str, after: int) -> None:
+        monkeypatch.setattr(
+            qllm.rl.runner, "make_env", lambda task: FailingEnv(real_make_env(task), after, failure, test_pid)
+        )
+
+    return arm
+
+
+@pytest.mark.parametrize(
+    ("failure", "message"),
+    [
+        ("raise", "collecting episodes failed in the collector process: RuntimeError: the simulator lost"),
+        ("exit", r"the process collecting episodes ended unexpectedly \(exit code 3\)"),
+    ],
+)
+def test_a_collector_that_fails_stops_training_and_the_run_resumes(
+    failure: str, message: str, failing_env: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = preset("qmix", task=TASK, **{**SHORT, "checkpoint_interval": 50})
+    failing_env(failure, after=150)  # each environment's 150th step: a checkpoint or two before it
+    with pytest.raises(TrainingError, match=message) as stopped:
+        train(config, runs_dir=tmp_path)
+    assert "training stopped at step" in str(stopped.value) and "--resume" in str(stopped.value)
+    assert multiprocessing.active_children() == []
+    (run,) = tmp_path.iterdir()
+    assert checkpoints(run)
+    monkeypatch.undo()
+    resumed = train(config, resume=run)
+    assert resumed.t_env >= config.steps and (run / FINAL_MODEL).exists()
+    assert multiprocessing.active_children() == []
+
+
+def test_runs_saved_before_collecting_ahead_existed_continue_in_line() -> None:
+    saved = TrainConfig().replace(collect_ahead=True).to_dict()
+    del saved["collect_ahead"]
+    assert TrainConfig.from_dict(saved).collect_ahead is False
+    assert TrainConfig.from_dict(TrainConfig().to_dict()).collect_ahead is True
