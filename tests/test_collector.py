@@ -5,6 +5,8 @@ line, leaves no process behind and keeps the checkpoints to resume from."""
 from __future__ import annotations
 
 import copy
+import gc
+import json
 import multiprocessing
 import os
 from pathlib import Path
@@ -20,7 +22,7 @@ from qllm.rl.agent import build_agent
 from qllm.rl.collector import Collected, InlineCollector, ProcessCollector
 from qllm.rl.config import TrainConfig
 from qllm.rl.runner import EpsilonGreedy, ParallelRunner
-from qllm.rl.train import FINAL_MODEL, TrainingError, checkpoints
+from qllm.rl.train import FINAL_MODEL, RunError, TrainingError, checkpoints
 
 TASK = "lbf-5x5-2p-1f"
 SHORT = {
@@ -121,13 +123,23 @@ def test_a_collector_that_fails_stops_training_and_the_run_resumes(
     with pytest.raises(TrainingError, match=message) as stopped:
         train(config, runs_dir=tmp_path)
     assert "training stopped at step" in str(stopped.value) and "--resume" in str(stopped.value)
-    assert multiprocessing.active_children() == []
+    assert multiprocessing.active_children() == [] and gc.get_freeze_count() == 0
     (run,) = tmp_path.iterdir()
     assert checkpoints(run)
     monkeypatch.undo()
     resumed = train(config, resume=run)
     assert resumed.t_env >= config.steps and (run / FINAL_MODEL).exists()
-    assert multiprocessing.active_children() == []
+    assert multiprocessing.active_children() == [] and gc.get_freeze_count() == 0
+
+
+def test_a_run_that_cannot_resume_leaves_no_collector_behind(tmp_path: Path) -> None:
+    config = preset("qmix", task=TASK, **SHORT)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(config.to_dict()))
+    with pytest.raises(RunError, match="no checkpoint to resume from"):  # found after the fork
+        train(config, resume=run)
+    assert multiprocessing.active_children() == [] and gc.get_freeze_count() == 0
 
 
 def test_runs_saved_before_collecting_ahead_existed_continue_in_line() -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from contextlib import ExitStack, closing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from statistics import mean
@@ -236,33 +237,31 @@ def train(
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)  # exploration and replay sampling
-    eval_runner = ParallelRunner(config.task, min(config.eval_episodes, EVAL_ENVS))
-    # Forked before the learner exists: its threads and the sandbox worker's pipes must not be inherited.
-    collector = episode_collector(config, generator, device)
-    try:
+    with ExitStack() as resources:  # each closed, last made first, however the run ends
+        eval_runner = resources.enter_context(
+            closing(ParallelRunner(config.task, min(config.eval_episodes, EVAL_ENVS)))
+        )
+        # Forked before the learner exists: its threads and the sandbox worker's pipes must not be inherited.
+        collector = resources.enter_context(closing(episode_collector(config, generator, device)))
         learner = LEARNERS[config.algo].build(config, eval_runner.info, device)
-    except BaseException:
-        collector.close()
-        raise
-    run_dir = resume if resume is not None else new_run_dir(config, runs_dir, run_name)
-    buffer = replay_buffer(config, eval_runner.info, learner)
-    at = Counters(next_checkpoint=config.checkpoint_interval)
-    pending: Collected | None = None
-    if resume is not None:
-        at, pending = restore_checkpoint(latest_checkpoint(run_dir), learner, buffer, generator, device)
-    logger = MetricsLogger(run_dir, resume_step=at.t_env if resume is not None else None)
-    run = TrainingRun(config, run_dir, device, learner, buffer, generator, collector, eval_runner, logger)
+        if learner.credit is not None:
+            resources.enter_context(closing(learner.credit))
+        run_dir = resume if resume is not None else new_run_dir(config, runs_dir, run_name)
+        buffer = replay_buffer(config, eval_runner.info, learner)
+        at = Counters(next_checkpoint=config.checkpoint_interval)
+        pending: Collected | None = None
+        if resume is not None:
+            at, pending = restore_checkpoint(latest_checkpoint(run_dir), learner, buffer, generator, device)
+        logger = resources.enter_context(
+            closing(MetricsLogger(run_dir, resume_step=at.t_env if resume is not None else None))
+        )
+        run = TrainingRun(config, run_dir, device, learner, buffer, generator, collector, eval_runner, logger)
 
-    # --- the loop, then the final evaluation --------------------------------------------------------
-    try:
+        # --- the loop, then the final evaluation ----------------------------------------------------
         run.loop(at, pending, on_progress)
         final_return = log_evaluation(
             logger, at.t_env, agent=learner.agent, runner=eval_runner, config=config, device=device
         )
-    finally:
-        for resource in (logger, collector, eval_runner, learner.credit):
-            if resource is not None:
-                resource.close()
 
     # --- wrap-up -----------------------------------------------------------------------------------
     final_model = {name: network.state_dict() for name, network in learner.networks().items()}
