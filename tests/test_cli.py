@@ -203,6 +203,18 @@ def test_train_leaves_a_complete_run_folder_and_evaluate_reads_it(tmp_path: Path
     assert evaluated.exit_code == 0 and "greedy test return" in evaluated.output
 
 
+@pytest.mark.parametrize(("flag", "ahead"), [((), True), (("--collect-in-line",), False)])
+def test_train_collects_ahead_unless_asked_to_collect_in_line(
+    flag: tuple[str, ...], ahead: bool, tmp_path: Path
+) -> None:
+    result = invoke(
+        "train", "-t", "matrix-climbing", "--mixer", "vdn", *TINY, *flag, "--runs-dir", str(tmp_path)
+    )
+    assert result.exit_code == 0, result.output
+    (run_dir,) = tmp_path.iterdir()
+    assert json.loads((run_dir / "config.json").read_text())["collect_ahead"] is ahead
+
+
 def test_train_resume_continues_a_run(tmp_path: Path) -> None:
     assert invoke("train", "-t", "matrix-qtran", *TINY, "--runs-dir", str(tmp_path)).exit_code == 0
     (run_dir,) = tmp_path.iterdir()

@@ -55,7 +55,9 @@ class TrainConfig:
     """Off-policy learners (q, maddpg): a second process collects the next batch of episodes while the
     learner updates on the last, acting with the weights from before that update (one update behind)
     instead of after it, so collection and update use two cores at once. False collects in line, one
-    thing after the other, as EPyMARL does. On-policy learners (coma) always collect in line."""
+    thing after the other, as EPyMARL does (and as qllm did before this setting existed: the same numbers
+    bit for bit). On-policy learners (coma) always collect in line. Where every core already runs a
+    training (a sweep), it adds processes, not cores."""
 
     # exploration (epsilon-greedy, q learner only: the actor-critic learners sample from their policy)
     epsilon_start: float = 1.0
