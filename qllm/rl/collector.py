@@ -172,6 +172,7 @@ class ProcessCollector:
 def _serve(connection: Connection, parent_end: Connection, config: TrainConfig) -> None:
     """The child: answer requests until the parent says stop or goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent ends us
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a handler the parent installed (Ray's, say)
     parent_end.close()  # so that the parent's exit shows here as the end of the pipe
     torch.set_num_threads(1)
     try:

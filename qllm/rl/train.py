@@ -241,7 +241,8 @@ def train(
         eval_runner = resources.enter_context(
             closing(ParallelRunner(config.task, min(config.eval_episodes, EVAL_ENVS)))
         )
-        # Forked before the learner exists: its threads and the sandbox worker's pipes must not be inherited.
+        # Forked after the task's modules are imported (by the evaluation runner) and before the learner
+        # exists: its threads and the sandbox worker's pipes must not be inherited.
         collector = resources.enter_context(closing(episode_collector(config, generator, device)))
         learner = LEARNERS[config.algo].build(config, eval_runner.info, device)
         if learner.credit is not None:
