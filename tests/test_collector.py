@@ -1,6 +1,7 @@
 """Collecting ahead in a second process: the same episodes as in line for the same weights, the weights as
-they were when the batch was asked for, and a collector that fails or dies stops training with one clear
-line, leaves no process behind and keeps the checkpoints to resume from."""
+they were when the batch was asked for, an environment's error raised as collecting in line raises it, a
+collector that dies stopping training with one clear line, and either leaving no process behind and the
+checkpoints to resume from."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import gc
 import json
 import multiprocessing
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,38 +97,48 @@ class FailingEnv:
         return self.env.step(actions)
 
 
-@pytest.fixture
-def failing_env(monkeypatch: pytest.MonkeyPatch) -> Any:
+@dataclass
+class FailingEnvs:
     """Makes the environments that the collector forks with fail (the fork inherits the patch)."""
-    real_make_env, test_pid = qllm.rl.runner.make_env, os.getpid()
 
-    def arm(failure: str, after: int) -> None:
-        monkeypatch.setattr(
+    monkeypatch: pytest.MonkeyPatch
+
+    def arm(self, failure: str, after: int) -> None:
+        real_make_env, test_pid = qllm.rl.runner.make_env, os.getpid()
+        self.monkeypatch.setattr(
             qllm.rl.runner, "make_env", lambda task: FailingEnv(real_make_env(task), after, failure, test_pid)
         )
 
-    return arm
+    def disarm(self) -> None:
+        self.monkeypatch.undo()
+
+
+@pytest.fixture
+def failing_envs(monkeypatch: pytest.MonkeyPatch) -> FailingEnvs:
+    return FailingEnvs(monkeypatch)
 
 
 @pytest.mark.parametrize(
-    ("failure", "message"),
+    ("failure", "error", "message"),
     [
-        ("raise", "collecting episodes failed in the collector process: RuntimeError: the simulator lost"),
-        ("exit", r"the process collecting episodes ended unexpectedly \(exit code 3\)"),
+        # An environment's own error comes back as itself, as collecting in line raises it.
+        ("raise", RuntimeError, "the simulator lost its connection"),
+        ("exit", TrainingError, r"the process collecting episodes ended unexpectedly \(exit code 3\)"),
     ],
 )
 def test_a_collector_that_fails_stops_training_and_the_run_resumes(
-    failure: str, message: str, failing_env: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    failure: str, error: type[Exception], message: str, failing_envs: FailingEnvs, tmp_path: Path
 ) -> None:
     config = preset("qmix", task=TASK, **{**SHORT, "checkpoint_interval": 50})
-    failing_env(failure, after=150)  # each environment's 150th step: a checkpoint or two before it
-    with pytest.raises(TrainingError, match=message) as stopped:
+    failing_envs.arm(failure, after=150)  # each environment's 150th step: a checkpoint or two before it
+    with pytest.raises(error, match=message) as stopped:
         train(config, runs_dir=tmp_path)
-    assert "training stopped at step" in str(stopped.value) and "--resume" in str(stopped.value)
+    if error is TrainingError:
+        assert "training stopped at step" in str(stopped.value) and "--resume" in str(stopped.value)
     assert multiprocessing.active_children() == [] and gc.get_freeze_count() == 0
     (run,) = tmp_path.iterdir()
     assert checkpoints(run)
-    monkeypatch.undo()
+    failing_envs.disarm()
     resumed = train(config, resume=run)
     assert resumed.t_env >= config.steps and (run / FINAL_MODEL).exists()
     assert multiprocessing.active_children() == [] and gc.get_freeze_count() == 0

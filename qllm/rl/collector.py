@@ -50,7 +50,10 @@ CLOSE_TIMEOUT_S = 5.0
 
 
 class CollectorError(RuntimeError):
-    """The process collecting episodes failed (an environment raised) or died."""
+    """The process collecting episodes died, or failed with an error that cannot cross processes.
+
+    An error raised while collecting (an environment's, say) is raised again in the parent as itself,
+    as collecting in line would raise it."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,8 @@ class _Reply:
 
 @dataclass(frozen=True)
 class _Failure:
-    error: str
+    error: BaseException
+    """What collecting raised, or a :class:`CollectorError` describing it where it cannot be pickled."""
 
 
 class ProcessCollector:
@@ -150,7 +154,8 @@ class ProcessCollector:
             ) from None
         self._in_flight = False
         if isinstance(reply, _Failure):
-            raise CollectorError(f"collecting episodes failed in the collector process: {reply.error}")
+            reply.error.add_note("(raised in the process collecting episodes)")
+            raise reply.error
         self.generator.set_state(reply.generator_state)
         return reply.collected
 
@@ -179,7 +184,7 @@ def _serve(connection: Connection, parent_end: Connection, config: TrainConfig) 
         runner = ParallelRunner(config.task, config.envs)
         agent = build_agent(config, runner.info)
     except Exception as exc:  # answered to every request: the parent raises it where it asked
-        setup_error: str | None = _describe(exc)
+        setup_error: _Failure | None = _failure(exc)
     else:
         setup_error = None
     generator, cpu = torch.Generator(), torch.device("cpu")
@@ -192,7 +197,7 @@ def _serve(connection: Connection, parent_end: Connection, config: TrainConfig) 
             return
         reply: _Reply | _Failure
         if setup_error is not None:
-            reply = _Failure(setup_error)
+            reply = setup_error
         else:
             try:
                 agent.load_state_dict(request.weights)
@@ -200,9 +205,18 @@ def _serve(connection: Connection, parent_end: Connection, config: TrainConfig) 
                 collected = Collected(*runner.run(agent, request.seeds, request.behaviour, generator, cpu))
                 reply = _Reply(collected, generator.get_state())
             except Exception as exc:
-                reply = _Failure(_describe(exc))
-        connection.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+                reply = _failure(exc)
+        try:
+            connection.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError:  # the parent went away while we collected: nobody is left to answer
+            return
 
 
-def _describe(exc: Exception) -> str:
-    return "".join(traceback.format_exception_only(exc)).strip()
+def _failure(exc: Exception) -> _Failure:
+    """The error itself where it survives pickling (most do); else one that says what it was."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        described = "".join(traceback.format_exception_only(exc)).strip()
+        return _Failure(CollectorError(f"collecting episodes failed in the collector process: {described}"))
+    return _Failure(exc)
