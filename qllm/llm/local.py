@@ -27,6 +27,8 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from qllm.cache import cache_dir
+
 MODEL_ALIAS = "qwen2.5-coder-1.5b-instruct"
 MODEL_FILE = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 MODEL_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
@@ -39,11 +41,6 @@ START_TIMEOUT_S = 120.0
 
 class LocalModelError(RuntimeError):
     """The local model or its server is missing, corrupted, or not answering."""
-
-
-def cache_dir() -> Path:
-    """Where slow-to-rebuild artifacts live, outside the checkout (``QLLM_CACHE``, default ~/.cache/qllm)."""
-    return Path(os.environ.get("QLLM_CACHE", Path.home() / ".cache" / "qllm"))
 
 
 def model_path() -> Path:

@@ -3,8 +3,9 @@ action: Q-values for the value-based learners, policy logits for the actor-criti
 
 A GRU gives each agent a memory of its own history (EPyMARL's ``RNNAgent``). The same weights serve
 two callers: the runner steps it one time step at a time for a batch of environments, and the learner
-runs it over whole padded episodes with one fused ``nn.GRU`` call (the inputs of every step are known
-in advance, so nothing forces a Python loop over time).
+runs it over whole padded episodes (the inputs of every step are known in advance, so nothing forces a
+Python loop over time): on CPU through the compiled recurrence of :mod:`qllm.rl.kernels`, elsewhere (or
+where that cannot be built) through ``nn.GRU``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 
 from qllm.envs import EnvInfo
 from qllm.envs.episodes import Episodes
+from qllm.rl import kernels
 from qllm.rl.config import TrainConfig
 
 
@@ -60,10 +62,22 @@ class RNNAgent(nn.Module):
 
     def unroll(self, inputs: torch.Tensor) -> torch.Tensor:
         """Whole episodes from a zero hidden state: ``inputs [B, T, n, D]`` -> ``q [B, T, n, A]``."""
+        if inputs.device.type == "cpu" and kernels.available():
+            return self._unroll_compiled(inputs)
         b, t, n, d = inputs.shape
         x = F.relu(self.fc1(inputs.permute(0, 2, 1, 3).reshape(b * n, t, d)))
         out, _ = self.rnn(x)
         return self.fc2(out).view(b, n, t, -1).permute(0, 2, 1, 3)
+
+    def _unroll_compiled(self, inputs: torch.Tensor) -> torch.Tensor:
+        # Time-major, as the recurrence steps: [T, B*n, *]. The input side of the gates is one product
+        # for every step at once; only the hidden side needs the loop over time.
+        b, t, n, d = inputs.shape
+        x = F.relu(self.fc1(inputs.transpose(0, 1).reshape(t, b * n, d)))
+        rnn = self.rnn
+        gates_in = F.linear(x, rnn.weight_ih_l0, rnn.bias_ih_l0)
+        hidden = kernels.gru_recurrence(gates_in, rnn.weight_hh_l0, rnn.bias_hh_l0)
+        return self.fc2(hidden).view(t, b, n, -1).transpose(0, 1)
 
 
 def build_agent(config: TrainConfig, info: EnvInfo) -> RNNAgent:

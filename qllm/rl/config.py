@@ -48,9 +48,9 @@ class TrainConfig:
     threads: int = 1
     """CPU threads for each torch operation. One is fastest for these small networks (measured on 2
     cores), and several runs sharing a machine (sweeps) do not oversubscribe its cores: OpenMP threads
-    spinning against another process's threads slowed training by more than 10x here. (The q learner
-    also unrolls its target network on a second Python thread, beside the online one, each unroll with
-    these threads: no spinning, and the same results.)"""
+    spinning against another process's threads slowed training by more than 10x here. (Collecting in
+    line, the q learner also unrolls its target network on a second Python thread, beside the online
+    one, each unroll with these threads: no spinning, and the same results.)"""
     collect_ahead: bool = True
     """Off-policy learners (q, maddpg): a second process collects the next batch of episodes while the
     learner updates on the last, acting with the weights from before that update (one update behind)

@@ -162,6 +162,12 @@ def require_finite(quantity: str, values: torch.Tensor, mask: torch.Tensor | Non
         raise NonFiniteError(quantity, int((~finite).sum()), values.numel())
 
 
+def adam(parameters: list[nn.Parameter], lr: float) -> torch.optim.Adam:
+    """Adam, with its update fused into one kernel: on the two dozen small tensors of these networks a
+    third of the time of one loop per tensor, and the same maths (equal to float rounding)."""
+    return torch.optim.Adam(parameters, lr=lr, fused=True)
+
+
 def gradient_step(
     optimiser: torch.optim.Optimizer, loss: torch.Tensor, parameters: Iterable[nn.Parameter], clip: float
 ) -> float:
@@ -244,10 +250,16 @@ class QLearner:
         self.targets = TargetNetworks(config, agent, mixer)
         self.target_agent, self.target_mixer = self.targets.networks
         self.parameters = [*agent.parameters(), *mixer.parameters()]
-        self.optimiser = torch.optim.Adam(self.parameters, lr=config.lr)
+        self.optimiser = adam(self.parameters, config.lr)
         self.reward_stats = RunningMeanStd()
-        self._target_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qllm-target-unroll")
-        """Unrolls the target agent network while the caller unrolls the online one."""
+        self._target_thread = (
+            None
+            if config.collect_ahead
+            else ThreadPoolExecutor(max_workers=1, thread_name_prefix="qllm-target-unroll")
+        )
+        """Unrolls the target agent network while the caller unrolls the online one, where the second core
+        is free: collecting in line. Collecting ahead, the collector process has it, and a third busy
+        thread made the updates 10% slower (20k steps of ``qmix`` on lbf-8x8-2p-2f, 2 cores)."""
 
     def behaviour(self, t_env: int) -> EpsilonGreedy:
         return EpsilonGreedy(epsilon_at(self.config, t_env))
@@ -269,7 +281,7 @@ class QLearner:
         cfg = self.config
         rewards = self.reward_stats.standardise(batch.reward) if cfg.standardise_rewards else batch.reward
         inputs = episode_inputs(batch, self.n_actions)  # [B, T+1, n, D]
-        target_q = self._target_thread.submit(self._target_unroll, inputs)
+        target_q = self._target_thread.submit(self._target_unroll, inputs) if self._target_thread else None
         q = self.agent.unroll(inputs)  # [B, T+1, n, A]
         q_taken = q[:, :-1].gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)  # [B, T, n]
         mixing = batch.credit if self.mixer.reads_credit else batch.state  # [B, T+1, S or n+1]
@@ -277,7 +289,8 @@ class QLearner:
         mask = batch.filled.unsqueeze(-1).expand_as(q_tot)
         require_finite("Q_tot", q_tot.detach(), mask)
         with torch.no_grad():
-            values = self._state_values(q.detach(), target_q.result(), batch, mixing)  # [B, T+1, k]
+            target = target_q.result() if target_q else self._target_unroll(inputs)
+            values = self._state_values(q.detach(), target, batch, mixing)  # [B, T+1, k]
             targets = td_lambda_targets(
                 rewards, batch.terminated, batch.filled, values, gamma=cfg.gamma, td_lambda=cfg.td_lambda
             )

@@ -44,6 +44,7 @@ from qllm.rl.maddpg import MADDPGLearner
 from qllm.rl.mixers import MIXERS, TFCAF, LinearCredit, Mixer
 from qllm.rl.runner import GREEDY, EpsilonGreedy, ParallelRunner, RolloutStats
 from qllm.rl.tfcaf import load_tfcaf
+from qllm.rl.tuning import tune_process
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -234,7 +235,7 @@ def train(
     if config.algo not in LEARNERS:
         raise ValueError(f"unknown algo {config.algo!r}; choose from {', '.join(LEARNERS)}")
     device = pick_device(config.device)
-    torch.set_num_threads(config.threads)
+    tune_process(config.threads, device)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)  # exploration and replay sampling
     with ExitStack() as resources:  # each closed, last made first, however the run ends

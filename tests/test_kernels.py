@@ -1,0 +1,145 @@
+"""The compiled GRU recurrence (qllm.rl.kernels) against torch.nn.GRU, its fallback, and the allocator
+setting that training makes (qllm.rl.tuning)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from qllm.rl import kernels
+from qllm.rl.agent import RNNAgent
+
+
+@pytest.fixture
+def reloaded_kernels() -> Iterator[None]:
+    """:func:`kernels.available` asked afresh inside the test, and again by the tests after it."""
+    kernels.available.cache_clear()
+    yield
+    kernels.available.cache_clear()
+
+
+def _recurrence_and_reference(steps: int, batch: int, units: int, dtype: torch.dtype = torch.float32):
+    torch.manual_seed(steps * 100 + batch)
+    gru = torch.nn.GRU(units, units).to(dtype)
+    x = torch.randn(steps, batch, units, dtype=dtype, requires_grad=True)
+    reference, _ = gru(x)
+    gates_in = F.linear(x, gru.weight_ih_l0, gru.bias_ih_l0)
+    compiled = kernels.gru_recurrence(gates_in, gru.weight_hh_l0, gru.bias_hh_l0)
+    return gru, x, reference, compiled
+
+
+def test_the_kernel_is_built_and_loaded_here() -> None:
+    # Otherwise every other test of training would quietly exercise the nn.GRU fallback instead.
+    assert kernels.available()
+    assert kernels.library_path().exists()
+
+
+@pytest.mark.parametrize(("steps", "batch", "units"), [(1, 1, 1), (7, 3, 5), (51, 64, 64)])
+def test_the_recurrence_computes_torch_grus_hidden_states_and_gradients(steps: int, batch: int, units: int):
+    gru, x, reference, compiled = _recurrence_and_reference(steps, batch, units)
+    torch.testing.assert_close(compiled, reference, rtol=1e-6, atol=1e-6)
+
+    upstream = torch.randn_like(reference)
+    wrt = [x, *gru.parameters()]
+    expected = torch.autograd.grad(reference, wrt, upstream)
+    got = torch.autograd.grad(compiled, wrt, upstream)
+    for name, e, g in zip(["input", *(n for n, _ in gru.named_parameters())], expected, got, strict=True):
+        # Sums over T x B products in another order: float32 rounding relative to the gradient's scale.
+        scale = float(e.abs().max())
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6 * scale, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_the_recurrences_gradient_matches_finite_differences_in_double_precision() -> None:
+    torch.manual_seed(0)
+    units = 4
+    gates_in = torch.randn(6, 3, 3 * units, dtype=torch.float64, requires_grad=True)
+    w_hh = torch.randn(3 * units, units, dtype=torch.float64, requires_grad=True)
+    b_hh = torch.randn(3 * units, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(kernels.gru_recurrence, (gates_in, w_hh, b_hh))
+
+
+def test_shapes_that_do_not_fit_are_refused_with_what_was_expected() -> None:
+    w_hh, b_hh = torch.zeros(12, 4), torch.zeros(12)
+    with pytest.raises(RuntimeError, match=r"last dimension must be 3H = 12"):
+        kernels.gru_recurrence(torch.zeros(5, 2, 9), w_hh, b_hh)
+    with pytest.raises(RuntimeError, match=r"T > 0"):
+        kernels.gru_recurrence(torch.zeros(0, 2, 12), w_hh, b_hh)
+
+
+def test_the_agent_unrolls_through_the_kernel_as_through_nn_gru(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(1)
+    agent = RNNAgent(input_dim=9, n_actions=4, hidden_dim=16)
+    inputs = torch.randn(5, 11, 3, 9)  # [B, T, n, D]
+    compiled = agent.unroll(inputs)
+    compiled_grads = torch.autograd.grad(compiled.square().sum(), list(agent.parameters()))
+    monkeypatch.setattr(kernels, "available", lambda: False)
+    reference = agent.unroll(inputs)
+    reference_grads = torch.autograd.grad(reference.square().sum(), list(agent.parameters()))
+    torch.testing.assert_close(compiled, reference, rtol=1e-6, atol=1e-6)
+    for got, expected in zip(compiled_grads, reference_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6 * float(expected.abs().max()))
+
+
+def test_without_a_compiler_training_falls_back_to_nn_gru_and_says_so_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, capsys: pytest.CaptureFixture[str], reloaded_kernels: None
+) -> None:
+    monkeypatch.setenv("QLLM_CACHE", str(tmp_path))  # nothing built there yet
+    monkeypatch.setenv("CXX", "false")  # a compiler that always fails
+    with pytest.raises(kernels.KernelBuildError, match="the compiler failed"):
+        kernels.build()
+    assert not kernels.available()
+    assert not kernels.available()
+    said = capsys.readouterr().err
+    assert said.count("training uses torch.nn.GRU") == 1
+    assert not list((tmp_path / "kernels").glob("*.so"))  # no half-written library left to load
+
+    torch.manual_seed(2)
+    agent = RNNAgent(input_dim=6, n_actions=3, hidden_dim=8)
+    q = agent.unroll(torch.randn(2, 4, 2, 6))
+    assert q.shape == (2, 4, 2, 3) and torch.isfinite(q).all()
+
+
+def test_the_setting_disables_the_kernel(monkeypatch: pytest.MonkeyPatch, reloaded_kernels: None) -> None:
+    monkeypatch.setenv(kernels.DISABLE_ENV, "0")
+    assert not kernels.available()
+
+
+FAULTS_ON_REALLOCATION = textwrap.dedent(
+    """
+    import resource, sys, torch
+    from qllm.rl.tuning import keep_freed_memory
+    if sys.argv[1] == "keep":
+        assert keep_freed_memory()
+    def faults():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    def update():  # an update's life: several large tensors alive at once, then all freed
+        alive = [torch.ones(1 << 20) for _ in range(8)]
+        del alive
+    for _ in range(3):
+        update()
+    before = faults()
+    for _ in range(10):
+        update()
+    print(faults() - before)
+    """
+)
+
+
+def _faults_in_updates(mode: str) -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", FAULTS_ON_REALLOCATION, mode], capture_output=True, text=True, check=True
+    )
+    return int(done.stdout.strip())
+
+
+def test_training_keeps_freed_memory_so_the_next_update_does_not_fault_its_pages_in_again() -> None:
+    # 8 x 4 MB alive at once, ten times: glibc trims the freed heap top and each update faults ~8000
+    # pages back in; kept, the second update reuses the first one's memory.
+    assert _faults_in_updates("default") > 10 * 4000
+    assert _faults_in_updates("keep") < 1000
