@@ -3,6 +3,7 @@ setting that training makes (qllm.rl.tuning)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -136,6 +137,23 @@ def _faults_in_updates(mode: str) -> int:
         [sys.executable, "-c", FAULTS_ON_REALLOCATION, mode], capture_output=True, text=True, check=True
     )
     return int(done.stdout.strip())
+
+
+def test_training_holds_numpys_blas_to_its_thread_count() -> None:
+    # Otherwise OpenBLAS runs acting's small products on every core, slower, and spins on the cores
+    # the collector and the learner need. A child process, so this test's setting stays its own.
+    script = textwrap.dedent(
+        """
+        import json, threadpoolctl, torch
+        from qllm.rl.tuning import tune_process
+        tune_process(1, torch.device("cpu"))
+        pools = threadpoolctl.threadpool_info()
+        print(json.dumps([pool["num_threads"] for pool in pools if pool["user_api"] == "blas"]))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    blas_threads = json.loads(done.stdout)
+    assert blas_threads and set(blas_threads) == {1}, done.stdout
 
 
 def test_training_keeps_freed_memory_so_the_next_update_does_not_fault_its_pages_in_again() -> None:

@@ -4,6 +4,7 @@ the TFCAF slot, and exact resume."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,12 +13,14 @@ import torch
 from qllm.envs import make_env
 from qllm.envs.episodes import Episodes
 from qllm.rl import RunError, preset, train
-from qllm.rl.agent import RNNAgent, agent_inputs, episode_inputs
+from qllm.rl.agent import Actor, NumpyActor, RNNAgent, TorchActor, agent_inputs, episode_inputs
 from qllm.rl.buffer import ReplayBuffer
 from qllm.rl.learner import QLearner, td_lambda_targets
 from qllm.rl.mixers import MIXERS, TFCAF, LinearCredit
 from qllm.rl.runner import ParallelRunner, StepInputs, select_actions
 from qllm.rl.train import CHECKPOINT_DIR, FINAL_MODEL, build_mixer
+
+CPU = torch.device("cpu")
 
 # --- TD(lambda) targets, checked against hand computation ------------------------------------------
 
@@ -67,7 +70,7 @@ def _collect(task: str, episodes: int = 4, envs: int = 2) -> tuple[ParallelRunne
     buffer = ReplayBuffer(16, info)
     for start in range(0, episodes, envs):
         batch, _ = runner.run(
-            agent, list(range(start, start + envs)), 1.0, torch.Generator().manual_seed(0), "cpu"
+            agent, list(range(start, start + envs)), 1.0, torch.Generator().manual_seed(0), CPU
         )
         buffer.insert(batch)
     return runner, buffer.sample(episodes, torch.Generator().manual_seed(0)), agent
@@ -79,21 +82,34 @@ def _learner(agent: RNNAgent, runner: ParallelRunner, mixer: str = "qmix", **ove
     return QLearner(agent, MIXERS[config.mixer](info.n_agents, info.state_dim), info.n_actions, config)
 
 
-def test_acting_sees_the_same_inputs_and_values_as_the_learners_unroll() -> None:
-    # The runner steps the GRU cell on preallocated inputs; the learner unrolls nn.GRU over episode
-    # inputs. Both must give the same Q-values at every step, or acting and learning disagree.
+ACTORS: dict[str, Callable[[RNNAgent, int], Actor]] = {
+    "numpy": NumpyActor,
+    "torch": lambda agent, rows: TorchActor(agent, rows, torch.device("cpu")),
+}
+
+
+@pytest.mark.parametrize("actor_name", ACTORS)
+def test_acting_sees_the_same_inputs_and_values_as_the_learners_unroll(actor_name: str) -> None:
+    # The runner steps an actor on preallocated inputs (numpy on CPU, torch on a GPU); the learner
+    # unrolls the GRU over episode inputs. Both must give the same Q-values at every step, or acting and
+    # learning disagree.
     runner, batch, agent = _collect("lbf-5x5-2p-1f")
     info = runner.info
     steps = StepInputs(batch.n_episodes, info)
     episode = episode_inputs(batch, info.n_actions)
     unrolled = agent.unroll(episode).detach()
-    hidden = agent.initial_hidden(batch.n_episodes * info.n_agents, torch.device("cpu"))
-    for t in range(4):
+    actor = ACTORS[actor_name](agent, batch.n_episodes * info.n_agents)
+    for t in range(batch.actions.shape[1]):  # every step of the episodes (and their padding)
         steps.observe(batch.obs[:, t].numpy())
-        assert torch.equal(steps.tensor, episode[:, t])
-        q, hidden = agent.step(steps.tensor, hidden)
-        assert torch.allclose(q.detach(), unrolled[:, t], atol=1e-6)
+        assert torch.equal(torch.from_numpy(steps.array), episode[:, t])
+        q = actor.step(steps.array)
+        torch.testing.assert_close(q, unrolled[:, t], rtol=1e-5, atol=1e-6)
         steps.acted(batch.actions[:, t].numpy())
+
+
+def test_the_runner_acts_on_cpu_with_the_numpy_actor() -> None:
+    agent = RNNAgent(input_dim=9, n_actions=4, hidden_dim=8)
+    assert isinstance(agent.actor(2, torch.device("cpu")), NumpyActor)
 
 
 def test_padded_steps_do_not_change_the_loss() -> None:

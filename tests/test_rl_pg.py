@@ -20,6 +20,8 @@ from qllm.rl.policy import gumbel_noise, gumbel_softmax_hard, sample_actions
 from qllm.rl.runner import ParallelRunner, SamplePolicy
 from qllm.rl.train import FINAL_MODEL, evaluate_run
 
+CPU = torch.device("cpu")
+
 ALGOS = ("coma", "maddpg")
 TASKS = ("matrix-climbing", "mpe-spread-3", "lbf-8x8-2p-2f", "rware-tiny-2ag")
 
@@ -91,7 +93,7 @@ def test_the_critic_sees_the_other_agents_actions_and_not_its_own() -> None:
 def test_the_state_after_the_last_step_uses_the_policys_most_likely_actions() -> None:
     runner = ParallelRunner("matrix-climbing", 1)
     agent = build_agent(preset("coma"), runner.info)
-    batch, _ = runner.run(agent, [0], SamplePolicy(), torch.Generator().manual_seed(0), "cpu")
+    batch, _ = runner.run(agent, [0], SamplePolicy(), torch.Generator().manual_seed(0), CPU)
     batch = batch.trimmed()
     steps = int(batch.filled.sum())
     pi = torch.softmax(torch.randn(*batch.avail_actions.shape), dim=-1)
@@ -108,9 +110,7 @@ def test_an_actor_step_moves_probability_towards_actions_above_the_baseline() ->
     with torch.no_grad():  # a critic that values action 2 at 10 and the others at 0, whatever the state
         learner.critic.net[-1].weight.zero_()
         learner.critic.net[-1].bias.copy_(torch.tensor([0.0, 0.0, 10.0]))
-    batch, _ = runner.run(
-        learner.agent, [0, 1, 2, 3], SamplePolicy(), torch.Generator().manual_seed(0), "cpu"
-    )
+    batch, _ = runner.run(learner.agent, [0, 1, 2, 3], SamplePolicy(), torch.Generator().manual_seed(0), CPU)
 
     def mean_probability_of_action_2() -> float:
         with torch.no_grad():
@@ -164,7 +164,7 @@ def test_rollouts_sampling_from_a_policy_take_only_available_actions() -> None:
     agent = build_agent(preset("coma"), runner.info)
     with torch.no_grad():  # LOAD (last), mostly unavailable, becomes the favourite: masking must still win
         agent.fc2.bias.copy_(torch.arange(runner.info.n_actions, dtype=torch.float) * 10)
-    batch, _ = runner.run(agent, [0, 1], SamplePolicy(), torch.Generator().manual_seed(0), "cpu")
+    batch, _ = runner.run(agent, [0, 1], SamplePolicy(), torch.Generator().manual_seed(0), CPU)
     real = batch.filled.bool()
     taken = batch.avail_actions[:, :-1].gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)
     assert taken[real].all()

@@ -100,6 +100,7 @@ class LBFEnv(MultiAgentEnv):
         )
         self._obs: tuple[np.ndarray, ...] = ()
         self._food_cells = np.full((n_food, 2), -1, dtype=np.int64)
+        self._placed_flat = np.zeros(0, dtype=np.intp)  # where the placed foods lie in the flat field
 
     def _max_food_level(self) -> int:
         env = self.env
@@ -117,6 +118,7 @@ class LBFEnv(MultiAgentEnv):
         cells = np.argwhere(self.env.field > 0)  # row-major, fixed for the episode
         self._food_cells[:] = -1
         self._food_cells[: len(cells)] = cells
+        self._placed_flat = np.ravel_multi_index(tuple(cells.T), self.env.field.shape)
 
     def _step(self, actions: np.ndarray) -> tuple[float, bool, dict[str, Any]]:
         self._obs, rewards, _, _, _ = self.env.step([int(a) for a in actions])
@@ -125,11 +127,9 @@ class LBFEnv(MultiAgentEnv):
 
     def _observe(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         env = self.env
-        placed = self._food_cells[:, 0] >= 0
         levels = np.zeros(len(self._food_cells), dtype=np.float32)
-        levels[placed] = env.field[self._food_cells[placed, 0], self._food_cells[placed, 1]]
-        eaten = levels == 0
-        food_position = np.where(eaten[:, None], EMPTY_FOOD, self._food_cells).astype(np.float32)
+        levels[: len(self._placed_flat)] = env.field.take(self._placed_flat)  # the placed foods' levels now
+        food_position = np.where(levels[:, None] == 0, EMPTY_FOOD, self._food_cells)
         state = self._pack_state(
             {
                 "agent_position": [p.position for p in env.players],

@@ -2,9 +2,9 @@
 
 The episodes are collected by :func:`qllm.envs.episodes.rollout`, the loop that recordings use too.
 Every step does one batched forward of the shared agent network for all agents of all environments
-(on the learner's device, from preallocated inputs), then steps each still-running environment in a
-plain Python loop: on two cores that beats worker processes (measured), and LBF/RWARE do not fit
-gymnasium's vector envs (their rewards are lists).
+(an :class:`~qllm.rl.agent.Actor`: numpy on CPU, torch on the learner's GPU; from preallocated inputs),
+then steps each still-running environment in a plain Python loop: on two cores that beats worker
+processes (measured), and LBF/RWARE do not fit gymnasium's vector envs (their rewards are lists).
 
 How the network's outputs become actions is a strategy, an :class:`ActionSelector`: epsilon-greedy over
 Q-values for the value-based learners (greedy, epsilon 0, for evaluation), or a sample from the policy
@@ -98,8 +98,6 @@ class StepInputs:
         n, self.obs_dim, self.n_actions = info.n_agents, info.obs_dim, info.n_actions
         self.array = np.zeros((n_envs, n, self.obs_dim + self.n_actions + n), dtype=np.float32)
         self.array[:, :, self.obs_dim + self.n_actions :] = np.eye(n, dtype=np.float32)
-        self.tensor = torch.from_numpy(self.array)
-        """Shares the array's memory."""
         self._last_action = self.array[:, :, self.obs_dim : self.obs_dim + self.n_actions]
         self._envs, self._agents = np.indices((n_envs, n))
 
@@ -140,13 +138,12 @@ class ParallelRunner:
         if not 1 <= len(seeds) <= len(self.envs):
             raise ValueError(f"need 1 to {len(self.envs)} seeds (one per environment), got {len(seeds)}")
         inputs = StepInputs(len(seeds), self.info)
-        hidden = agent.initial_hidden(len(seeds) * self.info.n_agents, device)
+        actor = agent.actor(len(seeds) * self.info.n_agents, device)
 
         def act(t: int, obs: np.ndarray, avail_actions: np.ndarray) -> np.ndarray:
-            nonlocal hidden
             inputs.observe(obs)
-            outputs, hidden = agent.step(inputs.tensor.to(device), hidden)
-            actions = select(outputs.cpu(), torch.from_numpy(avail_actions), generator).numpy()
+            outputs = actor.step(inputs.array)
+            actions = select(outputs, torch.from_numpy(avail_actions), generator).numpy()
             inputs.acted(actions)  # the network has read this step's inputs: the next step's last actions
             return actions
 

@@ -4,11 +4,17 @@ means with 95% intervals, the paired difference (same seeds) with its interval, 
 Reads the JSON files `benchmarks/learning_check.py --json` wrote: the first way's runs (any number of
 files, their seeds pooled) and the second way's. Writes the plot beside this script.
 
-Run (collecting in line against ahead; the compiled GRU kernel's commit against the one before it):
+Run (collecting in line against ahead; the compiled GRU kernel's commit against the one before it;
+acting in numpy against the kernel's commit):
     .venv/bin/python reports/training-speed/learning_paired.py --labels "in line" ahead \
-        --first learning_after.json learning_in_line.json --second learning_ahead.json --png learning_ahead.png
+        --first learning_after.json learning_in_line.json --second learning_ahead.json \
+        --png learning_ahead.png
     .venv/bin/python reports/training-speed/learning_paired.py --labels "before" "kernel" \
-        --first learning_ahead.json --second learning_kernel.json --png learning_kernel.png
+        --first learning_ahead.json --second learning_kernel_qmix.json learning_kernel_vdn.json \
+        --png learning_kernel.png
+    .venv/bin/python reports/training-speed/learning_paired.py --labels kernel "numpy acting" \
+        --first learning_kernel_qmix.json learning_kernel_vdn.json \
+        --second learning_numpy_qmix.json learning_numpy_vdn.json --png learning_numpy.png
 """
 
 from __future__ import annotations
