@@ -1,5 +1,5 @@
-"""The compiled GRU recurrence (qllm.rl.kernels) against torch.nn.GRU, its fallback, and the allocator
-setting that training makes (qllm.rl.tuning)."""
+"""The compiled GRU recurrence (qllm.rl.kernels) against torch.nn.GRU, its fallback, and the process
+settings that training makes (qllm.rl.tuning): numpy's BLAS threads and the allocator's."""
 
 from __future__ import annotations
 

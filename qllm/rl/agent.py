@@ -125,11 +125,11 @@ class NumpyActor:
     which cannot overflow."""
 
     def __init__(self, agent: RNNAgent, rows: int) -> None:
-        weights = {name: tensor.detach().numpy() for name, tensor in agent.named_parameters()}
-        self.w_in, self.b_in = weights["fc1.weight"].T, weights["fc1.bias"]
-        self.w_ih, self.b_ih = weights["rnn.weight_ih_l0"].T, weights["rnn.bias_ih_l0"]
-        self.w_hh, self.b_hh = weights["rnn.weight_hh_l0"].T, weights["rnn.bias_hh_l0"]
-        self.w_out, self.b_out = weights["fc2.weight"].T, weights["fc2.bias"]
+        fc_in, rnn, fc_out = agent.fc1, agent.rnn, agent.fc2
+        self.w_in, self.b_in = _view(fc_in.weight).T, _view(fc_in.bias)
+        self.w_ih, self.b_ih = _view(rnn.weight_ih_l0).T, _view(rnn.bias_ih_l0)
+        self.w_hh, self.b_hh = _view(rnn.weight_hh_l0).T, _view(rnn.bias_hh_l0)
+        self.w_out, self.b_out = _view(fc_out.weight).T, _view(fc_out.bias)
         self.units = agent.hidden_dim
         self.hidden = np.zeros((rows, agent.hidden_dim), dtype=np.float32)
 
@@ -158,6 +158,10 @@ class NumpyActor:
         outputs = h @ self.w_out
         outputs += self.b_out
         return torch.from_numpy(outputs.reshape(e, n, -1))
+
+
+def _view(parameter: torch.Tensor) -> np.ndarray:
+    return parameter.detach().numpy()
 
 
 def build_agent(config: TrainConfig, info: EnvInfo) -> RNNAgent:
