@@ -4,9 +4,10 @@ For lbf-8x8-2p-2f with 1 and 8 environments (2 and 16 rows of the agent network,
 the time of one acting step of each actor (:class:`qllm.rl.agent.NumpyActor`, and
 :class:`qllm.rl.agent.TorchActor`, which runs :meth:`RNNAgent.step`), and the time per environment step
 of whole rollouts through ``ParallelRunner.run`` with each (epsilon 0.5, the same seeds both ways).
-Both ways run in this one process with one torch thread, alternating in rounds; the median and the
-fastest round are printed. The machine's speed drifts within minutes here, so compare the two columns
-of one row, not rows of different runs.
+Both ways run in this one process, tuned as training tunes it (one thread for torch and for numpy's
+BLAS: qllm.rl.tuning), alternating in rounds; the median and the fastest round are printed. The
+machine's speed drifts within minutes here, so compare the two columns of one row, not rows of
+different runs.
 
 Run:  .venv/bin/python benchmarks/acting.py [--rounds 10]
 """
@@ -23,6 +24,7 @@ import torch
 
 from qllm.rl.agent import Actor, RNNAgent, TorchActor
 from qllm.rl.runner import ParallelRunner
+from qllm.rl.tuning import tune_process
 
 Timed = dict[str, Callable[[], float]]
 """Each way's call, which returns its own time per unit in microseconds."""
@@ -93,7 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    tune_process(1, CPU)
     torch.manual_seed(0)
     info = ParallelRunner(TASK, 1).info
     numpy_agent = RNNAgent(info.obs_dim + info.n_actions + info.n_agents, info.n_actions)
