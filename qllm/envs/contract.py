@@ -130,6 +130,7 @@ class MultiAgentEnv(ABC):
         # expose it as the `last_action` field, so it is tracked here once for every family.
         self._last_action = np.zeros((info.n_agents, info.n_actions), dtype=np.float32)
         self._avail = np.ones((info.n_agents, info.n_actions), dtype=bool)
+        self._agents = np.arange(info.n_agents)
 
     # --- public API -------------------------------------------------------------------------------
 
@@ -147,7 +148,7 @@ class MultiAgentEnv(ABC):
             raise RuntimeError("step() called on a finished episode: call reset() first")
         joint = self._validate(actions) if CHECKS else np.asarray(actions, dtype=np.int64)
         self._last_action[:] = 0.0
-        self._last_action[np.arange(self.info.n_agents), joint] = 1.0
+        self._last_action[self._agents, joint] = 1.0
         reward, terminated, info = self._step(joint)
         self._t += 1
         truncated = not terminated and self._t >= self.info.episode_limit
