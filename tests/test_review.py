@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -250,6 +251,51 @@ def test_ctrl_c_while_the_listener_prints_ends_the_run_without_waiting_for_a_mod
     finally:
         answered.set()
         running.join(timeout=30)
+
+
+# Run in a child process: the test sends Ctrl-C to the process it runs in.
+INSIDE_THE_GRAPHS_CODE = """
+import asyncio, os, signal, threading, time
+from qllm.agents import run
+
+answered = threading.Event()
+threading.Timer(20.0, answered.set).start()  # without the fix, the stream ends when the call answers
+
+async def graph_code():
+    call = asyncio.get_running_loop().run_in_executor(None, answered.wait)  # a model call in flight
+    try:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, while the main thread runs the graph's code
+        for _ in range(10):
+            await asyncio.sleep(0)
+        yield "an event"
+    except BaseException:
+        await call  # as LangGraph's task executor waits for its tasks in flight
+        raise
+
+began = time.monotonic()
+try:
+    list(run._driven(graph_code()))
+except KeyboardInterrupt:
+    print(f"interrupted after {time.monotonic() - began:.1f} s", flush=True)
+os._exit(0)
+"""
+
+
+def test_ctrl_c_inside_the_graphs_code_ends_the_stream_without_waiting_for_its_tasks() -> None:
+    # Ctrl-C used to raise wherever the main thread was. Inside the graph's coroutines, LangGraph's task
+    # executor catches it on the way out and waits for its tasks in flight (a model call) before it
+    # lets it through: the CLI sat there for the length of the call.
+    child = subprocess.run(
+        [sys.executable, "-c", INSIDE_THE_GRAPHS_CODE],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    interrupted = re.search(r"interrupted after ([\d.]+) s", child.stdout)
+    assert interrupted, child.stdout + child.stderr
+    seconds = float(interrupted.group(1))
+    assert seconds < 5, f"the stream waited {seconds} s for the call in flight after Ctrl-C"
 
 
 def _read_until(process: subprocess.Popen[bytes], marker: str, timeout_s: float) -> str:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing, contextmanager
@@ -341,9 +343,11 @@ def _driven(chunks: AsyncIterator[T]) -> Iterator[T]:
         while True:
             step = asyncio.ensure_future(anext(chunks), loop=loop)
             try:
-                yield loop.run_until_complete(step)
+                with _ctrl_c_between_callbacks(loop):
+                    chunk = loop.run_until_complete(step)
             except StopAsyncIteration:
                 return
+            yield chunk
     except KeyboardInterrupt:
         # Ctrl-C ends the stream now, without waiting for the step: its thread may be in a model call
         # for minutes. Nothing is lost: the trace and the checkpoints are written as the run goes.
@@ -357,6 +361,32 @@ def _driven(chunks: AsyncIterator[T]) -> Iterator[T]:
             loop.run_until_complete(chunks.aclose())
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
+
+
+@contextmanager
+def _ctrl_c_between_callbacks(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+    """While ``loop`` runs, Ctrl-C raised by the loop between two callbacks, not inside the graph's code.
+
+    Python raises KeyboardInterrupt wherever the main thread is when the signal arrives. Inside the
+    graph's own coroutines, LangGraph's task executor catches it on the way out and waits for every
+    task in flight, a model call among them (minutes), before it lets the interrupt through. Raised
+    from a callback of the loop, it leaves ``run_until_complete`` at once. Only where Ctrl-C is
+    Python's default (not ignored, no other handler) and on the main thread, where signals land."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    loop.add_signal_handler(signal.SIGINT, _raise_keyboard_interrupt)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)  # puts back Python's default handler
+
+
+def _raise_keyboard_interrupt() -> None:
+    raise KeyboardInterrupt
 
 
 INTERRUPT = "__interrupt__"
