@@ -186,7 +186,7 @@ class MultiAgentEnv(ABC):
             raise ValueError(f"expected {n} integer actions, got {joint.tolist()!r}")
         if joint.min() < 0 or joint.max() >= n_actions:
             raise ValueError(f"actions must be in [0, {n_actions}), got {joint.tolist()}")
-        unavailable = np.flatnonzero(~self._avail[np.arange(n), joint])
+        unavailable = np.flatnonzero(~self._avail[self._agents, joint])
         if unavailable.size:
             raise ValueError(
                 f"agents {unavailable.tolist()} chose unavailable actions "
