@@ -19,6 +19,7 @@ from qllm.rl.learner import QLearner, td_lambda_targets
 from qllm.rl.mixers import MIXERS, TFCAF, LinearCredit
 from qllm.rl.runner import ParallelRunner, StepInputs, select_actions
 from qllm.rl.train import CHECKPOINT_DIR, FINAL_MODEL, build_mixer
+from qllm.sandbox.client import SandboxWorker
 
 CPU = torch.device("cpu")
 
@@ -186,7 +187,17 @@ def test_a_credit_function_not_linear_in_q_mixes_in_process_with_gradients(tmp_p
     assert q.grad is not None and q.grad.abs().sum() > 0
 
 
-def test_a_credit_function_linear_in_q_trains_on_credit_from_the_sandbox(tmp_path: Path) -> None:
+def test_a_credit_function_linear_in_q_trains_on_credit_from_the_sandbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    starts: list[SandboxWorker] = []
+    start = SandboxWorker.start
+
+    def counted_start(worker: SandboxWorker) -> None:
+        starts.append(worker)
+        start(worker)
+
+    monkeypatch.setattr(SandboxWorker, "start", counted_start)
     path = tmp_path / "softmax.py"
     path.write_text(
         "import torch\n\n\ndef credit_assignment(agents_q, state):\n"
@@ -202,6 +213,7 @@ def test_a_credit_function_linear_in_q_trains_on_credit_from_the_sandbox(tmp_pat
         stored = credit(states)
     finally:
         credit.close()
+    assert len(starts) == 1  # the worker that validated the function computed its credit: one ~10 s start
     assert stored.shape == (3, 5, info.n_agents + 1)
     expected = torch.softmax(states[..., : info.n_agents], dim=-1) * info.n_agents
     assert torch.allclose(stored[..., :-1], expected, atol=1e-6)

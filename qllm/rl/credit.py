@@ -41,14 +41,19 @@ class SandboxCredit:
         source: str,
         n_agents: int,
         monotonic: bool,
+        *,
         call_budget_s: float = SandboxLimits.wall_s,
         max_states: int = 500_000,
+        sandbox: Sandbox | None = None,
     ) -> None:
+        """``sandbox``: a warm sandbox to compute in, which this object then owns and closes (the one that
+        validated the function, whose worker is already running); a new one when None."""
         self.n_agents, self.max_states = n_agents, max_states
         self.sha256 = hashlib.sha256(source.encode()).hexdigest()
         """Identifies the function whose credit a replay buffer holds (a resumed run may bring a new one)."""
-        self.sandbox = Sandbox(limits=SandboxLimits(wall_s=call_budget_s, cpu_s=math.ceil(call_budget_s)))
-        self.session = self.sandbox.credit_session(source, n_agents, monotonic)
+        self.sandbox = sandbox or Sandbox()
+        call_limits = SandboxLimits(wall_s=call_budget_s, cpu_s=math.ceil(call_budget_s))
+        self.session = self.sandbox.credit_session(source, n_agents, monotonic, call_limits)
         self.memo: dict[bytes, np.ndarray] = {}
         self.calls = 0
         """Sandbox calls so far (one per batch that brought new states)."""

@@ -72,8 +72,12 @@ def read_header(source: str) -> dict[str, Any]:
     return header if isinstance(header, dict) else {}
 
 
-def load_tfcaf(path: Path, info: EnvInfo, monotonic: bool = True) -> ValidatedTFCAF:
-    """Validate the credit function at ``path`` on ``info.task`` in the sandbox; else :class:`TFCAFError`."""
+def load_tfcaf(
+    path: Path, info: EnvInfo, monotonic: bool = True, sandbox: Sandbox | None = None
+) -> ValidatedTFCAF:
+    """Validate the credit function at ``path`` on ``info.task`` in ``sandbox`` (left open, so that the
+    trainer computes the function's credit in the worker that validated it: a gVisor worker takes about
+    10 s to start), or in a sandbox of its own; else :class:`TFCAFError`."""
     try:
         source = read_candidate_file(path)
     except CandidateFileError as exc:
@@ -85,8 +89,12 @@ def load_tfcaf(path: Path, info: EnvInfo, monotonic: bool = True) -> ValidatedTF
             f"(task {header.get('task', '?')}), but {info.task} has state size {info.state_dim}"
         )
     inputs = ValidationInputs.from_recording(record(info.task, VALIDATION_EPISODES, seed=0))
-    with Sandbox() as sandbox:
-        verdict = sandbox.validate(source, inputs, CheckOptions(require_monotonic=monotonic))
+    options = CheckOptions(require_monotonic=monotonic)
+    if sandbox is not None:
+        verdict = sandbox.validate(source, inputs, options)
+    else:
+        with Sandbox() as own:
+            verdict = own.validate(source, inputs, options)
     if not verdict.ok:
         raise TFCAFError(f"{path} failed validation on {info.task}: {verdict.feedback()}")
     return ValidatedTFCAF(path=path, source=source, verdict=verdict)

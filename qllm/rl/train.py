@@ -45,6 +45,7 @@ from qllm.rl.mixers import MIXERS, TFCAF, LinearCredit, Mixer
 from qllm.rl.runner import GREEDY, EpsilonGreedy, ParallelRunner, RolloutStats
 from qllm.rl.tfcaf import load_tfcaf
 from qllm.rl.tuning import tune_process
+from qllm.sandbox import Sandbox
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -147,10 +148,18 @@ def build_mixer(config: TrainConfig, info: EnvInfo) -> tuple[Mixer, SandboxCredi
         ), None
     if not config.tfcaf:
         raise ValueError("the tfcaf mixer needs a credit function (--tfcaf FILE)")
-    tfcaf = load_tfcaf(Path(config.tfcaf), info, monotonic=config.tfcaf_monotonic)
     budget = config.credit_call_budget_s
-    if tfcaf.linear_in_q:
-        return LinearCredit(n, state_dim), SandboxCredit(tfcaf.source, n, config.tfcaf_monotonic, budget)
+    # One worker validates the function and, if it is linear in Q, computes its credit: a gVisor worker
+    # takes about 10 s to start. It is closed here unless the credit, which then owns it, needs it.
+    with ExitStack() as unless_kept:
+        sandbox = unless_kept.enter_context(Sandbox())
+        tfcaf = load_tfcaf(Path(config.tfcaf), info, monotonic=config.tfcaf_monotonic, sandbox=sandbox)
+        if tfcaf.linear_in_q:
+            credit = SandboxCredit(
+                tfcaf.source, n, config.tfcaf_monotonic, call_budget_s=budget, sandbox=sandbox
+            )
+            unless_kept.pop_all()
+            return LinearCredit(n, state_dim), credit
     function = tfcaf.load_restricted().function
     return TFCAF(n, state_dim, credit_function=function, call_budget_s=budget), None
 

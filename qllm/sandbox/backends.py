@@ -213,7 +213,10 @@ class GvisorBackend(Backend):
     def _run_argv(self, process: list[str]) -> list[str]:
         state = Path(tempfile.mkdtemp(prefix="state-", dir=self._home))
         self._states.append(state)
-        flags = ["--root", str(state), "--network=none", "--ignore-cgroups"]
+        # The binds are read-only and nothing changes them while a worker lives, so the Sentry may cache
+        # their files as it does the root's ("exclusive"): a worker then starts in about 8.7 s instead of
+        # 11 (median of 3, alternating; most of it is importing torch through the gofer).
+        flags = ["--root", str(state), "--network=none", "--ignore-cgroups", "--file-access-mounts=exclusive"]
         if os.geteuid() != 0:
             flags.append("--rootless")
         container = f"qllm-{uuid.uuid4().hex[:12]}"

@@ -234,12 +234,15 @@ class Sandbox:
         }
         return self._run(job, CreditResult)
 
-    def credit_session(self, source: str, n_agents: int, monotonic: bool) -> CreditSession:
+    def credit_session(
+        self, source: str, n_agents: int, monotonic: bool, limits: SandboxLimits | None = None
+    ) -> CreditSession:
         """What :meth:`credit` computes, for many batches of states with one function: loaded once (on
-        the first call), each call limited as one job is. Needs a warm sandbox."""
+        the first call), each call limited as one job is, by ``limits`` (default: this sandbox's). Needs
+        a warm sandbox; the worker may have served other jobs (the function's validation, say) first."""
         if not self.warm:
             raise ValueError("a credit session lives in a warm worker: use Sandbox(warm=True)")
-        return CreditSession(self, source, n_agents, monotonic)
+        return CreditSession(self, source, n_agents, monotonic, limits or self.limits)
 
     def load(
         self, source: str, inputs: ValidationInputs, options: CheckOptions | None = None
@@ -262,11 +265,15 @@ class Sandbox:
         job = {"kind": "probe", "source": python_source, "limits": self.limits.to_dict()}
         return self._run(job, ValidationResult)
 
-    def _run(self, job: dict[str, Any], result_type: type[AnyVerdict]) -> AnyVerdict:
+    def _run(
+        self, job: dict[str, Any], result_type: type[AnyVerdict], limits: SandboxLimits | None = None
+    ) -> AnyVerdict:
+        """``job``'s verdict, waiting for it as long as ``limits`` (default: this sandbox's) allow."""
         start = time.monotonic()
+        wall_s = (limits or self.limits).wall_s
         with self._lock:
             try:
-                answer = self._worker.submit(job, timeout_s=self.limits.wall_s + ANSWER_MARGIN_S)
+                answer = self._worker.submit(job, timeout_s=wall_s + ANSWER_MARGIN_S)
                 result = result_type.model_validate(answer)
             except (ProtocolError, OSError, ValueError) as exc:
                 self._worker.close()  # a worker that misbehaved is never reused
@@ -289,8 +296,11 @@ class CreditSession:
     loads the function again, as does the first call after the worker was restarted.
     """
 
-    def __init__(self, sandbox: Sandbox, source: str, n_agents: int, monotonic: bool) -> None:
+    def __init__(
+        self, sandbox: Sandbox, source: str, n_agents: int, monotonic: bool, limits: SandboxLimits
+    ) -> None:
         self.sandbox, self.source, self.n_agents, self.monotonic = sandbox, source, n_agents, monotonic
+        self.limits = limits
         self._session: int | None = None
         self._worker_starts = 0
 
@@ -300,14 +310,14 @@ class CreditSession:
         if failed_to_load is not None:
             return failed_to_load
         job = {"kind": "credit", "session": self._session, "states": encode_array(states.numpy())}
-        result = self.sandbox._run(job, CreditResult)
+        result = self.sandbox._run(job, CreditResult, self.limits)
         if not result.ok:
             self._session = None  # the worker ended it
         return result
 
     def close(self) -> None:
         if self._loaded():
-            self.sandbox._run({"kind": "credit-close", "session": self._session}, CreditResult)
+            self.sandbox._run({"kind": "credit-close", "session": self._session}, CreditResult, self.limits)
         self._session = None
 
     def _loaded(self) -> bool:
@@ -324,9 +334,9 @@ class CreditSession:
             "source": self.source,
             "n_agents": self.n_agents,
             "monotonic": self.monotonic,
-            "limits": self.sandbox.limits.to_dict(),
+            "limits": self.limits.to_dict(),
         }
-        opened = self.sandbox._run(job, CreditResult)
+        opened = self.sandbox._run(job, CreditResult, self.limits)
         self._session, self._worker_starts = opened.session, self.sandbox._worker.starts
         if not opened.ok or opened.session is None:
             self._session = None

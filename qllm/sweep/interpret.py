@@ -11,6 +11,7 @@ reward and each agent's action.
 
 from __future__ import annotations
 
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from qllm.rl.credit import SandboxCredit
 from qllm.rl.runner import GREEDY, ParallelRunner
 from qllm.rl.tfcaf import load_tfcaf
 from qllm.rl.train import EVAL_SEED_OFFSET, load_trained_agent
+from qllm.sandbox import Sandbox
 
 EPISODES = 8
 """Greedy episodes played to pick the one shown."""
@@ -61,13 +63,12 @@ def credit_episode(run_dir: Path, credit_file: Path, episodes: int = EPISODES) -
     batch = batch[best : best + 1]
     info = runner.info
     steps = int(batch.filled[0].sum())
-    tfcaf = load_tfcaf(credit_file, info, monotonic=config.tfcaf_monotonic)
-    # In the sandbox, like training: w(s) = dQ_tot/dQ and b(s) at Q = 0 (exact for functions linear in Q).
-    credit = SandboxCredit(tfcaf.source, info.n_agents, monotonic=config.tfcaf_monotonic)
-    try:
-        values = credit(batch.state[0, :steps])
-    finally:
-        credit.close()
+    with Sandbox() as sandbox:  # one worker validates the function, then computes its credit
+        tfcaf = load_tfcaf(credit_file, info, monotonic=config.tfcaf_monotonic, sandbox=sandbox)
+        # As in training: w(s) = dQ_tot/dQ and b(s) at Q = 0 (exact for functions linear in Q).
+        credit = SandboxCredit(tfcaf.source, info.n_agents, monotonic=config.tfcaf_monotonic, sandbox=sandbox)
+        with closing(credit):
+            values = credit(batch.state[0, :steps])
     weights, bias = values[:, : info.n_agents], values[:, info.n_agents]
     return CreditEpisode(
         task=config.task,
