@@ -5,8 +5,9 @@ the answer. A busy machine can leave the worker descheduled long enough for a qu
 ready *and* answered before the worker reads anything: both frames then arrive in one read.
 
 Up to ``SPARES`` children are forked ahead, while no job waits, so that a burst of candidates each find
-one; a credit session (a trainer's) needs none, and ends the others. After each job the worker empties
-its private scratch folders, but not what is bound into them.
+one; a credit session (a trainer's) needs none, and ends the others, as does a job that says it wants
+none after it. After each job the worker empties its private scratch folders, but not what is bound
+into them.
 """
 
 from __future__ import annotations
@@ -128,6 +129,20 @@ def test_a_credit_session_ends_the_other_spares_and_none_are_forked_after_it(
         assert not spares.ready
     finally:
         session_child.stop()
+
+
+def test_a_job_that_wants_no_spares_after_it_ends_the_others_and_none_are_forked_after_it(
+    spares: worker._Spares,
+) -> None:
+    # A trainer's validation (Sandbox(spares=False)): spares warmed on its states would be memory for nothing.
+    spares.replenish(job_waiting=lambda: False)
+    others = [child.pid for child in list(spares.ready)[1:]]
+    answer = spares.take({**_probe("x = 1"), "spares": False}).answer_once()
+    assert answer["ok"], answer
+    worker._reap_retired()
+    assert others and not any(_alive(pid) for pid in others)
+    spares.replenish(job_waiting=lambda: False)
+    assert not spares.ready
 
 
 def test_emptying_the_scratch_folder_removes_what_jobs_wrote_but_not_what_is_bound_into_it(

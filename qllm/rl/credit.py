@@ -51,7 +51,7 @@ class SandboxCredit:
         self.n_agents, self.max_states = n_agents, max_states
         self.sha256 = hashlib.sha256(source.encode()).hexdigest()
         """Identifies the function whose credit a replay buffer holds (a resumed run may bring a new one)."""
-        self.sandbox = sandbox or Sandbox()
+        self.sandbox = sandbox or Sandbox(spares=False)
         call_limits = SandboxLimits(wall_s=call_budget_s, cpu_s=math.ceil(call_budget_s))
         self.session = self.sandbox.credit_session(source, n_agents, monotonic, call_limits)
         self.memo: dict[bytes, np.ndarray] = {}

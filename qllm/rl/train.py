@@ -152,7 +152,7 @@ def build_mixer(config: TrainConfig, info: EnvInfo) -> tuple[Mixer, SandboxCredi
     # One worker validates the function and, if it is linear in Q, computes its credit: a gVisor worker
     # takes about 10 s to start. It is closed here unless the credit, which then owns it, needs it.
     with ExitStack() as unless_kept:
-        sandbox = unless_kept.enter_context(Sandbox())
+        sandbox = unless_kept.enter_context(Sandbox(spares=False))
         tfcaf = load_tfcaf(Path(config.tfcaf), info, monotonic=config.tfcaf_monotonic, sandbox=sandbox)
         if tfcaf.linear_in_q:
             credit = SandboxCredit(

@@ -187,10 +187,16 @@ class Sandbox:
         backend: str | Backend = "auto",
         limits: SandboxLimits | None = None,
         warm: bool = True,
+        spares: bool = True,
     ) -> None:
+        """``spares``: whether the worker forks children ahead of the next jobs (the generation graph checks
+        its candidates in bursts). A sandbox that validates one function, then computes its credit (a
+        trainer's), needs none: spares forked after its validation would each warm up on the validation
+        states, for nothing, and keep that memory while it trains."""
         self.backend = detect_backend(backend) if isinstance(backend, str) else backend
         self.limits = limits or SandboxLimits()
         self.warm = warm
+        self.spares = spares
         self._worker = SandboxWorker(self.backend)
         self._lock = threading.Lock()
 
@@ -273,6 +279,7 @@ class Sandbox:
         wall_s = (limits or self.limits).wall_s
         with self._lock:
             try:
+                job = {**job, "spares": self.spares}
                 answer = self._worker.submit(job, timeout_s=wall_s + ANSWER_MARGIN_S)
                 result = result_type.model_validate(answer)
             except (ProtocolError, OSError, ValueError) as exc:

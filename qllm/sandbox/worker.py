@@ -381,7 +381,8 @@ class _Spares:
         self.warm_job: dict[str, Any] | None = None
         """The last warmed kind of job, with its inputs and settings, for the next spares to warm up on."""
         self.wanted = True
-        """False after a job that opened a credit session: a trainer's worker needs no spare."""
+        """False after a job that opened a credit session, or that said no spares are wanted after it (the
+        client's ``Sandbox(spares=False)``): a trainer's worker needs none."""
 
     def replenish(self, job_waiting: Callable[[], bool]) -> None:
         """Fork spares up to :data:`SPARES`, one at a time, each only while ``job_waiting()`` is false:
@@ -402,7 +403,7 @@ class _Spares:
                 raise OSError(f"a new child process did not start: {why}")
         if job.get("kind") in WARMED_KINDS:
             self.warm_job = {key: value for key, value in job.items() if key != "source"}
-        self.wanted = job.get("kind") != "credit-open"
+        self.wanted = job.get("kind") != "credit-open" and bool(job.get("spares", True))
         while not self.wanted and self.ready:  # ended with the answer, like a finished job's child
             self.ready.popleft().retire()
         return child

@@ -63,7 +63,7 @@ def credit_episode(run_dir: Path, credit_file: Path, episodes: int = EPISODES) -
     batch = batch[best : best + 1]
     info = runner.info
     steps = int(batch.filled[0].sum())
-    with Sandbox() as sandbox:  # one worker validates the function, then computes its credit
+    with Sandbox(spares=False) as sandbox:  # one worker validates the function, then computes its credit
         tfcaf = load_tfcaf(credit_file, info, monotonic=config.tfcaf_monotonic, sandbox=sandbox)
         # As in training: w(s) = dQ_tot/dQ and b(s) at Q = 0 (exact for functions linear in Q).
         credit = SandboxCredit(tfcaf.source, info.n_agents, monotonic=config.tfcaf_monotonic, sandbox=sandbox)
