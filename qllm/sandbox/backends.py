@@ -213,10 +213,10 @@ class GvisorBackend(Backend):
     def _run_argv(self, process: list[str]) -> list[str]:
         state = Path(tempfile.mkdtemp(prefix="state-", dir=self._home))
         self._states.append(state)
-        # The binds are read-only and nothing changes them while a worker lives, so the Sentry may cache
-        # their files as it does the root's ("exclusive"): a worker then starts in about 8.7 s instead of
-        # 11 (median of 3, alternating; most of it is importing torch through the gofer).
-        flags = ["--root", str(state), "--network=none", "--ignore-cgroups", "--file-access-mounts=exclusive"]
+        # Not --file-access-mounts=exclusive (caching the read-only binds' files in the Sentry): a worker
+        # started 1-2 s sooner with it, but each warm validation took 25-36 ms instead of 20-21 (a child is
+        # forked per candidate), twice in a row, alternating with this (benchmarks/sandbox_latency.py).
+        flags = ["--root", str(state), "--network=none", "--ignore-cgroups"]
         if os.geteuid() != 0:
             flags.append("--rootless")
         container = f"qllm-{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,81 @@
+"""Peak memory of one `qllm train` process tree, and which processes held it at the peak.
+
+Runs `QLLM train ARGS...` (a `qllm` executable: this checkout's or an earlier one's) in a temporary runs
+folder, samples the summed PSS of the process and all its descendants every 0.1 s (the trainer, the
+collector, gVisor's sentry and gofer, the sandbox worker), and prints the wall time, the peak, when it
+came, and the peak's PSS by process name (``exe`` is gVisor's sentry, which holds the sandboxed
+processes' memory). PSS, not RSS: a forked process's shared pages count once across the tree.
+
+Run:  .venv/bin/python reports/training-speed/tree_memory.py .venv/bin/qllm --task lbf-8x8-2p-2f \\
+          --mixer qllm --steps 50000 --tfcaf FILE
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+PERIOD_S = 0.1
+
+
+def descendants(root: int) -> list[int]:
+    """``root`` and every process below it."""
+    children: defaultdict[int, list[int]] = defaultdict(list)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:  # the parent is the second field after the command name, which may hold spaces
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+            children[parent].append(int(entry.name))
+    found, pending = [], [root]
+    while pending:
+        pid = pending.pop()
+        found.append(pid)
+        pending.extend(children[pid])
+    return found
+
+
+def pss_by_name(pids: list[int]) -> dict[str, float]:
+    """PSS in MB per process name."""
+    by_name: defaultdict[str, float] = defaultdict(float)
+    for pid in pids:
+        try:
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+        except OSError:
+            continue
+        kb = next((int(line.split()[1]) for line in rollup if line.startswith("Pss:")), 0)
+        by_name[name] += kb / 1024
+    return dict(by_name)
+
+
+def main() -> None:
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    qllm, args = sys.argv[1], sys.argv[2:]
+    with tempfile.TemporaryDirectory() as runs, tempfile.TemporaryFile() as errors:
+        start = time.perf_counter()
+        process = subprocess.Popen(
+            [qllm, "train", *args, "--runs-dir", runs], stdout=subprocess.DEVNULL, stderr=errors
+        )
+        peak, peak_at, peak_parts = 0.0, 0.0, {}
+        while process.poll() is None:
+            parts = pss_by_name(descendants(process.pid))
+            if sum(parts.values()) > peak:
+                peak, peak_at, peak_parts = sum(parts.values()), time.perf_counter() - start, parts
+            time.sleep(PERIOD_S)
+        wall = time.perf_counter() - start
+        if process.returncode:
+            errors.seek(0)
+            sys.exit(f"qllm train exited with {process.returncode}: {errors.read().decode()[-2000:]}")
+    held = ", ".join(f"{name} {mb:.0f}" for name, mb in sorted(peak_parts.items(), key=lambda kv: -kv[1]))
+    print(f"{qllm}: wall {wall:.1f} s, peak PSS {peak:.0f} MB at {peak_at:.1f} s ({held})")
+
+
+if __name__ == "__main__":
+    main()
