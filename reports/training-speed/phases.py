@@ -2,13 +2,15 @@
 
 Prints one line to stderr: seconds spent importing qllm, collecting episodes in this process
 (evaluation, and training episodes collected in line), waiting for the episodes a collector process
-collects ahead (where qllm has one), evaluating, in the learner's updates, logging, checkpointing and
-plotting, and the total. The timers wrap the functions by name, so a checkout of any qllm with the same
-functions can be timed with the same script: run it with that checkout's venv. Extra arguments go to
-`qllm train` (say, --collect-in-line).
+collects ahead (where qllm has one), evaluating, in the learner's updates, logging, checkpointing,
+plotting, in the sandbox where the mixer is a credit function (its worker's start and close, the
+validation, the credit calls), and the total. The timers wrap the functions by name, so a checkout of
+any qllm with the same functions can be timed with the same script: run it with that checkout's venv.
+Extra arguments go to `qllm train` (say, --collect-in-line).
 
 Run (before / after in turn):  BEFORE/.venv/bin/python reports/training-speed/phases.py --steps 20000
                                .venv/bin/python reports/training-speed/phases.py --steps 20000
+      the qllm preset:         .venv/bin/python reports/training-speed/phases.py --mixer qllm --tfcaf FILE
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from typing import Any
 start = time.perf_counter()
 train_module = importlib.import_module("qllm.rl.train")  # the module, not the function qllm.rl exports
 from qllm.cli import main as qllm_main  # noqa: E402
+from qllm.rl.credit import SandboxCredit  # noqa: E402
 from qllm.rl.learner import QLearner  # noqa: E402
 from qllm.rl.runner import ParallelRunner  # noqa: E402
+from qllm.sandbox.client import Sandbox, SandboxWorker  # noqa: E402
 
 imported_s = time.perf_counter() - start
 spent: defaultdict[str, float] = defaultdict(float)
@@ -58,6 +62,12 @@ def main() -> None:
     for name, phase in [("save_checkpoint", "checkpoint"), ("log_evaluation", "evaluate"),
                         ("log_training", "log"), ("plot_learning_curve", "plot")]:  # fmt: skip
         timed(train_module, name, phase)
+    # The sandbox, for the tfcaf mixer (--mixer qllm --tfcaf FILE): its worker's start (about 10 s under
+    # gVisor) and close, the validation of the file, and the credit calls of a function linear in Q.
+    timed(SandboxWorker, "start", "sandbox worker start")
+    timed(SandboxWorker, "close", "sandbox worker close")
+    timed(Sandbox, "validate", "validation (worker start included)")
+    timed(SandboxCredit, "__call__", "credit calls")
     with tempfile.TemporaryDirectory() as runs:
         argv = ["train", "--task", args.task, "--mixer", args.mixer, "--steps", str(args.steps), *extra]
         sys.argv = ["qllm", *argv, "--runs-dir", runs]
