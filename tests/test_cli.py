@@ -259,6 +259,8 @@ def test_train_refuses_a_tfcaf_that_fails_validation(tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", "-t", "matrix-climbing", "--mixer", "qllm", "--tfcaf", str(path),
                                  "--runs-dir", str(tmp_path)], env=WIDE)  # fmt: skip
     assert result.exit_code == 2 and "not_monotonic" in result.output
+    # Said before the sandbox's worker starts (seconds), so that the wait is not silent.
+    assert result.output.index("Checking the credit function") < result.output.index("not_monotonic")
     assert not list(tmp_path.glob("*__*")), "a refused run must not leave a run folder"
 
 

@@ -26,6 +26,11 @@ def train_with_progress(config: TrainConfig, runs_dir: Path, resume: Path | None
     """:func:`~qllm.rl.train.train` with progress: a live bar on a terminal, plain lines otherwise."""
     start, first_step = time.monotonic(), None
     with step_progress(console, f"{config.task} {config.preset}", config.steps) as progress:
+        if config.mixer == "tfcaf":  # else the first seconds pass without a word
+            progress.note(
+                f"Checking the credit function {config.tfcaf} in the sandbox before training "
+                "(its worker takes a few seconds to start; about 10 under gVisor)"
+            )
 
         def update(p: TrainProgress) -> None:
             nonlocal first_step
