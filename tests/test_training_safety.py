@@ -13,12 +13,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 import qllm.sandbox.restricted
 from qllm.rl import preset, train
+from qllm.rl.collector import Collected, ProcessCollector
 from qllm.rl.credit import SandboxCredit
 from qllm.rl.mixers import MIXERS, QMIX
 from qllm.rl.train import CHECKPOINT_DIR, FINAL_MODEL, TrainingError, checkpoints
@@ -120,6 +122,37 @@ def test_a_function_linear_in_q_never_runs_in_the_trainers_process(
     path.write_text(VDN)
     result = train(preset("qllm", task="matrix-climbing", tfcaf=str(path), **SHORT), runs_dir=tmp_path)
     assert result.t_env >= 600 and (result.run_dir / FINAL_MODEL).exists()
+
+
+def test_a_batchs_credit_is_computed_while_the_next_batch_is_collected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    submit, result, credit = ProcessCollector.submit, ProcessCollector.result, SandboxCredit.__call__
+
+    def recorded_submit(collector: ProcessCollector, *request: Any) -> None:
+        events.append("ask for the next batch")
+        submit(collector, *request)
+
+    def recorded_result(collector: ProcessCollector) -> Collected:
+        events.append("take a batch")
+        return result(collector)
+
+    def recorded_credit(credit_function: SandboxCredit, states: torch.Tensor) -> torch.Tensor:
+        events.append("credit")
+        return credit(credit_function, states)
+
+    monkeypatch.setattr(ProcessCollector, "submit", recorded_submit)
+    monkeypatch.setattr(ProcessCollector, "result", recorded_result)
+    monkeypatch.setattr(SandboxCredit, "__call__", recorded_credit)
+    path = tmp_path / "vdn.py"
+    path.write_text(VDN)
+    train(preset("qllm", task="matrix-climbing", tfcaf=str(path), **SHORT), runs_dir=tmp_path)
+    # Each batch is taken, the next one asked for, and only then its credit computed (a sandbox call), so
+    # the collector collects meanwhile; the last batch has none after it.
+    credit_calls = [i for i, event in enumerate(events) if event == "credit"]
+    assert len(credit_calls) == events.count("take a batch") > 10
+    assert all(events[i - 2 : i] == ["take a batch", "ask for the next batch"] for i in credit_calls[:-1])
 
 
 def test_credit_is_the_functions_own_and_each_state_goes_to_the_sandbox_once() -> None:

@@ -26,19 +26,38 @@ class ReplayBuffer:
         self.size = 0
         self.position = 0
 
-    def insert(self, batch: Episodes) -> None:
+    def insert(self, batch: Episodes) -> torch.Tensor:
+        """Store ``batch``'s episodes; returns the slots they went to. A batch without credit (``C = 0``) in
+        a buffer that keeps credit leaves the new episodes' credit to :meth:`set_credit`."""
+        later = batch.credit.shape[-1] == 0 < self.storage.credit.shape[-1]
+        names = [f.name for f in fields(batch) if not (later and f.name == "credit")]
+        slots = []
         for i in range(batch.filled.shape[0]):  # episode by episode: the ring may wrap inside a batch
-            for f in fields(batch):
-                getattr(self.storage, f.name)[self.position] = getattr(batch, f.name)[i]
+            for name in names:
+                getattr(self.storage, name)[self.position] = getattr(batch, name)[i]
+            slots.append(self.position)
             self.position = (self.position + 1) % self.capacity
             self.size = min(self.size + 1, self.capacity)
+        return torch.tensor(slots)
+
+    def set_credit(self, slots: torch.Tensor, credit: torch.Tensor) -> None:
+        """The credit ``[len(slots), T + 1, C]`` of the episodes :meth:`insert` put in ``slots``."""
+        for slot, episode_credit in zip(slots, credit, strict=True):  # in order: a slot may recur (a wrap)
+            self.storage.credit[slot] = episode_credit
 
     def can_sample(self, batch_size: int) -> bool:
         return self.size >= batch_size
 
+    def draw(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """The slots of ``batch_size`` distinct stored episodes, at random."""
+        return torch.randperm(self.size, generator=generator)[:batch_size]
+
+    def gather(self, slots: torch.Tensor) -> Episodes:
+        """The episodes in ``slots``, trimmed to the time steps they used."""
+        return self.storage[slots].trimmed()
+
     def sample(self, batch_size: int, generator: torch.Generator) -> Episodes:
-        index = torch.randperm(self.size, generator=generator)[:batch_size]
-        return self.storage[index].trimmed()
+        return self.gather(self.draw(batch_size, generator))
 
     def state_dict(self) -> dict[str, object]:
         stored = self.storage[slice(0, self.size)]

@@ -330,19 +330,20 @@ class TrainingRun:
                 on_progress(Progress(at.t_env, config.steps, returns, epsilon, test_return))
 
     def learn(self, collected: Collected, at: Counters) -> DataclassInstance | None:
-        """Store the batch (labelled with its credit if the learner needs it) and count it, ask for the
-        next batch, then update once there is enough to learn from; returns the update's diagnostics."""
+        """Store the batch and count it, ask for the next batch, label the new states with their credit
+        if the learner needs it, then update once there is enough to learn from; returns the update's
+        diagnostics."""
         before = replace(at, returns_since_log=[])
         episodes = len(collected.stats.returns)
         try:
-            training_batch = store(self.learner, collected.episodes, self.buffer, self.config.batch_size,
-                                   self.generator)  # fmt: skip
+            stored = store(collected.episodes, self.buffer, self.config.batch_size, self.generator)
             at.advance(collected.stats)
             if at.t_env < self.config.steps:
-                self.ask_for_next_batch(at)  # a process collector collects it during the update
-            if training_batch is None:
+                self.ask_for_next_batch(at)  # a process collector collects it meanwhile
+            batch = training_batch(self.learner, stored, self.buffer)
+            if batch is None:
                 return None
-            return self.learner.update(training_batch.to(self.device), episodes)
+            return self.learner.update(batch.to(self.device), episodes)
         except (CreditFunctionError, NonFiniteError) as exc:
             raise TrainingError.at(exc, before, self.config, self.run_dir, episodes) from exc
 
@@ -376,22 +377,43 @@ def replay_buffer(config: TrainConfig, info: EnvInfo, learner: Learner) -> Repla
     return ReplayBuffer(config.buffer_size, info, learner.credit.width if learner.credit else 0)
 
 
+@dataclass(frozen=True)
+class Stored:
+    """A collected batch as :func:`store` left it: in the replay buffer, with what to learn from drawn,
+    but, for a credit function, without its credit yet (:func:`training_batch` adds it)."""
+
+    episodes: Episodes
+    slots: torch.Tensor | None = None
+    """Where the episodes went in the replay buffer; None for an on-policy learner (no buffer)."""
+    drawn: torch.Tensor | None = None
+    """The slots to learn from; None until the buffer holds a training batch (and on-policy)."""
+
+
 def store(
-    learner: Learner,
-    episodes: Episodes,
-    buffer: ReplayBuffer | None,
-    batch_size: int,
-    generator: torch.Generator,
-) -> Episodes | None:
-    """What to learn from after collecting ``episodes``, each state labelled with its credit when the
-    learner needs it: the episodes themselves for an on-policy learner (no buffer), else a replayed sample
-    once the buffer holds ``batch_size`` episodes (None before)."""
-    if learner.credit is not None:
-        episodes = replace(episodes, credit=learner.credit(episodes.state))
+    episodes: Episodes, buffer: ReplayBuffer | None, batch_size: int, generator: torch.Generator
+) -> Stored:
+    """Put ``episodes`` in the replay buffer (an off-policy learner's) and draw the episodes to learn
+    from once it holds ``batch_size`` of them. The draw does not depend on the credit of the new states, so
+    the trainer asks for the next batch before :func:`training_batch` computes it in the sandbox: the
+    collector collects while the sandbox computes, and runs are the same as if the credit came first."""
     if buffer is None:
+        return Stored(episodes)
+    slots = buffer.insert(episodes)
+    drawn = buffer.draw(batch_size, generator) if buffer.can_sample(batch_size) else None
+    return Stored(episodes, slots, drawn)
+
+
+def training_batch(learner: Learner, stored: Stored, buffer: ReplayBuffer | None) -> Episodes | None:
+    """What to learn from, each state labelled with its credit when the learner needs it (computed now, in
+    the sandbox): the episodes themselves for an on-policy learner, else the drawn ones from replay (None
+    before there are enough)."""
+    credit = None if learner.credit is None else learner.credit(stored.episodes.state)
+    if buffer is None or stored.slots is None:
+        episodes = stored.episodes if credit is None else replace(stored.episodes, credit=credit)
         return episodes.trimmed()
-    buffer.insert(episodes)
-    return buffer.sample(batch_size, generator) if buffer.can_sample(batch_size) else None
+    if credit is not None:
+        buffer.set_credit(stored.slots, credit)
+    return None if stored.drawn is None else buffer.gather(stored.drawn)
 
 
 def log_evaluation(
