@@ -19,38 +19,21 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from vs_epymarl import field_kb, process_tree  # the benchmark's walk of /proc
+
 PERIOD_S = 0.1
 
 
-def descendants(root: int) -> list[int]:
-    """``root`` and every process below it."""
-    children: defaultdict[int, list[int]] = defaultdict(list)
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:  # the parent is the second field after the command name, which may hold spaces
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue  # gone meanwhile
-            children[parent].append(int(entry.name))
-    found, pending = [], [root]
-    while pending:
-        pid = pending.pop()
-        found.append(pid)
-        pending.extend(children[pid])
-    return found
-
-
 def pss_by_name(pids: list[int]) -> dict[str, float]:
-    """PSS in MB per process name."""
+    """PSS in MB per process name (processes gone meanwhile are left out)."""
     by_name: defaultdict[str, float] = defaultdict(float)
     for pid in pids:
         try:
             name = Path(f"/proc/{pid}/comm").read_text().strip()
-            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
         except OSError:
             continue
-        kb = next((int(line.split()[1]) for line in rollup if line.startswith("Pss:")), 0)
-        by_name[name] += kb / 1024
+        by_name[name] += field_kb(Path(f"/proc/{pid}/smaps_rollup"), "Pss") / 1024
     return dict(by_name)
 
 
@@ -65,7 +48,7 @@ def main() -> None:
         )
         peak, peak_at, peak_parts = 0.0, 0.0, {}
         while process.poll() is None:
-            parts = pss_by_name(descendants(process.pid))
+            parts = pss_by_name(process_tree(process.pid))
             if sum(parts.values()) > peak:
                 peak, peak_at, peak_parts = sum(parts.values()), time.perf_counter() - start, parts
             time.sleep(PERIOD_S)
