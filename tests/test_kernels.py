@@ -111,30 +111,36 @@ def test_the_setting_disables_the_kernel(monkeypatch: pytest.MonkeyPatch, reload
     assert not kernels.available()
 
 
-FAULTS_ON_REALLOCATION = textwrap.dedent(
+FREED_MEMORY_HELD_AFTER_UPDATES = textwrap.dedent(
     """
-    import resource, sys, torch
+    import ctypes, ctypes.util, sys, torch
     from qllm.rl.tuning import keep_freed_memory
+    class MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2, in its order
+        _fields_ = [(name, ctypes.c_size_t) for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+            "keepcost",
+        )]
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.mallinfo2.restype = MallInfo2
     if sys.argv[1] == "keep":
         assert keep_freed_memory()
-    def faults():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     def update():  # an update's life: several large tensors alive at once, then all freed
         alive = [torch.ones(1 << 20) for _ in range(8)]
         del alive
     for _ in range(3):
         update()
-    before = faults()
-    for _ in range(10):
-        update()
-    print(faults() - before)
+    print(libc.mallinfo2().fordblks)
     """
 )
 
 
-def _faults_in_updates(mode: str) -> int:
+def _freed_bytes_held_after_updates(mode: str) -> int:
+    """The free memory glibc's heap holds after a few updates: what the next update can reuse."""
     done = subprocess.run(
-        [sys.executable, "-c", FAULTS_ON_REALLOCATION, mode], capture_output=True, text=True, check=True
+        [sys.executable, "-c", FREED_MEMORY_HELD_AFTER_UPDATES, mode],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return int(done.stdout.strip())
 
@@ -157,7 +163,8 @@ def test_training_holds_numpys_blas_to_its_thread_count() -> None:
 
 
 def test_training_keeps_freed_memory_so_the_next_update_does_not_fault_its_pages_in_again() -> None:
-    # 8 x 4 MB alive at once, ten times: glibc trims the freed heap top and each update faults ~8000
-    # pages back in; kept, the second update reuses the first one's memory.
-    assert _faults_in_updates("default") > 10 * 4000
-    assert _faults_in_updates("keep") < 1000
+    # 8 x 4 MB alive at once: by default glibc unmaps or trims them when freed, and the next update
+    # faults every page in again; kept, they stay in the heap for it. glibc's own account, not the
+    # kernel's fault counter, which reads 0 on some machines (the CI machine's did).
+    assert _freed_bytes_held_after_updates("default") < 8 << 20
+    assert _freed_bytes_held_after_updates("keep") >= 32 << 20
