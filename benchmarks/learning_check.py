@@ -26,7 +26,7 @@ import scipy.stats
 
 from qllm.envs.recording import record
 from qllm.rl import preset, train
-from qllm.rl.train import EVAL_SEED_OFFSET
+from qllm.rl.evaluation import EVAL_SEED_OFFSET
 
 
 def random_return(task: str, episodes: int) -> float:

@@ -20,9 +20,10 @@ import torch
 import qllm.rl.runner
 from qllm.envs import MultiAgentEnv, TimeStep
 from qllm.rl import preset, train
-from qllm.rl.agent import build_agent
+from qllm.rl.agent import RNNAgent, build_agent
 from qllm.rl.collector import Collected, InlineCollector, ProcessCollector
 from qllm.rl.config import TrainConfig
+from qllm.rl.evaluation import Evaluator
 from qllm.rl.runner import EpsilonGreedy, ParallelRunner
 from qllm.rl.train import FINAL_MODEL, RunError, TrainingError, checkpoints
 
@@ -32,6 +33,10 @@ SHORT = {
     "batch_size": 4, "buffer_size": 64, "envs": 2, "target_update_interval": 4,
 }  # fmt: skip
 CPU = torch.device("cpu")
+
+
+def in_line_collector(generator: torch.Generator) -> InlineCollector:
+    return InlineCollector(ParallelRunner(TASK, 2), generator, CPU, Evaluator(TASK, 2, CPU))
 
 
 def assert_same_episodes(a: Collected, b: Collected) -> None:
@@ -45,7 +50,7 @@ def test_a_process_collector_collects_what_an_inline_one_does() -> None:
     torch.manual_seed(0)
     agent = build_agent(config, ParallelRunner(TASK, 1).info)
     in_line_generator, ahead_generator = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    in_line = InlineCollector(ParallelRunner(TASK, 2), in_line_generator, CPU)
+    in_line = in_line_collector(in_line_generator)
     ahead = ProcessCollector(config, ahead_generator)
     try:
         for seeds in ([1, 2], [3, 4]):  # twice: the generator's state comes back with each batch
@@ -63,7 +68,7 @@ def test_the_process_collector_acts_with_the_weights_as_they_were_when_asked() -
     agent = build_agent(config, ParallelRunner(TASK, 1).info)
     as_asked = copy.deepcopy(agent)
     ahead = ProcessCollector(config, torch.Generator().manual_seed(5))
-    in_line = InlineCollector(ParallelRunner(TASK, 2), torch.Generator().manual_seed(5), CPU)
+    in_line = in_line_collector(torch.Generator().manual_seed(5))
     greedy = EpsilonGreedy(0.0)  # no random draws: the actions are the weights' alone
     try:
         ahead.submit(agent, [1, 2], greedy)
@@ -77,6 +82,35 @@ def test_the_process_collector_acts_with_the_weights_as_they_were_when_asked() -
     finally:
         ahead.close()
         in_line.close()
+
+
+def favouring(agent: RNNAgent, action: int) -> RNNAgent:
+    """``agent`` with outputs that make ``action`` every agent's greedy choice, whatever it sees."""
+    with torch.no_grad():
+        agent.fc2.weight.zero_()
+        agent.fc2.bias.copy_(torch.nn.functional.one_hot(torch.tensor(action), agent.fc2.out_features))
+    return agent
+
+
+def test_the_process_collector_evaluates_the_weights_as_begun_while_batches_come_and_go() -> None:
+    task = "matrix-climbing"  # one step: the joint action's payoff is the return
+    config = preset("qmix", task=task, envs=2, eval_episodes=4)
+    evaluator = Evaluator(task, 4, CPU)
+    agent = favouring(build_agent(config, evaluator.info), 0)
+    expected = evaluator.evaluate(agent)
+    ahead = ProcessCollector(config, torch.Generator().manual_seed(5))
+    try:
+        ahead.start_evaluation(agent)
+        favouring(agent, 2)  # the updates that follow change the weights
+        assert evaluator.evaluate(agent) != expected  # ... and what they evaluate to
+        ahead.submit(agent, [1, 2], EpsilonGreedy(0.0))
+        evaluation = ahead.evaluation()  # taken while a batch is still being collected
+        batch = ahead.result()
+    finally:
+        ahead.close()
+        evaluator.close()
+    assert evaluation == expected
+    assert torch.all(batch.episodes.actions[:, 0] == 2)  # acting with the weights it was asked with
 
 
 class FailingEnv:

@@ -13,6 +13,7 @@ from qllm.envs.tasks import (
     families,
     make_env,
     resolve_task,
+    task_info,
 )
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "families",
     "make_env",
     "resolve_task",
+    "task_info",
 ]

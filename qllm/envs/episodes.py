@@ -22,13 +22,16 @@ with a random policy.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, fields
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from qllm.envs.contract import EnvInfo, MultiAgentEnv, TimeStep
+
+Result = TypeVar("Result")
 
 PER_STATE = frozenset({"obs", "state", "avail_actions", "credit"})
 """Fields with one entry per state (``T + 1``); the others have one per step (``T``)."""
@@ -124,6 +127,15 @@ class Episodes:
 def rollout(envs: Sequence[MultiAgentEnv], seeds: Sequence[int], act: JointPolicy) -> Episodes:
     """One episode per environment, reset with its seed and stepped together until every episode has
     ended; ``act`` chooses all environments' joint actions at each step."""
+    return finish(rollout_steps(envs, seeds, act))
+
+
+def rollout_steps(
+    envs: Sequence[MultiAgentEnv], seeds: Sequence[int], act: JointPolicy
+) -> Generator[None, None, Episodes]:
+    """:func:`rollout` a step at a time: yields after each step of the environments and returns the
+    episodes, so that a process can do it between other work (the collector evaluates this way while it
+    waits for its next batch: :mod:`qllm.rl.collector`)."""
     if len(seeds) != len(envs) or not envs:
         raise ValueError(f"need one seed per environment, got {len(seeds)} for {len(envs)}")
     info = envs[0].info
@@ -144,7 +156,17 @@ def rollout(envs: Sequence[MultiAgentEnv], seeds: Sequence[int], act: JointPolic
             active[e] = not ts.done
         if not active.any():
             break
+        yield
     return episodes
+
+
+def finish(steps: Generator[None, None, Result]) -> Result:
+    """Run a generator of steps (:func:`rollout_steps`, say) to its end and return what it returns."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
 
 
 def _store_state(data: dict[str, np.ndarray], e: int, t: int, ts: TimeStep) -> None:

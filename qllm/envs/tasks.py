@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from qllm.envs.contract import MultiAgentEnv
+from qllm.envs.contract import EnvInfo, MultiAgentEnv
 from qllm.envs.probes import Probe, ProbeMaker
 
 BUILT_IN = "built-in"
@@ -182,6 +182,16 @@ def resolve_task(name: str) -> TaskSpec:
 def make_env(name: str) -> MultiAgentEnv:
     """Build the environment for a task name."""
     return resolve_task(name).make()
+
+
+def task_info(name: str) -> EnvInfo:
+    """A task's sizes (agents, actions, observation and state widths, episode limit), from an environment
+    built and closed for them."""
+    env = make_env(name)
+    try:
+        return env.info
+    finally:
+        env.close()
 
 
 def folder_name(task: str) -> str:

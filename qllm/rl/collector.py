@@ -16,6 +16,11 @@ loop draws nothing from it in between: the update does not sample). Environment 
 the loop, so a batch is a function of the weights, the seeds, the behaviour and the generator's state,
 wherever it is collected; runs and resumed runs repeat exactly either way.
 
+Collectors also play the loop's greedy evaluations (:mod:`qllm.rl.evaluation`): begun with a copy of the
+weights as they are then, taken later. In line, an evaluation is played when it is begun. The process
+collector plays it a step at a time whenever no batch is asked of it, in the time it would otherwise wait
+for the learner's update, and finishes it when it is taken; a batch asked for meanwhile comes first.
+
 The child is forked, not spawned: it starts at once and shares the parent's imported modules (about
 100 MB it would otherwise load again). It must therefore be forked before the parent starts threads or
 opens the sandbox worker's pipes (the trainer forks it before it builds the learner); it acts on the CPU
@@ -34,6 +39,7 @@ import multiprocessing
 import pickle
 import signal
 import traceback
+from collections.abc import Generator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Protocol
@@ -43,6 +49,7 @@ import torch
 from qllm.envs.episodes import Episodes
 from qllm.rl.agent import RNNAgent, build_agent
 from qllm.rl.config import TrainConfig
+from qllm.rl.evaluation import Evaluation, Evaluator
 from qllm.rl.runner import ActionSelector, ParallelRunner, RolloutStats
 
 CLOSE_TIMEOUT_S = 5.0
@@ -75,15 +82,27 @@ class EpisodeCollector(Protocol):
         """The episodes asked for by the last ``submit``."""
         ...
 
+    def start_evaluation(self, agent: RNNAgent) -> None:
+        """Begin a greedy evaluation of ``agent``'s weights as they are now (the previous one taken)."""
+        ...
+
+    def evaluation(self) -> Evaluation:
+        """The evaluation begun last, once it has ended."""
+        ...
+
     def close(self) -> None: ...
 
 
 class InlineCollector:
-    """Collects in this process when :meth:`result` is called, with the network as it is then."""
+    """Collects in this process when :meth:`result` is called, with the network as it is then, and
+    evaluates when an evaluation is begun."""
 
-    def __init__(self, runner: ParallelRunner, generator: torch.Generator, device: torch.device) -> None:
-        self.runner, self.generator, self.device = runner, generator, device
+    def __init__(
+        self, runner: ParallelRunner, generator: torch.Generator, device: torch.device, evaluator: Evaluator
+    ) -> None:
+        self.runner, self.generator, self.device, self.evaluator = runner, generator, device, evaluator
         self._request: tuple[RNNAgent, list[int], ActionSelector] | None = None
+        self._evaluation: Evaluation | None = None
 
     def submit(self, agent: RNNAgent, seeds: list[int], behaviour: ActionSelector) -> None:
         self._request = (agent, seeds, behaviour)
@@ -94,8 +113,18 @@ class InlineCollector:
         (agent, seeds, behaviour), self._request = self._request, None
         return Collected(*self.runner.run(agent, seeds, behaviour, self.generator, self.device))
 
+    def start_evaluation(self, agent: RNNAgent) -> None:
+        self._evaluation = self.evaluator.evaluate(agent)
+
+    def evaluation(self) -> Evaluation:
+        if self._evaluation is None:
+            raise RuntimeError("evaluation() without a begun evaluation")
+        evaluation, self._evaluation = self._evaluation, None
+        return evaluation
+
     def close(self) -> None:
         self.runner.close()
+        self.evaluator.close()
 
 
 @dataclass(frozen=True)
@@ -113,13 +142,35 @@ class _Reply:
 
 
 @dataclass(frozen=True)
+class _Evaluate:
+    """Begin an evaluation of these weights (answered by nothing: the child plays it while idle)."""
+
+    weights: dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class _TakeEvaluation:
+    """Answer with the evaluation begun last, once it has ended."""
+
+
+@dataclass(frozen=True)
+class _Evaluated:
+    evaluation: Evaluation
+
+
+@dataclass(frozen=True)
 class _Failure:
     error: BaseException
     """What collecting raised, or a :class:`CollectorError` describing it where it cannot be pickled."""
 
 
+_Message = _Request | _Evaluate | _TakeEvaluation
+_Answer = _Reply | _Evaluated | _Failure
+
+
 class ProcessCollector:
-    """Collects in a forked child process from the moment a batch is asked for (see the module's text)."""
+    """Collects in a forked child process from the moment a batch is asked for, and evaluates there in
+    the time it waits between batches (see the module's text)."""
 
     def __init__(self, config: TrainConfig, generator: torch.Generator) -> None:
         self.generator = generator
@@ -133,31 +184,44 @@ class ProcessCollector:
         self._process.start()
         child_end.close()
         self._in_flight = False
+        self._evaluating = False
+        self._early: _Answer | None = None
+        """A batch's answer read before it was asked for, to get at an evaluation's behind it."""
 
     def submit(self, agent: RNNAgent, seeds: list[int], behaviour: ActionSelector) -> None:
         if self._in_flight:
             raise RuntimeError("submit() while a batch is still being collected")
-        weights = {name: tensor.detach().cpu() for name, tensor in agent.state_dict().items()}
         # Pickled now, so the child gets the weights as they are before the update that follows.
-        self._send(_Request(weights, seeds, behaviour, self.generator.get_state()))
+        self._send(_Request(_cpu_weights(agent), seeds, behaviour, self.generator.get_state()))
         self._in_flight = True
 
     def result(self) -> Collected:
         if not self._in_flight:
             raise RuntimeError("result() without a submitted request")
-        try:
-            reply = pickle.loads(self._connection.recv_bytes())
-        except (EOFError, OSError):
-            self._process.join(timeout=1.0)
-            raise CollectorError(
-                f"the process collecting episodes ended unexpectedly (exit code {self._process.exitcode})"
-            ) from None
+        reply, self._early = self._early or self._receive(), None
         self._in_flight = False
-        if isinstance(reply, _Failure):
-            reply.error.add_note("(raised in the process collecting episodes)")
-            raise reply.error
+        if not isinstance(reply, _Reply):
+            raise _raised(reply)
         self.generator.set_state(reply.generator_state)
         return reply.collected
+
+    def start_evaluation(self, agent: RNNAgent) -> None:
+        if self._evaluating:
+            raise RuntimeError("start_evaluation() before the last evaluation was taken")
+        self._send(_Evaluate(_cpu_weights(agent)))
+        self._evaluating = True
+
+    def evaluation(self) -> Evaluation:
+        if not self._evaluating:
+            raise RuntimeError("evaluation() without a begun evaluation")
+        self._send(_TakeEvaluation())
+        if self._in_flight and self._early is None:  # answers come in the order asked: the batch's first
+            self._early = self._receive()
+        reply = self._receive()
+        self._evaluating = False
+        if not isinstance(reply, _Evaluated):
+            raise _raised(reply)
+        return reply.evaluation
 
     def close(self) -> None:
         if self._process.is_alive() and not self._in_flight:
@@ -170,44 +234,124 @@ class ProcessCollector:
         self._connection.close()
         gc.unfreeze()  # this process may go on (sweeps, tests): its old objects are collectable again
 
-    def _send(self, message: _Request | None) -> None:
+    def _send(self, message: _Message | None) -> None:
         self._connection.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def _receive(self) -> _Answer:
+        try:
+            return pickle.loads(self._connection.recv_bytes())
+        except (EOFError, OSError):
+            self._process.join(timeout=1.0)
+            raise CollectorError(
+                f"the process collecting episodes ended unexpectedly (exit code {self._process.exitcode})"
+            ) from None
+
+
+def _cpu_weights(agent: RNNAgent) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().cpu() for name, tensor in agent.state_dict().items()}
+
+
+def _raised(answer: _Answer) -> BaseException:
+    """The error a failed answer carries, to raise where the parent asked; any other answer here means the
+    two processes no longer agree on what was asked."""
+    if isinstance(answer, _Failure):
+        answer.error.add_note("(raised in the process collecting episodes)")
+        return answer.error
+    return CollectorError(f"the process collecting episodes answered out of turn ({type(answer).__name__})")
+
+
+class _Server:
+    """The child's side: collects each batch when asked, and plays the evaluation begun last, a step at a
+    time, whenever no request is waiting."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        cpu = torch.device("cpu")
+        self.runner = ParallelRunner(config.task, config.envs)
+        self.agent = build_agent(config, self.runner.info)
+        # The evaluation's own network: batches collected meanwhile load their weights into `agent`.
+        self.evaluated_agent = build_agent(config, self.runner.info)
+        self.evaluator = Evaluator(config.task, config.eval_episodes, cpu)
+        self.generator, self.cpu = torch.Generator(), cpu
+        self._evaluation: Generator[None, None, Evaluation] | None = None
+        self._ended: _Evaluated | _Failure | None = None
+
+    @property
+    def evaluating(self) -> bool:
+        return self._evaluation is not None
+
+    def step_evaluation(self) -> None:
+        """One step of the evaluation under way."""
+        if self._evaluation is None:
+            return
+        try:
+            next(self._evaluation)
+        except StopIteration as done:
+            self._evaluation, self._ended = None, _Evaluated(done.value)
+        except Exception as exc:
+            self._evaluation, self._ended = None, _failure(exc)
+
+    def answer(self, message: _Message) -> _Answer | None:
+        """What a request is answered with (None: no answer is due)."""
+        if isinstance(message, _Evaluate):
+            self.evaluated_agent.load_state_dict(message.weights)
+            self._evaluation, self._ended = self.evaluator.steps(self.evaluated_agent), None
+            return None
+        if isinstance(message, _TakeEvaluation):
+            while self._evaluation is not None:
+                self.step_evaluation()
+            ended, self._ended = self._ended, None
+            return ended or _Failure(CollectorError("an evaluation was taken that was never begun"))
+        try:
+            self.agent.load_state_dict(message.weights)
+            self.generator.set_state(message.generator_state)
+            collected = self.runner.run(
+                self.agent, message.seeds, message.behaviour, self.generator, self.cpu
+            )
+            return _Reply(Collected(*collected), self.generator.get_state())
+        except Exception as exc:
+            return _failure(exc)
+
+
+@dataclass(frozen=True)
+class _Unready:
+    """A child that could not set up (the task's environment failed, say): every request that wants an
+    answer gets the error, and the parent raises it where it asked."""
+
+    setup_error: _Failure
+    evaluating: bool = False
+
+    def step_evaluation(self) -> None:
+        return None
+
+    def answer(self, message: _Message) -> _Answer | None:
+        return None if isinstance(message, _Evaluate) else self.setup_error
 
 
 def _serve(connection: Connection, parent_end: Connection, config: TrainConfig) -> None:
-    """The child: answer requests until the parent says stop or goes away."""
+    """The child: answer requests until the parent says stop or goes away, evaluating while none waits."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent ends us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a handler the parent installed (Ray's, say)
     parent_end.close()  # so that the parent's exit shows here as the end of the pipe
     torch.set_num_threads(1)
     try:
-        runner = ParallelRunner(config.task, config.envs)
-        agent = build_agent(config, runner.info)
-    except Exception as exc:  # answered to every request: the parent raises it where it asked
-        setup_error: _Failure | None = _failure(exc)
-    else:
-        setup_error = None
-    generator, cpu = torch.Generator(), torch.device("cpu")
+        server: _Server | _Unready = _Server(config)
+    except Exception as exc:
+        server = _Unready(_failure(exc))
     while True:
+        if server.evaluating and not connection.poll():
+            server.step_evaluation()
+            continue
         try:
-            request = pickle.loads(connection.recv_bytes())
+            message = pickle.loads(connection.recv_bytes())
         except (EOFError, OSError):
             return
-        if request is None:
+        if message is None:
             return
-        reply: _Reply | _Failure
-        if setup_error is not None:
-            reply = setup_error
-        else:
-            try:
-                agent.load_state_dict(request.weights)
-                generator.set_state(request.generator_state)
-                collected = Collected(*runner.run(agent, request.seeds, request.behaviour, generator, cpu))
-                reply = _Reply(collected, generator.get_state())
-            except Exception as exc:
-                reply = _failure(exc)
+        answer = server.answer(message)
+        if answer is None:
+            continue
         try:
-            connection.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+            connection.send_bytes(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
         except OSError:  # the parent went away while we collected: nobody is left to answer
             return
 

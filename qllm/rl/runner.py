@@ -13,6 +13,7 @@ whose logits they are for the actor-critic learners. Both respect the available 
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from qllm.envs import EnvInfo, MultiAgentEnv, make_env
-from qllm.envs.episodes import Episodes, rollout
+from qllm.envs.episodes import Episodes, finish, rollout_steps
 from qllm.rl.agent import RNNAgent
 from qllm.rl.policy import sample_actions
 
@@ -123,7 +124,6 @@ class ParallelRunner:
         for env in self.envs:
             env.close()
 
-    @torch.no_grad()
     def run(
         self,
         agent: RNNAgent,
@@ -134,6 +134,19 @@ class ParallelRunner:
     ) -> tuple[Episodes, RolloutStats]:
         """One episode per seed (at most ``n_envs`` seeds), acting with ``behaviour`` (a number is the
         epsilon of epsilon-greedy)."""
+        return finish(self.run_steps(agent, seeds, behaviour, generator, device))
+
+    @torch.no_grad()
+    def run_steps(
+        self,
+        agent: RNNAgent,
+        seeds: list[int],
+        behaviour: ActionSelector | float,
+        generator: torch.Generator,
+        device: torch.device,
+    ) -> Generator[None, None, tuple[Episodes, RolloutStats]]:
+        """:meth:`run` a step at a time (:func:`~qllm.envs.episodes.rollout_steps`). The agent's weights are
+        read as each step uses them (a CPU actor holds views of them): leave them be until the end."""
         select = EpsilonGreedy(float(behaviour)) if isinstance(behaviour, int | float) else behaviour
         if not 1 <= len(seeds) <= len(self.envs):
             raise ValueError(f"need 1 to {len(self.envs)} seeds (one per environment), got {len(seeds)}")
@@ -147,7 +160,7 @@ class ParallelRunner:
             inputs.acted(actions)  # the network has read this step's inputs: the next step's last actions
             return actions
 
-        episodes = rollout(self.envs[: len(seeds)], seeds, act)
+        episodes = yield from rollout_steps(self.envs[: len(seeds)], seeds, act)
         reward, filled = episodes.reward.numpy(), episodes.filled.numpy()
         stats = RolloutStats(
             returns=(reward * filled).sum(1).tolist(), lengths=filled.sum(1).astype(int).tolist()

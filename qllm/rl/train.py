@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from qllm.envs import EnvInfo, make_env
+from qllm.envs import EnvInfo, task_info
 from qllm.envs.episodes import Episodes
 from qllm.envs.tasks import folder_name
 from qllm.rl.agent import RNNAgent, build_agent
@@ -38,11 +38,12 @@ from qllm.rl.collector import Collected, CollectorError, EpisodeCollector, Inlin
 from qllm.rl.coma import COMALearner
 from qllm.rl.config import TrainConfig
 from qllm.rl.credit import CreditFunctionError, SandboxCredit
+from qllm.rl.evaluation import Evaluator
 from qllm.rl.learner import Learner, NonFiniteError, QLearner
 from qllm.rl.logger import MetricsLogger, plot_learning_curve
 from qllm.rl.maddpg import MADDPGLearner
 from qllm.rl.mixers import MIXERS, TFCAF, LinearCredit, Mixer
-from qllm.rl.runner import GREEDY, EpsilonGreedy, ParallelRunner, RolloutStats
+from qllm.rl.runner import EpsilonGreedy, ParallelRunner, RolloutStats
 from qllm.rl.tfcaf import load_tfcaf
 from qllm.rl.tuning import tune_process
 from qllm.sandbox import Sandbox
@@ -53,10 +54,6 @@ if TYPE_CHECKING:
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 FINAL_MODEL = "final_model.pt"
-EVAL_ENVS = 8
-"""Greedy evaluation steps this many environments together, whatever the training rollouts use."""
-EVAL_SEED_OFFSET = 1_000_000_000
-"""Evaluation episodes are seeded from a range training never uses."""
 
 
 class RunError(ValueError):
@@ -243,22 +240,22 @@ def train(
         check_resumable(resume, config)
     if config.algo not in LEARNERS:
         raise ValueError(f"unknown algo {config.algo!r}; choose from {', '.join(LEARNERS)}")
+    if config.eval_episodes < 1:
+        raise ValueError(f"an evaluation needs at least one episode, got {config.eval_episodes}")
     device = pick_device(config.device)
     tune_process(config.threads, device)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)  # exploration and replay sampling
     with ExitStack() as resources:  # each closed, last made first, however the run ends
-        eval_runner = resources.enter_context(
-            closing(ParallelRunner(config.task, min(config.eval_episodes, EVAL_ENVS)))
-        )
-        # Forked after the task's modules are imported (by the evaluation runner) and before the learner
-        # exists: its threads and the sandbox worker's pipes must not be inherited.
+        info = task_info(config.task)
+        # Forked after the task's modules are imported (by task_info) and before the learner exists: its
+        # threads and the sandbox worker's pipes must not be inherited.
         collector = resources.enter_context(closing(episode_collector(config, generator, device)))
-        learner = LEARNERS[config.algo].build(config, eval_runner.info, device)
+        learner = LEARNERS[config.algo].build(config, info, device)
         if learner.credit is not None:
             resources.enter_context(closing(learner.credit))
         run_dir = resume if resume is not None else new_run_dir(config, runs_dir, run_name)
-        buffer = replay_buffer(config, eval_runner.info, learner)
+        buffer = replay_buffer(config, info, learner)
         at = Counters(next_checkpoint=config.checkpoint_interval)
         pending: Collected | None = None
         if resume is not None:
@@ -266,13 +263,11 @@ def train(
         logger = resources.enter_context(
             closing(MetricsLogger(run_dir, resume_step=at.t_env if resume is not None else None))
         )
-        run = TrainingRun(config, run_dir, device, learner, buffer, generator, collector, eval_runner, logger)
+        run = TrainingRun(config, run_dir, device, learner, buffer, generator, collector, logger)
 
         # --- the loop, then the final evaluation ----------------------------------------------------
         run.loop(at, pending, on_progress)
-        final_return = log_evaluation(
-            logger, at.t_env, agent=learner.agent, runner=eval_runner, config=config, device=device
-        )
+        final_return = run.final_evaluation(at)
 
     # --- wrap-up -----------------------------------------------------------------------------------
     final_model = {name: network.state_dict() for name, network in learner.networks().items()}
@@ -293,15 +288,21 @@ class TrainingRun:
     buffer: ReplayBuffer | None
     generator: torch.Generator
     collector: EpisodeCollector
-    eval_runner: ParallelRunner
     logger: MetricsLogger
+    evaluating_at: int | None = None
+    """The step of the evaluation begun and not yet logged, if one is."""
 
     def loop(
         self, at: Counters, pending: Collected | None, on_progress: Callable[[Progress], None] | None
     ) -> None:
         """Train until ``config.steps``, counting in ``at``, starting from the batch in hand (``pending``)
-        if there is one: learn from it (asking for the next batch before the update), evaluate and log,
-        take the next batch, save a checkpoint (with that batch) when one is due."""
+        if there is one: learn from it (asking for the next batch before the update), begin an evaluation
+        and log when due, take the next batch, save a checkpoint (with that batch) when one is due.
+
+        An evaluation is played by the collector (a process collector, in the time it waits between
+        batches) and logged, at the step it was begun, when the next one begins or a checkpoint is saved,
+        whichever comes first: a checkpoint then follows every row logged up to its step, and
+        metrics.csv is the same however the time was shared."""
         config, test_return = self.config, None
         while at.t_env < config.steps:
             if pending is None:  # the run's first batch, or a checkpoint saved with none in hand
@@ -312,17 +313,17 @@ class TrainingRun:
             epsilon = behaviour.epsilon if isinstance(behaviour, EpsilonGreedy) else None
             update = self.learn(collected, at)
             if at.t_env >= at.next_eval:
-                test_return = log_evaluation(
-                    self.logger, at.t_env, agent=self.learner.agent, runner=self.eval_runner, config=config,
-                    device=self.device,
-                )  # fmt: skip
                 at.next_eval += config.eval_interval
+                if at.t_env < config.steps:  # the run's last step is evaluated after the loop
+                    test_return = self.log_evaluation(at, test_return)
+                    self.begin_evaluation(at)
             if at.t_env >= at.next_log:
                 log_training(self.logger, at, epsilon, update)
                 at.next_log += config.log_interval
             if at.t_env < config.steps:
                 pending = self.take_batch(at)
             if at.t_env >= at.next_checkpoint:
+                test_return = self.log_evaluation(at, test_return)
                 at.next_checkpoint += config.checkpoint_interval
                 save_checkpoint(self.run_dir, self.learner, self.buffer, self.generator, at, pending=pending)
             if on_progress is not None:
@@ -347,6 +348,31 @@ class TrainingRun:
         except (CreditFunctionError, NonFiniteError) as exc:
             raise TrainingError.at(exc, before, self.config, self.run_dir, episodes) from exc
 
+    def begin_evaluation(self, at: Counters) -> None:
+        """Have the collector evaluate the acting network as it is now."""
+        self.collector.start_evaluation(self.learner.agent)
+        self.evaluating_at = at.t_env
+
+    def log_evaluation(self, at: Counters, test_return: float | None) -> float | None:
+        """Log the evaluation begun last, if one is, waiting for it to end; the latest test return."""
+        if self.evaluating_at is None:
+            return test_return
+        try:
+            evaluation = self.collector.evaluation()
+        except CollectorError as exc:
+            raise TrainingError.at(exc, at, self.config, self.run_dir, self.config.envs) from exc
+        self.logger.log(self.evaluating_at, evaluation.metrics())
+        self.evaluating_at = None
+        return evaluation.return_mean
+
+    def final_evaluation(self, at: Counters) -> float:
+        """Log the evaluation under way, then evaluate the trained network; its mean test return."""
+        self.log_evaluation(at, None)
+        self.begin_evaluation(at)
+        final_return = self.log_evaluation(at, None)
+        assert final_return is not None  # just begun
+        return final_return
+
     def ask_for_next_batch(self, at: Counters) -> None:
         """Environment reset seeds follow the episode count, so a resumed run draws the same ones."""
         seeds = [self.config.seed * 1_000_003 + at.episodes + e for e in range(self.config.envs)]
@@ -367,7 +393,8 @@ def episode_collector(
     in line (an on-policy learner must learn from episodes of the policy it updates)."""
     if config.collect_ahead and not LEARNERS[config.algo].on_policy:
         return ProcessCollector(config, generator)
-    return InlineCollector(ParallelRunner(config.task, config.envs), generator, device)
+    evaluator = Evaluator(config.task, config.eval_episodes, device)
+    return InlineCollector(ParallelRunner(config.task, config.envs), generator, device, evaluator)
 
 
 def replay_buffer(config: TrainConfig, info: EnvInfo, learner: Learner) -> ReplayBuffer | None:
@@ -414,25 +441,6 @@ def training_batch(learner: Learner, stored: Stored, buffer: ReplayBuffer | None
     if credit is not None:
         buffer.set_credit(stored.slots, credit)
     return None if stored.drawn is None else buffer.gather(stored.drawn)
-
-
-def log_evaluation(
-    logger: MetricsLogger,
-    t_env: int,
-    *,
-    agent: RNNAgent,
-    runner: ParallelRunner,
-    config: TrainConfig,
-    device: torch.device,
-) -> float:
-    mean_return, std_return = evaluate_agent(agent, runner, config, device)
-    metrics = {
-        "eval/return_mean": mean_return,
-        "eval/return_std": std_return,
-        "eval/episodes": config.eval_episodes,
-    }
-    logger.log(t_env, metrics)
-    return mean_return
 
 
 def log_training(
@@ -503,34 +511,11 @@ def restore_checkpoint(
     return Counters(**state["counters"]), pending
 
 
-@torch.no_grad()
-def evaluate_agent(
-    agent: RNNAgent,
-    runner: ParallelRunner,
-    config: TrainConfig,
-    device: torch.device,
-    episodes: int | None = None,
-) -> tuple[float, float]:
-    """Mean and standard deviation of the greedy team return over fixed evaluation seeds."""
-    total = episodes or config.eval_episodes
-    returns: list[float] = []
-    generator = torch.Generator().manual_seed(0)  # unused when greedy; keeps training's generator untouched
-    while len(returns) < total:
-        count = min(len(runner.envs), total - len(returns))
-        seeds = [EVAL_SEED_OFFSET + len(returns) + e for e in range(count)]
-        _, rollout = runner.run(agent, seeds, GREEDY, generator, device)
-        returns += rollout.returns
-    values = torch.tensor(returns)
-    return float(values.mean()), float(values.std()) if len(returns) > 1 else 0.0
-
-
 def load_trained_agent(run_dir: Path) -> tuple[TrainConfig, RNNAgent, torch.device]:
     """A run's config and its trained agent network: the final model, else the latest checkpoint."""
     config = load_run_config(run_dir)
     device = pick_device(config.device)
-    env = make_env(config.task)
-    env.close()
-    agent = build_agent(config, env.info)  # acting needs no mixer (and no TFCAF validation)
+    agent = build_agent(config, task_info(config.task))  # acting needs no mixer (and no TFCAF validation)
     final = run_dir / FINAL_MODEL
     if final.is_file():
         agent.load_state_dict(torch.load(final, map_location=device)["agent"])
@@ -543,8 +528,9 @@ def load_trained_agent(run_dir: Path) -> tuple[TrainConfig, RNNAgent, torch.devi
 def evaluate_run(run_dir: Path, episodes: int = 100) -> tuple[float, float]:
     """Greedy test return of a finished run's final model (or its latest checkpoint)."""
     config, agent, device = load_trained_agent(run_dir)
-    runner = ParallelRunner(config.task, min(episodes, EVAL_ENVS))
+    evaluator = Evaluator(config.task, episodes, device)
     try:
-        return evaluate_agent(agent, runner, config, device, episodes)
+        evaluation = evaluator.evaluate(agent)
     finally:
-        runner.close()
+        evaluator.close()
+    return evaluation.return_mean, evaluation.return_std

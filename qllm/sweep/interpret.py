@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from qllm.rl.credit import SandboxCredit
+from qllm.rl.evaluation import EVAL_SEED_OFFSET
 from qllm.rl.runner import GREEDY, ParallelRunner
 from qllm.rl.tfcaf import load_tfcaf
-from qllm.rl.train import EVAL_SEED_OFFSET, load_trained_agent
+from qllm.rl.train import load_trained_agent
 from qllm.sandbox import Sandbox
 
 EPISODES = 8

@@ -59,9 +59,13 @@ def main() -> None:
     if hasattr(train_module, "TrainingRun"):
         timed(train_module.TrainingRun, "take_batch", "take the next batch (waiting included)")
     timed(QLearner, "update", "update")
-    for name, phase in [("save_checkpoint", "checkpoint"), ("log_evaluation", "evaluate"),
-                        ("log_training", "log"), ("plot_learning_curve", "plot")]:  # fmt: skip
+    for name, phase in [("save_checkpoint", "checkpoint"), ("log_training", "log"),
+                        ("plot_learning_curve", "plot")]:  # fmt: skip
         timed(train_module, name, phase)
+    if hasattr(train_module, "log_evaluation"):  # qllm before the collector played the evaluations
+        timed(train_module, "log_evaluation", "evaluate")
+    else:  # the trainer waits for the rest of an evaluation the collector began in its idle time
+        timed(train_module.TrainingRun, "log_evaluation", "evaluate (waiting for the collector's)")
     # The sandbox, for the tfcaf mixer (--mixer qllm --tfcaf FILE): its worker's start (about 10 s under
     # gVisor) and close, the validation of the file, and the credit calls of a function linear in Q.
     timed(SandboxWorker, "start", "sandbox worker start")
