@@ -24,6 +24,7 @@ from qllm.rl.agent import RNNAgent, build_agent
 from qllm.rl.collector import Collected, InlineCollector, ProcessCollector
 from qllm.rl.config import TrainConfig
 from qllm.rl.evaluation import Evaluator
+from qllm.rl.logger import METRICS_FILE, read_metrics, series
 from qllm.rl.runner import EpsilonGreedy, ParallelRunner
 from qllm.rl.train import FINAL_MODEL, RunError, TrainingError, checkpoints
 
@@ -111,6 +112,15 @@ def test_the_process_collector_evaluates_the_weights_as_begun_while_batches_come
         evaluator.close()
     assert evaluation == expected
     assert torch.all(batch.episodes.actions[:, 0] == 2)  # acting with the weights it was asked with
+
+
+@pytest.mark.parametrize("collect_ahead", [True, False])
+def test_each_evaluation_is_logged_once_at_the_step_it_was_begun(collect_ahead: bool, tmp_path: Path) -> None:
+    result = train(preset("qmix", task=TASK, **SHORT, collect_ahead=collect_ahead), runs_dir=tmp_path)
+    steps, _ = series(read_metrics(result.run_dir / METRICS_FILE), "eval/return_mean")
+    # The first batch, the first past 300 steps, the run's end (600 is due in the loop too: once).
+    assert len(steps) == 3 and steps == sorted(steps)
+    assert steps[0] <= 100 and 300 <= steps[1] <= 400 and steps[2] == result.t_env  # batches: 2 x 50 steps
 
 
 class FailingEnv:

@@ -291,6 +291,8 @@ class TrainingRun:
     logger: MetricsLogger
     evaluating_at: int | None = None
     """The step of the evaluation begun and not yet logged, if one is."""
+    test_return: float | None = None
+    """The mean return of the evaluation logged last."""
 
     def loop(
         self, at: Counters, pending: Collected | None, on_progress: Callable[[Progress], None] | None
@@ -303,7 +305,7 @@ class TrainingRun:
         batches) and logged, at the step it was begun, when the next one begins or a checkpoint is saved,
         whichever comes first: a checkpoint then follows every row logged up to its step, and
         metrics.csv is the same however the time was shared."""
-        config, test_return = self.config, None
+        config = self.config
         while at.t_env < config.steps:
             if pending is None:  # the run's first batch, or a checkpoint saved with none in hand
                 self.ask_for_next_batch(at)
@@ -315,7 +317,7 @@ class TrainingRun:
             if at.t_env >= at.next_eval:
                 at.next_eval += config.eval_interval
                 if at.t_env < config.steps:  # the run's last step is evaluated after the loop
-                    test_return = self.log_evaluation(at, test_return)
+                    self.log_evaluation(at)
                     self.begin_evaluation(at)
             if at.t_env >= at.next_log:
                 log_training(self.logger, at, epsilon, update)
@@ -323,12 +325,12 @@ class TrainingRun:
             if at.t_env < config.steps:
                 pending = self.take_batch(at)
             if at.t_env >= at.next_checkpoint:
-                test_return = self.log_evaluation(at, test_return)
+                self.log_evaluation(at)
                 at.next_checkpoint += config.checkpoint_interval
                 save_checkpoint(self.run_dir, self.learner, self.buffer, self.generator, at, pending=pending)
             if on_progress is not None:
                 returns = mean(collected.stats.returns)
-                on_progress(Progress(at.t_env, config.steps, returns, epsilon, test_return))
+                on_progress(Progress(at.t_env, config.steps, returns, epsilon, self.test_return))
 
     def learn(self, collected: Collected, at: Counters) -> DataclassInstance | None:
         """Store the batch and count it, ask for the next batch, label the new states with their credit
@@ -353,25 +355,24 @@ class TrainingRun:
         self.collector.start_evaluation(self.learner.agent)
         self.evaluating_at = at.t_env
 
-    def log_evaluation(self, at: Counters, test_return: float | None) -> float | None:
-        """Log the evaluation begun last, if one is, waiting for it to end; the latest test return."""
+    def log_evaluation(self, at: Counters) -> None:
+        """Log the evaluation begun last, if one is, at the step it was begun, waiting for it to end."""
         if self.evaluating_at is None:
-            return test_return
+            return
         try:
             evaluation = self.collector.evaluation()
         except CollectorError as exc:
             raise TrainingError.at(exc, at, self.config, self.run_dir, self.config.envs) from exc
         self.logger.log(self.evaluating_at, evaluation.metrics())
-        self.evaluating_at = None
-        return evaluation.return_mean
+        self.evaluating_at, self.test_return = None, evaluation.return_mean
 
     def final_evaluation(self, at: Counters) -> float:
         """Log the evaluation under way, then evaluate the trained network; its mean test return."""
-        self.log_evaluation(at, None)
+        self.log_evaluation(at)
         self.begin_evaluation(at)
-        final_return = self.log_evaluation(at, None)
-        assert final_return is not None  # just begun
-        return final_return
+        self.log_evaluation(at)
+        assert self.test_return is not None  # just logged
+        return self.test_return
 
     def ask_for_next_batch(self, at: Counters) -> None:
         """Environment reset seeds follow the episode count, so a resumed run draws the same ones."""
