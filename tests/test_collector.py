@@ -18,10 +18,21 @@ import pytest
 import torch
 
 import qllm.rl.runner
-from qllm.envs import MultiAgentEnv, TimeStep
+from qllm.envs import MultiAgentEnv, TimeStep, task_info
 from qllm.rl import preset, train
 from qllm.rl.agent import RNNAgent, build_agent
-from qllm.rl.collector import Collected, InlineCollector, ProcessCollector
+from qllm.rl.collector import (
+    Collected,
+    InlineCollector,
+    ProcessCollector,
+    _Evaluate,
+    _Evaluated,
+    _Failure,
+    _Reply,
+    _Request,
+    _Server,
+    _TakeEvaluation,
+)
 from qllm.rl.config import TrainConfig
 from qllm.rl.evaluation import Evaluator
 from qllm.rl.logger import METRICS_FILE, read_metrics, series
@@ -112,6 +123,65 @@ def test_the_process_collector_evaluates_the_weights_as_begun_while_batches_come
         evaluator.close()
     assert evaluation == expected
     assert torch.all(batch.episodes.actions[:, 0] == 2)  # acting with the weights it was asked with
+
+
+def batch_request(agent: RNNAgent, epsilon: float) -> _Request:
+    """What the parent sends the child for a batch of two episodes."""
+    return _Request(agent.state_dict(), [1, 2], EpsilonGreedy(epsilon), torch.Generator().get_state())
+
+
+def test_the_childs_evaluation_keeps_its_weights_while_batches_are_collected_between_its_steps() -> None:
+    task = "mpe-spread-3"  # 25 steps an episode: the evaluation is played in many slices
+    config = preset("qmix", task=task, envs=2, eval_episodes=2)
+    evaluator, server = Evaluator(task, 2, CPU), _Server(config)
+    agent = favouring(build_agent(config, evaluator.info), 1)
+    expected = evaluator.evaluate(agent)
+    server.answer(_Evaluate({name: tensor.clone() for name, tensor in agent.state_dict().items()}))
+    for _ in range(5):  # part of the way, as between two batches
+        server.step_evaluation()
+    favouring(agent, 2)
+    assert evaluator.evaluate(agent) != expected  # the later weights evaluate otherwise
+    batch = server.answer(
+        _Request(agent.state_dict(), [1, 2], EpsilonGreedy(0.0), torch.Generator().get_state())
+    )
+    assert isinstance(batch, _Reply) and bool((batch.collected.episodes.actions == 2).all())
+    assert server.answer(_TakeEvaluation()) == _Evaluated(expected)
+
+
+def test_an_evaluation_that_fails_in_the_child_is_answered_when_taken_and_batches_go_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = preset("qmix", task=TASK, envs=2, eval_episodes=2)
+    server = _Server(config)
+    broken = server.evaluator.runner.envs[0]
+    monkeypatch.setattr(broken, "step", lambda actions: (_ for _ in ()).throw(RuntimeError("simulator gone")))
+    agent = build_agent(config, server.runner.info)
+    server.answer(_Evaluate(agent.state_dict()))
+    while server.evaluating:
+        server.step_evaluation()
+    batch = server.answer(
+        _Request(agent.state_dict(), [1, 2], EpsilonGreedy(0.5), torch.Generator().get_state())
+    )
+    assert isinstance(batch, _Reply)
+    taken = server.answer(_TakeEvaluation())
+    assert isinstance(taken, _Failure) and "simulator gone" in str(taken.error)
+
+
+@pytest.mark.timeout(60)
+def test_beginning_an_evaluation_while_a_large_batch_is_in_flight_does_not_deadlock() -> None:
+    # The batch (about 320 KB) and the weights (1.6 MB) are both larger than the pipe holds: sent while
+    # the child is still sending the batch, the weights would leave each process waiting on the other.
+    config = preset("qmix", task=TASK, envs=32, hidden_dim=256, eval_episodes=2)
+    agent = build_agent(config, task_info(TASK))
+    ahead = ProcessCollector(config, torch.Generator().manual_seed(5))
+    try:
+        ahead.submit(agent, list(range(32)), EpsilonGreedy(1.0))
+        ahead.start_evaluation(agent)
+        batch = ahead.result()
+        evaluation = ahead.evaluation()
+    finally:
+        ahead.close()
+    assert len(batch.stats.returns) == 32 and evaluation.episodes == 2
 
 
 @pytest.mark.parametrize("collect_ahead", [True, False])

@@ -239,9 +239,9 @@ def _one_line(exc: BaseException) -> str:
 
 
 def read_curve(run_dir: Path, interval: int) -> list[CurvePoint]:
-    """The greedy evaluations a training run logged every ``interval`` steps. The trainer also evaluates
-    after its first batch and logs the final evaluation once more: those are left out, so that every
-    trial's curve has its points at the same fractions of the budget."""
+    """The greedy evaluations a training run logged every ``interval`` steps: the first at or past each
+    multiple of it (the run's end is the last). The trainer also evaluates after its first batch; that
+    one is left out, so that every trial's curve has its points at the same fractions of the budget."""
     rows = read_metrics(run_dir / "metrics.csv")
     steps, means = series(rows, "eval/return_mean")
     _, stds = series(rows, "eval/return_std")

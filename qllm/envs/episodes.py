@@ -133,9 +133,9 @@ def rollout(envs: Sequence[MultiAgentEnv], seeds: Sequence[int], act: JointPolic
 def rollout_steps(
     envs: Sequence[MultiAgentEnv], seeds: Sequence[int], act: JointPolicy
 ) -> Generator[None, None, Episodes]:
-    """:func:`rollout` a step at a time: yields after each step of the environments and returns the
-    episodes, so that a process can do it between other work (the collector evaluates this way while it
-    waits for its next batch: :mod:`qllm.rl.collector`)."""
+    """:func:`rollout` in slices: yields after the resets and after each step but the last, and returns
+    the episodes, so that a process can do it between other work (the collector evaluates this way
+    while it waits for its next batch: :mod:`qllm.rl.collector`)."""
     if len(seeds) != len(envs) or not envs:
         raise ValueError(f"need one seed per environment, got {len(seeds)} for {len(envs)}")
     info = envs[0].info
@@ -143,6 +143,7 @@ def rollout_steps(
     data = {f.name: getattr(episodes, f.name).numpy() for f in fields(episodes)}  # views: writes fill it
     for e, (env, seed) in enumerate(zip(envs, seeds, strict=True)):
         _store_state(data, e, 0, env.reset(seed=seed))
+    yield
     active = np.ones(len(envs), dtype=bool)
     for t in range(info.episode_limit):
         actions = act(t, data["obs"][:, t], data["avail_actions"][:, t])

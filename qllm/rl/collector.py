@@ -49,7 +49,7 @@ import torch
 from qllm.envs.episodes import Episodes
 from qllm.rl.agent import RNNAgent, build_agent
 from qllm.rl.config import TrainConfig
-from qllm.rl.evaluation import Evaluation, Evaluator
+from qllm.rl.evaluation import EvalReturns, Evaluator
 from qllm.rl.runner import ActionSelector, ParallelRunner, RolloutStats
 
 CLOSE_TIMEOUT_S = 5.0
@@ -86,7 +86,7 @@ class EpisodeCollector(Protocol):
         """Begin a greedy evaluation of ``agent``'s weights as they are now (the previous one taken)."""
         ...
 
-    def evaluation(self) -> Evaluation:
+    def evaluation(self) -> EvalReturns:
         """The evaluation begun last, once it has ended."""
         ...
 
@@ -102,7 +102,7 @@ class InlineCollector:
     ) -> None:
         self.runner, self.generator, self.device, self.evaluator = runner, generator, device, evaluator
         self._request: tuple[RNNAgent, list[int], ActionSelector] | None = None
-        self._evaluation: Evaluation | None = None
+        self._evaluation: EvalReturns | None = None
 
     def submit(self, agent: RNNAgent, seeds: list[int], behaviour: ActionSelector) -> None:
         self._request = (agent, seeds, behaviour)
@@ -114,9 +114,11 @@ class InlineCollector:
         return Collected(*self.runner.run(agent, seeds, behaviour, self.generator, self.device))
 
     def start_evaluation(self, agent: RNNAgent) -> None:
+        if self._evaluation is not None:
+            raise RuntimeError("start_evaluation() before the last evaluation was taken")
         self._evaluation = self.evaluator.evaluate(agent)
 
-    def evaluation(self) -> Evaluation:
+    def evaluation(self) -> EvalReturns:
         if self._evaluation is None:
             raise RuntimeError("evaluation() without a begun evaluation")
         evaluation, self._evaluation = self._evaluation, None
@@ -155,7 +157,7 @@ class _TakeEvaluation:
 
 @dataclass(frozen=True)
 class _Evaluated:
-    evaluation: Evaluation
+    evaluation: EvalReturns
 
 
 @dataclass(frozen=True)
@@ -198,8 +200,8 @@ class ProcessCollector:
     def result(self) -> Collected:
         if not self._in_flight:
             raise RuntimeError("result() without a submitted request")
-        reply, self._early = self._early or self._receive(), None
-        self._in_flight = False
+        reply = self._early if self._early is not None else self._receive()
+        self._early, self._in_flight = None, False
         if not isinstance(reply, _Reply):
             raise _raised(reply)
         self.generator.set_state(reply.generator_state)
@@ -208,15 +210,15 @@ class ProcessCollector:
     def start_evaluation(self, agent: RNNAgent) -> None:
         if self._evaluating:
             raise RuntimeError("start_evaluation() before the last evaluation was taken")
+        self._read_batch_ahead()
         self._send(_Evaluate(_cpu_weights(agent)))
         self._evaluating = True
 
-    def evaluation(self) -> Evaluation:
+    def evaluation(self) -> EvalReturns:
         if not self._evaluating:
             raise RuntimeError("evaluation() without a begun evaluation")
+        self._read_batch_ahead()
         self._send(_TakeEvaluation())
-        if self._in_flight and self._early is None:  # answers come in the order asked: the batch's first
-            self._early = self._receive()
         reply = self._receive()
         self._evaluating = False
         if not isinstance(reply, _Evaluated):
@@ -225,7 +227,7 @@ class ProcessCollector:
 
     def close(self) -> None:
         if self._process.is_alive() and not self._in_flight:
-            with contextlib.suppress(OSError):  # it went away meanwhile: nothing left to tell it
+            with contextlib.suppress(CollectorError):  # it went away meanwhile: nothing left to tell it
                 self._send(None)
             self._process.join(timeout=CLOSE_TIMEOUT_S)
         if self._process.is_alive():  # busy collecting, or not answering: nothing it does is needed now
@@ -234,17 +236,30 @@ class ProcessCollector:
         self._connection.close()
         gc.unfreeze()  # this process may go on (sweeps, tests): its old objects are collectable again
 
+    def _read_batch_ahead(self) -> None:
+        """Read the answer of a batch still in flight before saying anything more to the child. Answers
+        come in the order asked, and a child sending a batch larger than the pipe holds reads nothing
+        until it is read: a large message sent to it then would leave both waiting on each other."""
+        if self._in_flight and self._early is None:
+            self._early = self._receive()
+
     def _send(self, message: _Message | None) -> None:
-        self._connection.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+        try:
+            self._connection.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError:
+            raise self._ended_unexpectedly() from None
 
     def _receive(self) -> _Answer:
         try:
             return pickle.loads(self._connection.recv_bytes())
         except (EOFError, OSError):
-            self._process.join(timeout=1.0)
-            raise CollectorError(
-                f"the process collecting episodes ended unexpectedly (exit code {self._process.exitcode})"
-            ) from None
+            raise self._ended_unexpectedly() from None
+
+    def _ended_unexpectedly(self) -> CollectorError:
+        self._process.join(timeout=1.0)
+        return CollectorError(
+            f"the process collecting episodes ended unexpectedly (exit code {self._process.exitcode})"
+        )
 
 
 def _cpu_weights(agent: RNNAgent) -> dict[str, torch.Tensor]:
@@ -272,7 +287,7 @@ class _Server:
         self.evaluated_agent = build_agent(config, self.runner.info)
         self.evaluator = Evaluator(config.task, config.eval_episodes, cpu)
         self.generator, self.cpu = torch.Generator(), cpu
-        self._evaluation: Generator[None, None, Evaluation] | None = None
+        self._evaluation: Generator[None, None, EvalReturns] | None = None
         self._ended: _Evaluated | _Failure | None = None
 
     @property
@@ -293,8 +308,12 @@ class _Server:
     def answer(self, message: _Message) -> _Answer | None:
         """What a request is answered with (None: no answer is due)."""
         if isinstance(message, _Evaluate):
-            self.evaluated_agent.load_state_dict(message.weights)
-            self._evaluation, self._ended = self.evaluator.steps(self.evaluated_agent), None
+            try:
+                self.evaluated_agent.load_state_dict(message.weights)
+            except Exception as exc:  # answered when the evaluation is taken
+                self._evaluation, self._ended = None, _failure(exc)
+            else:
+                self._evaluation, self._ended = self.evaluator.steps(self.evaluated_agent), None
             return None
         if isinstance(message, _TakeEvaluation):
             while self._evaluation is not None:

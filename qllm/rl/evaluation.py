@@ -21,12 +21,12 @@ from qllm.rl.runner import GREEDY, ParallelRunner
 EVAL_ENVS = 8
 """Greedy evaluation steps this many environments together, whatever the training rollouts use."""
 EVAL_SEED_OFFSET = 1_000_000_000
-"""Evaluation episodes are seeded from a range training never uses."""
+"""EvalReturns episodes are seeded from a range training never uses."""
 
 
 @dataclass(frozen=True)
-class Evaluation:
-    """The greedy team return over one evaluation's episodes."""
+class EvalReturns:
+    """What one evaluation measured: the greedy team return over its episodes."""
 
     return_mean: float
     return_std: float
@@ -53,10 +53,10 @@ class Evaluator:
     def info(self) -> EnvInfo:
         return self.runner.info
 
-    def evaluate(self, agent: RNNAgent) -> Evaluation:
+    def evaluate(self, agent: RNNAgent) -> EvalReturns:
         return finish(self.steps(agent))
 
-    def steps(self, agent: RNNAgent) -> Generator[None, None, Evaluation]:
+    def steps(self, agent: RNNAgent) -> Generator[None, None, EvalReturns]:
         """:meth:`evaluate` a step at a time; ``agent``'s weights must stay as they are until it ends."""
         returns: list[float] = []
         generator = torch.Generator().manual_seed(0)  # unused when greedy; keeps training's untouched
@@ -67,7 +67,7 @@ class Evaluator:
             returns += rollout.returns
         values = torch.tensor(returns)
         spread = float(values.std()) if len(returns) > 1 else 0.0
-        return Evaluation(float(values.mean()), spread, len(returns))
+        return EvalReturns(float(values.mean()), spread, len(returns))
 
     def close(self) -> None:
         self.runner.close()

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from contextlib import ExitStack, closing
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from statistics import mean
@@ -352,17 +352,16 @@ class TrainingRun:
 
     def begin_evaluation(self, at: Counters) -> None:
         """Have the collector evaluate the acting network as it is now."""
-        self.collector.start_evaluation(self.learner.agent)
+        with self.collector_failures(at):
+            self.collector.start_evaluation(self.learner.agent)
         self.evaluating_at = at.t_env
 
     def log_evaluation(self, at: Counters) -> None:
         """Log the evaluation begun last, if one is, at the step it was begun, waiting for it to end."""
         if self.evaluating_at is None:
             return
-        try:
+        with self.collector_failures(at):
             evaluation = self.collector.evaluation()
-        except CollectorError as exc:
-            raise TrainingError.at(exc, at, self.config, self.run_dir, self.config.envs) from exc
         self.logger.log(self.evaluating_at, evaluation.metrics())
         self.evaluating_at, self.test_return = None, evaluation.return_mean
 
@@ -377,12 +376,19 @@ class TrainingRun:
     def ask_for_next_batch(self, at: Counters) -> None:
         """Environment reset seeds follow the episode count, so a resumed run draws the same ones."""
         seeds = [self.config.seed * 1_000_003 + at.episodes + e for e in range(self.config.envs)]
-        self.collector.submit(self.learner.agent, seeds, self.learner.behaviour(at.t_env))
+        with self.collector_failures(at):
+            self.collector.submit(self.learner.agent, seeds, self.learner.behaviour(at.t_env))
 
     def take_batch(self, at: Counters) -> Collected:
-        """The batch asked for last; a collector that failed stops training with one clear line."""
-        try:
+        """The batch asked for last."""
+        with self.collector_failures(at):
             return self.collector.result()
+
+    @contextmanager
+    def collector_failures(self, at: Counters) -> Iterator[None]:
+        """A collector that failed (its process died, say) stops training with one clear line."""
+        try:
+            yield
         except CollectorError as exc:
             raise TrainingError.at(exc, at, self.config, self.run_dir, self.config.envs) from exc
 
@@ -394,8 +400,13 @@ def episode_collector(
     in line (an on-policy learner must learn from episodes of the policy it updates)."""
     if config.collect_ahead and not LEARNERS[config.algo].on_policy:
         return ProcessCollector(config, generator)
-    evaluator = Evaluator(config.task, config.eval_episodes, device)
-    return InlineCollector(ParallelRunner(config.task, config.envs), generator, device, evaluator)
+    runner = ParallelRunner(config.task, config.envs)
+    try:
+        evaluator = Evaluator(config.task, config.eval_episodes, device)
+    except BaseException:
+        runner.close()
+        raise
+    return InlineCollector(runner, generator, device, evaluator)
 
 
 def replay_buffer(config: TrainConfig, info: EnvInfo, learner: Learner) -> ReplayBuffer | None:
