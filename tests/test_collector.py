@@ -108,7 +108,7 @@ def test_the_process_collector_evaluates_the_weights_as_begun_while_batches_come
     task = "matrix-climbing"  # one step: the joint action's payoff is the return
     config = preset("qmix", task=task, envs=2, eval_episodes=4)
     evaluator = Evaluator(task, 4, CPU)
-    agent = favouring(build_agent(config, evaluator.info), 0)
+    agent = favouring(build_agent(config, task_info(task)), 0)
     expected = evaluator.evaluate(agent)
     ahead = ProcessCollector(config, torch.Generator().manual_seed(5))
     try:
@@ -134,7 +134,7 @@ def test_the_childs_evaluation_keeps_its_weights_while_batches_are_collected_bet
     task = "mpe-spread-3"  # 25 steps an episode: the evaluation is played in many slices
     config = preset("qmix", task=task, envs=2, eval_episodes=2)
     evaluator, server = Evaluator(task, 2, CPU), _Server(config)
-    agent = favouring(build_agent(config, evaluator.info), 1)
+    agent = favouring(build_agent(config, task_info(task)), 1)
     expected = evaluator.evaluate(agent)
     server.answer(_Evaluate({name: tensor.clone() for name, tensor in agent.state_dict().items()}))
     for _ in range(5):  # part of the way, as between two batches

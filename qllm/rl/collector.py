@@ -319,7 +319,9 @@ class _Server:
             while self._evaluation is not None:
                 self.step_evaluation()
             ended, self._ended = self._ended, None
-            return ended or _Failure(CollectorError("an evaluation was taken that was never begun"))
+            if ended is None:
+                return _Failure(CollectorError("an evaluation was taken that was never begun"))
+            return ended
         try:
             self.agent.load_state_dict(message.weights)
             self.generator.set_state(message.generator_state)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import torch
 
-from qllm.envs import EnvInfo
 from qllm.envs.episodes import finish
 from qllm.rl.agent import RNNAgent
 from qllm.rl.runner import GREEDY, ParallelRunner
@@ -48,10 +47,6 @@ class Evaluator:
             raise ValueError(f"an evaluation needs at least one episode, got {episodes}")
         self.episodes, self.device = episodes, device
         self.runner = ParallelRunner(task, min(episodes, EVAL_ENVS))
-
-    @property
-    def info(self) -> EnvInfo:
-        return self.runner.info
 
     def evaluate(self, agent: RNNAgent) -> EvalReturns:
         return finish(self.steps(agent))

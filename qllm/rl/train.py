@@ -540,9 +540,6 @@ def load_trained_agent(run_dir: Path) -> tuple[TrainConfig, RNNAgent, torch.devi
 def evaluate_run(run_dir: Path, episodes: int = 100) -> tuple[float, float]:
     """Greedy test return of a finished run's final model (or its latest checkpoint)."""
     config, agent, device = load_trained_agent(run_dir)
-    evaluator = Evaluator(config.task, episodes, device)
-    try:
+    with closing(Evaluator(config.task, episodes, device)) as evaluator:
         evaluation = evaluator.evaluate(agent)
-    finally:
-        evaluator.close()
     return evaluation.return_mean, evaluation.return_std
