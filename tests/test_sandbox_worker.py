@@ -173,3 +173,64 @@ def test_emptying_the_scratch_folder_removes_what_jobs_wrote_but_not_what_is_bou
 
     assert (outside / "site.py").read_text() == "not the job's"
     assert sorted(str(p.relative_to(scratch)) for p in scratch.rglob("*")) == ["tmp", "tmp/venv"]
+
+
+def test_while_the_worker_imports_paths_resolve_as_realpath_does_and_realpath_is_itself_again_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "real" / "inner").mkdir(parents=True)
+    (tmp_path / "real" / "inner" / "module.py").write_text("")
+    (tmp_path / "folder-link").symlink_to(tmp_path / "real")
+    (tmp_path / "real" / "relative-link").symlink_to("inner")
+    (tmp_path / "real" / "file-link.py").symlink_to(tmp_path / "real" / "inner" / "module.py")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    monkeypatch.chdir(tmp_path / "real")
+    paths = [
+        tmp_path / "folder-link" / "inner" / "module.py",
+        tmp_path / "folder-link" / "relative-link" / "module.py",
+        tmp_path / "real" / "file-link.py",
+        tmp_path / "folder-link" / "missing" / "module.py",
+        tmp_path / "folder-link" / "inner" / ".." / "relative-link",
+        tmp_path / "loop" / "module.py",
+        "relative-link/module.py",
+        "/",
+    ]
+    expected = [os.path.realpath(path) for path in paths]
+    original = os.path.realpath
+    with worker._folders_resolved_once():
+        assert os.path.realpath is not original  # it is the one in force, and gives the same paths:
+        assert [os.path.realpath(path) for path in paths] == expected
+        assert [os.path.realpath(path) for path in paths] == expected  # from what it kept, too
+    assert os.path.realpath is original
+
+
+def test_the_worker_module_imports_no_torch_before_its_warm_up() -> None:
+    """The worker imports torch in ``_warm_up``, under ``_folders_resolved_once``; importing the package
+    on the way to the worker module must not have done it already."""
+    check = "import sys, qllm.sandbox.worker; print(sorted({'torch', 'numpy'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-I", "-c", check], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "['numpy']"  # the protocol's arrays
+
+
+def test_the_sandbox_package_s_names_are_their_modules_and_type_checkers_see_the_same() -> None:
+    import ast
+    import importlib
+
+    import qllm.sandbox as package
+    from qllm.pysource import parse_python
+
+    for name in package.__all__:
+        module = importlib.import_module(f"qllm.sandbox.{package._MODULE_OF[name]}")
+        assert getattr(package, name) is getattr(module, name)
+    tree = parse_python(Path(package.__file__).read_text())
+    typed = {
+        (node.module, alias.name)
+        for block in tree.body
+        if isinstance(block, ast.If)
+        for node in block.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert typed == {(f"qllm.sandbox.{module}", name) for name, module in package._MODULE_OF.items()}
+    with pytest.raises(AttributeError, match="no attribute 'Missing'"):
+        package.Missing  # noqa: B018
