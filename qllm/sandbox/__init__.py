@@ -6,8 +6,10 @@ modules (``restricted.py``), then behavioural checks and weight extraction (``ch
 side is :class:`Sandbox`; results are :class:`ValidationResult`.
 
 Importing the package imports none of its modules: each name here is imported from its module when it is
-first used. The sandbox worker (``python -m qllm.sandbox.worker``) imports this package before its own
-code runs, and must import torch on its own terms (see ``worker._folders_resolved_once``).
+first used (so ``import qllm.sandbox`` alone does not make ``qllm.sandbox.client`` and the like
+attributes; import a module to use it). The sandbox worker (``python -m qllm.sandbox.worker``) imports
+this package before its own code runs, and must import torch on its own terms (see
+``worker._paths_resolved_once``).
 """
 
 from __future__ import annotations
@@ -51,7 +53,25 @@ _MODULE_OF = {
 }
 """Each public name, and the module (of this package) that defines it."""
 
-__all__ = [*_MODULE_OF]  # noqa: PLE0604  (the names, listed once above)
+__all__ = [
+    "CandidateError",
+    "CandidateFileError",
+    "CandidateRejectedError",
+    "CheckOptions",
+    "CreditResult",
+    "CreditSession",
+    "ErrorKind",
+    "LoadedCandidate",
+    "Sandbox",
+    "SandboxLimits",
+    "SandboxUnavailableError",
+    "ValidationInputs",
+    "ValidationResult",
+    "WeightReport",
+    "detect_backend",
+    "load_credit_function",
+    "read_candidate_file",
+]
 
 
 def __getattr__(name: str) -> object:

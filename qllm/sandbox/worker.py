@@ -161,7 +161,7 @@ def main() -> None:
 def _warm_up() -> None:
     """Import what every job needs, so that forked children start instantly. No tensor maths here:
     thread pools created before fork() would be unusable in the children."""
-    with _folders_resolved_once():
+    with _paths_resolved_once():
         import torch  # noqa: F401, PLC0415
 
         import qllm.sandbox.checks  # noqa: PLC0415
@@ -169,27 +169,30 @@ def _warm_up() -> None:
 
 
 @contextlib.contextmanager
-def _folders_resolved_once() -> Iterator[None]:
-    """``os.path.realpath`` resolving each folder once, meanwhile. Importing torch resolves the path of
-    every module imported so far, about a thousand times (its operator registrations call
-    ``inspect.getmodule``), and each resolution looks up every component of the path again: some 10,000
-    ``lstat`` calls, and under gVisor each costs about 0.2 ms (1.8 s of a worker's 10 s start). The
-    worker's files are read-only binds that nothing changes while it starts, so a folder's resolution
-    can be kept."""
+def _paths_resolved_once() -> Iterator[None]:
+    """Meanwhile, ``os.path.realpath`` keeps every path it resolved, so each folder is looked up once.
+
+    Importing torch resolves the path of every module imported so far, about a thousand times (its
+    operator registrations call ``inspect.getmodule``), and each resolution looks up every component of
+    the path again: some 10,000 ``lstat`` calls, at about 0.2 ms each under gVisor (1.8 s of a worker's
+    10 s start). Nothing changes the worker's files while it starts, so a resolution can be kept.
+    """
     resolve = posixpath.realpath
 
     @functools.cache
-    def resolved(path: str) -> str:  # absolute and normalised
+    def resolved(path: str) -> str:
+        """``path`` (absolute, normalised) with every link resolved."""
         parent, name = posixpath.split(path)
         if not name:
             return path
         joined = posixpath.join(resolved(parent), name)
         return resolve(joined) if posixpath.islink(joined) else joined
 
-    def realpath(path: Any, *, strict: bool = False) -> Any:
+    def realpath(path: str | bytes | os.PathLike[str], *, strict: bool = False) -> str | bytes:
         text = os.fspath(path)
-        # ".." is taken lexically by abspath but after links by realpath: leave such paths to realpath.
-        if strict or not isinstance(text, str) or ".." in text.split("/"):
+        # What abspath would normalise differently, the original resolves: ".." (taken lexically by
+        # abspath, after links by realpath) and a leading "//" (kept by abspath).
+        if strict or not isinstance(text, str) or ".." in text.split("/") or text.startswith("//"):
             return resolve(path, strict=strict)
         return resolved(posixpath.abspath(text))
 

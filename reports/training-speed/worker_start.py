@@ -31,7 +31,9 @@ worker.close()
 
 
 def start_seconds(python: Path, backend: str) -> float:
-    done = subprocess.run([str(python), "-c", TIMED, backend], check=True, capture_output=True, text=True)
+    # -I: each side imports its own install of qllm, whatever folder this runs from.
+    command = [str(python), "-I", "-c", TIMED, backend]
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
     return float(done.stdout.split()[-1])
 
 
