@@ -2,7 +2,7 @@
 the after/before speed ratio's geometric mean over the pairs with its 95% interval (Student t on the log
 ratios: pairs share the machine's state of the moment, which is most of the run-to-run spread here).
 
-Each pair runs both sides with the same seed, in turn (which side goes first alternates), with the CLI's
+Pair N runs both sides with seed N, in turn (which side goes first alternates), with the CLI's
 default logging and checkpoints, in a fresh runs folder that is deleted afterwards. Extra arguments go to
 both sides' `qllm train` (say, --mixer riit).
 
@@ -19,9 +19,36 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from scipy import stats
+
+
+SIDES = ("before", "after")
+
+
+def alternating_pairs(pairs: int, seconds: Callable[[str, int], float]) -> dict[str, list[float]]:
+    """Each side's seconds, ``seconds(side, pair)``, timed in ``pairs`` pairs, the side that goes first
+    alternating; prints a line per pair."""
+    took: dict[str, list[float]] = {side: [] for side in SIDES}
+    for pair in range(pairs):
+        order = SIDES if pair % 2 == 0 else SIDES[::-1]
+        for side in order:
+            took[side].append(seconds(side, pair))
+        before, after = took["before"][-1], took["after"][-1]
+        print(f"pair {pair + 1} ({order[0]} first): before {before:.2f} s, after {after:.2f} s, "
+              f"speed after/before {before / after:.3f}", flush=True)  # fmt: skip
+    return took
+
+
+def speed_ratio(took: dict[str, list[float]]) -> str:
+    """The after/before speed ratio's geometric mean over the pairs, with its 95% interval."""
+    logs = [math.log(before / after) for before, after in zip(took["before"], took["after"], strict=True)]
+    centre = statistics.mean(logs)
+    half = stats.t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return (f"{math.exp(centre):.3f} over {len(logs)} pairs "
+            f"(95% interval {math.exp(centre - half):.3f}-{math.exp(centre + half):.3f})")  # fmt: skip
 
 
 def wall_seconds(qllm: Path, seed: int, extra: list[str]) -> float:
@@ -39,19 +66,11 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("train_args", nargs="*", help="after --: what both sides' `qllm train` gets")
     args = parser.parse_args()
-    ratios = []
-    for pair in range(args.pairs):
-        sides = [("before", args.before), ("after", args.after)]
-        order = sides if pair % 2 == 0 else sides[::-1]
-        wall = {name: wall_seconds(qllm, pair + 1, args.train_args) for name, qllm in order}
-        ratios.append(wall["before"] / wall["after"])
-        print(f"pair {pair + 1} (seed {pair + 1}, {order[0][0]} first): before {wall['before']:.1f} s, "
-              f"after {wall['after']:.1f} s, speed after/before {ratios[-1]:.3f}", flush=True)  # fmt: skip
-    logs = [math.log(ratio) for ratio in ratios]
-    centre = statistics.mean(logs)
-    half = stats.t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
-    print(f"speed after/before over {len(ratios)} pairs: {math.exp(centre):.3f} "
-          f"(95% interval {math.exp(centre - half):.3f}-{math.exp(centre + half):.3f})")  # fmt: skip
+    qllm = {"before": args.before, "after": args.after}
+    took = alternating_pairs(
+        args.pairs, lambda side, pair: wall_seconds(qllm[side], pair + 1, args.train_args)
+    )
+    print(f"speed after/before: {speed_ratio(took)}")
     print(f"command: qllm train {' '.join(args.train_args)}", file=sys.stderr)
 
 

@@ -1,8 +1,8 @@
 """Before against after: how long a sandbox worker takes to start, as whole processes in alternating pairs.
 
 Each side's python starts one worker through the sandbox's client (``SandboxWorker.start``: the backend's
-isolation, the worker's ``import torch``, until it says it is ready) and prints the seconds; the pairs'
-after/before speed ratio is summarised as paired_runs.py does (geometric mean, Student t 95% interval).
+isolation, the worker's ``import torch``, until it says it is ready) and prints the seconds; the pairs and
+their after/before speed ratio are paired_runs.py's (geometric mean, Student t 95% interval).
 
 Run:  .venv/bin/python reports/training-speed/worker_start.py --before BEFORE/bin/python \
           --after .venv/bin/python --pairs 8 --backend gvisor
@@ -11,12 +11,11 @@ Run:  .venv/bin/python reports/training-speed/worker_start.py --before BEFORE/bi
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import subprocess
 from pathlib import Path
 
-from scipy import stats
+from paired_runs import alternating_pairs, speed_ratio  # this script's folder
 
 TIMED = """
 import sys, time
@@ -44,23 +43,11 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--backend", default="gvisor")
     args = parser.parse_args()
-    ratios, seconds = [], {"before": [], "after": []}
-    for pair in range(args.pairs):
-        sides = [("before", args.before), ("after", args.after)]
-        order = sides if pair % 2 == 0 else sides[::-1]
-        took = {name: start_seconds(python, args.backend) for name, python in order}
-        for name, value in took.items():
-            seconds[name].append(value)
-        ratios.append(took["before"] / took["after"])
-        print(f"pair {pair + 1} ({order[0][0]} first): before {took['before']:.2f} s, "
-              f"after {took['after']:.2f} s, speed after/before {ratios[-1]:.3f}", flush=True)  # fmt: skip
-    logs = [math.log(ratio) for ratio in ratios]
-    centre = statistics.mean(logs)
-    half = stats.t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
-    print(f"{args.backend} worker start, medians: before {statistics.median(seconds['before']):.2f} s, "
-          f"after {statistics.median(seconds['after']):.2f} s; speed after/before over {len(ratios)} pairs: "
-          f"{math.exp(centre):.3f} "
-          f"(95% interval {math.exp(centre - half):.3f}-{math.exp(centre + half):.3f})")  # fmt: skip
+    python = {"before": args.before, "after": args.after}
+    took = alternating_pairs(args.pairs, lambda side, _: start_seconds(python[side], args.backend))
+    medians = {side: statistics.median(seconds) for side, seconds in took.items()}
+    print(f"{args.backend} worker start, medians: before {medians['before']:.2f} s, "
+          f"after {medians['after']:.2f} s; speed after/before {speed_ratio(took)}")  # fmt: skip
 
 
 if __name__ == "__main__":
