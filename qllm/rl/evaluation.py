@@ -20,7 +20,7 @@ from qllm.rl.runner import GREEDY, ParallelRunner
 EVAL_ENVS = 8
 """Greedy evaluation steps this many environments together, whatever the training rollouts use."""
 EVAL_SEED_OFFSET = 1_000_000_000
-"""EvalReturns episodes are seeded from a range training never uses."""
+"""Evaluation episodes are seeded from a range training never uses."""
 
 
 @dataclass(frozen=True)
