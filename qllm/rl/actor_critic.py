@@ -25,7 +25,8 @@ from qllm.envs import EnvInfo
 from qllm.envs.episodes import Episodes
 from qllm.rl.agent import build_agent
 from qllm.rl.config import TrainConfig
-from qllm.rl.learner import RunningMeanStd, TargetNetworks, adam, gradient_step, masked_mean, masked_mse
+from qllm.rl.learner import RunningMeanStd, TargetNetworks, gradient_step, masked_mean, masked_mse
+from qllm.rl.optim import FusedAdam
 from qllm.rl.policy import masked_logits
 from qllm.rl.runner import SamplePolicy
 
@@ -111,8 +112,8 @@ class ActorCriticLearner:
         self.critic = critic.to(device)
         self.agent_parameters = list(self.agent.parameters())
         self.critic_parameters = list(self.critic.parameters())
-        self.agent_optimiser = adam(self.agent_parameters, config.lr)
-        self.critic_optimiser = adam(self.critic_parameters, config.lr)
+        self.agent_optimiser = FusedAdam(self.agent_parameters, config.lr)
+        self.critic_optimiser = FusedAdam(self.critic_parameters, config.lr)
         self.reward_stats = RunningMeanStd()
 
     def behaviour(self, t_env: int) -> SamplePolicy:
@@ -154,7 +155,7 @@ class ActorCriticLearner:
             "entropy": float(masked_mean(policy_entropy.detach(), mask)),
         }
 
-    def _parts(self) -> dict[str, nn.Module | torch.optim.Optimizer | RunningMeanStd | TargetNetworks]:
+    def _parts(self) -> dict[str, nn.Module | FusedAdam | RunningMeanStd | TargetNetworks]:
         return {
             "agent": self.agent,
             "critic": self.critic,
