@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import gymnasium as gym
 import numpy as np
 import pytest
+from lbforaging.foraging.environment import ForagingEnv
 from rware.warehouse import ImageLayer
 
 from qllm.envs import TimeStep, make_env
+from qllm.envs.lbf import ForagingWithoutObservations, agent_observations
 from qllm.envs.matrix import CLIMBING
 from qllm.envs.mpe import MPEEnv
 from qllm.envs.opponents import move_towards
@@ -87,6 +90,45 @@ def test_lbf_coop_foods_need_every_agent() -> None:
         total = schema.view(state, "agent_level").sum()
         levels = schema.view(state, "food_level")[:, 0]
         assert (levels[levels > 0] == total).all()
+
+
+LBF_OBSERVATION_TASKS = (
+    "lbf-8x8-2p-2f", "lbf-2s-8x8-2p-2f-coop", "lbf-2s-10x10-4p-3f", "lbf-2s-12x12-5p-4f", "lbf-5x5-3p-1f",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("task", LBF_OBSERVATION_TASKS)
+def test_lbf_observations_are_lbforagings_on_the_same_play(task: str) -> None:
+    """The adapter builds the agents' observations itself; lbforaging's own environment, made by gymnasium
+    and played with the same seeds and actions, gives the same observations, rewards and ends, and so does
+    lbforaging's observation code run on the adapter's environment at every step."""
+    env = make_env(task)
+    reference = gym.make(f"Foraging-{task.removeprefix('lbf-')}-v3", disable_env_checker=True).unwrapped
+    for seed in range(8):
+        for player in reference.players:  # as the adapter does: lbforaging keeps the last episode's
+            player.position = None
+        for actions, ts in rollout(env, seed=seed):
+            if actions is None:
+                expected, _ = reference.reset(seed=seed)
+            else:
+                expected, rewards, done, _, _ = reference.step([int(a) for a in actions])
+                assert ts.info["agent_rewards"] == rewards
+                assert ts.done == done
+            np.testing.assert_array_equal(ts.obs, np.array(expected, dtype=np.float32))
+            np.testing.assert_array_equal(ts.obs, np.array(ForagingEnv._make_gym_obs(env.env)))
+
+
+def test_lbf_observations_without_agent_levels_are_lbforagings() -> None:
+    kwargs = {**gym.spec("Foraging-2s-10x10-3p-3f-v3").kwargs, "observe_agent_levels": False}
+    sim = ForagingWithoutObservations(**kwargs)
+    rng = np.random.default_rng(0)
+    for seed in range(5):
+        sim.reset(seed=seed)
+        for _ in range(30):
+            expected = np.array(ForagingEnv._make_gym_obs(sim), dtype=np.float32)
+            assert expected.shape == (3, 3 * 3 + 2 * 3)
+            np.testing.assert_array_equal(agent_observations(sim), expected)
+            sim.step(list(rng.integers(0, 6, size=3)))
 
 
 # --- multi-agent particle environments -----------------------------------------------------------

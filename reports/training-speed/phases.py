@@ -3,7 +3,7 @@
 Prints one line to stderr: seconds spent importing qllm, collecting episodes in this process
 (evaluation, and training episodes collected in line), waiting for the episodes a collector process
 collects ahead (where qllm has one), evaluating, in the learner's updates, logging, checkpointing,
-plotting, in the sandbox where the mixer is a credit function (its worker's start and close, the
+plotting, building the q learner (its networks and optimiser), in the sandbox where the mixer is a credit function (its worker's start and close, the
 validation, the credit calls), and the total. The timers wrap the functions by name, so a checkout of
 any qllm with the same functions can be timed with the same script: run it with that checkout's venv.
 Extra arguments go to `qllm train` (say, --collect-in-line).
@@ -58,6 +58,7 @@ def main() -> None:
     timed(ParallelRunner, "run", "collect (in this process)")
     if hasattr(train_module, "TrainingRun"):
         timed(train_module.TrainingRun, "take_batch", "take the next batch (waiting included)")
+    timed(QLearner, "__init__", "build the learner (networks, optimiser)")
     timed(QLearner, "update", "update")
     for name, phase in [("save_checkpoint", "checkpoint"), ("log_training", "log"),
                         ("plot_learning_curve", "plot")]:  # fmt: skip
