@@ -2,11 +2,11 @@
 
 Prints one line to stderr: seconds spent importing qllm, collecting episodes in this process
 (evaluation, and training episodes collected in line), waiting for the episodes a collector process
-collects ahead (where qllm has one), evaluating, in the learner's updates, logging, checkpointing,
-plotting, building the q learner (its networks and optimiser), in the sandbox where the mixer is a credit function (its worker's start and close, the
-validation, the credit calls), and the total. The timers wrap the functions by name, so a checkout of
-any qllm with the same functions can be timed with the same script: run it with that checkout's venv.
-Extra arguments go to `qllm train` (say, --collect-in-line).
+collects ahead (where qllm has one), evaluating, building the q learner (its networks and optimiser),
+in the learner's updates, logging, checkpointing, plotting, in the sandbox where the mixer is a credit
+function (its worker's start and close, the validation, the credit calls), and the total. The timers
+wrap the functions by name, so a checkout of any qllm with the same functions can be timed with the same
+script: run it with that checkout's venv. Extra arguments go to `qllm train` (say, --collect-in-line).
 
 Run (before / after in turn):  BEFORE/.venv/bin/python reports/training-speed/phases.py --steps 20000
                                .venv/bin/python reports/training-speed/phases.py --steps 20000
