@@ -12,6 +12,7 @@ LLM stack (LangGraph, LangChain), Ray or the report's plotting, which would add 
 from __future__ import annotations
 
 import functools
+import gc
 import importlib
 import sys
 from collections.abc import Callable, Iterable
@@ -104,5 +105,22 @@ def __getattr__(name: str) -> typer.Typer:
 
 
 def main() -> None:
+    """The ``qllm`` executable: run one command, then end the process."""
     command = sys.argv[1] if len(sys.argv) > 1 else None
-    build_app([command] if command in COMMANDS else COMMANDS)()
+    try:
+        build_app([command] if command in COMMANDS else COMMANDS)()
+    finally:
+        _skip_the_last_collections()
+
+
+def _skip_the_last_collections() -> None:
+    """Keep the interpreter's shutdown from walking every object alive once the command is done.
+
+    Shutting down, Python collects garbage over every object the process imported (torch's are millions):
+    0.8-0.9 s of a training run's exit here, 0.2 s with them frozen out of the collector (measured,
+    three runs each way). Frozen objects are still freed by reference counting and atexit handlers still
+    run; only cycles left at exit go uncollected, and everything that writes (files, loggers, child
+    processes) is closed by the commands themselves. Only the executable does this: a process that calls
+    the app and goes on keeps its collector.
+    """
+    gc.freeze()
