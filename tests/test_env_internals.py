@@ -118,6 +118,19 @@ def test_lbf_observations_are_lbforagings_on_the_same_play(task: str) -> None:
             np.testing.assert_array_equal(ts.obs, np.array(ForagingEnv._make_gym_obs(env.env)))
 
 
+def test_lbf_an_agent_below_the_window_but_within_twice_the_sight_is_seen() -> None:
+    """lbforaging's quirk at a border: agent 0 on row 0 with sight 2 sees rows 0-2 of the field, yet sees
+    agent 1 on row 4, whose position relative to the window's corner (4) is within 2 * sight."""
+    sim = ForagingWithoutObservations(**gym.spec("Foraging-2s-8x8-2p-2f-v3").kwargs)
+    sim.reset(seed=0)
+    sim.players[0].position, sim.players[1].position = (0, 3), (4, 3)
+    sim._gen_valid_moves()
+    expected = np.array(ForagingEnv._make_gym_obs(sim), dtype=np.float32)
+    np.testing.assert_array_equal(agent_observations(sim), expected)
+    seen_by_agent_0 = expected[0, 3 * sim.max_num_food :].reshape(2, 3)
+    assert seen_by_agent_0[1].tolist() == [4, 2, sim.players[1].level]  # row 4 - 0, col 3 - 1
+
+
 def test_lbf_observations_without_agent_levels_are_lbforagings() -> None:
     kwargs = {**gym.spec("Foraging-2s-10x10-3p-3f-v3").kwargs, "observe_agent_levels": False}
     sim = ForagingWithoutObservations(**kwargs)

@@ -41,21 +41,27 @@ def test_updates_equal_torch_adam_fused_bit_for_bit() -> None:
     assert not torch.equal(_parameters(ours)[0], _parameters(_network(0))[0])  # it did move
 
 
-def test_a_torch_adam_checkpoint_continues_bit_for_bit_and_round_trips() -> None:
+def test_checkpoints_continue_bit_for_bit_from_torch_adam_and_back() -> None:
+    """Saved by torch.optim.Adam, continued by FusedAdam (whose own settings the saved ones replace), saved
+    again and continued by torch.optim.Adam: the same parameters as torch's uninterrupted run."""
+    settings = {"lr": 1e-2, "betas": (0.8, 0.99), "eps": 1e-6, "fused": True}
     reference, resumed = _network(0), _network(0)
-    reference_adam = torch.optim.Adam(reference.parameters(), lr=1e-2, fused=True)
+    reference_adam = torch.optim.Adam(reference.parameters(), **settings)
     _train(reference, reference_adam, steps=5, seed=1)
     resumed.load_state_dict(reference.state_dict())
-    ours = FusedAdam(resumed.parameters(), lr=0.5)  # the saved learning rate replaces this one
+    ours = FusedAdam(resumed.parameters(), lr=0.5)
     ours.load_state_dict(reference_adam.state_dict())
-    assert ours.lr == 1e-2
+    assert (ours.lr, ours.betas, ours.eps) == (1e-2, (0.8, 0.99), 1e-6)
     _train(reference, reference_adam, steps=5, seed=2)
     _train(resumed, ours, steps=5, seed=2)
     for mine, theirs in zip(_parameters(resumed), _parameters(reference), strict=True):
         assert torch.equal(mine, theirs)
-    back = torch.optim.Adam(_network(0).parameters(), lr=1.0, fused=True)
-    back.load_state_dict(ours.state_dict())  # and torch reads ours
-    assert back.state_dict()["param_groups"] == reference_adam.state_dict()["param_groups"]
+    back = torch.optim.Adam(resumed.parameters(), lr=1.0, fused=True)
+    back.load_state_dict(ours.state_dict())
+    _train(reference, reference_adam, steps=5, seed=3)
+    _train(resumed, back, steps=5, seed=3)
+    for mine, theirs in zip(_parameters(resumed), _parameters(reference), strict=True):
+        assert torch.equal(mine, theirs)
 
 
 def test_a_parameter_without_a_gradient_keeps_its_value_and_gets_no_state() -> None:
@@ -73,6 +79,10 @@ def test_state_for_other_parameters_or_another_rule_is_refused() -> None:
     other = torch.optim.Adam([nn.Parameter(torch.zeros(2))], lr=1e-3, fused=True)
     with pytest.raises(ValueError, match="for 1 parameters"):
         FusedAdam(network.parameters(), lr=1e-3).load_state_dict(other.state_dict())
+    stranger = FusedAdam(network.parameters(), lr=1e-3).state_dict()
+    stranger["state"][99] = stranger["state"].get(0, {})
+    with pytest.raises(ValueError, match="unlisted parameters"):
+        FusedAdam(network.parameters(), lr=1e-3).load_state_dict(stranger)
     decaying = torch.optim.Adam(network.parameters(), lr=1e-3, weight_decay=0.1, amsgrad=True)
     with pytest.raises(ValueError, match="weight_decay, amsgrad"):
         FusedAdam(network.parameters(), lr=1e-3).load_state_dict(decaying.state_dict())

@@ -120,7 +120,8 @@ def _skip_the_last_collections() -> None:
     0.8-0.9 s of a training run's exit here, 0.2 s with them frozen out of the collector (measured,
     three runs each way). Frozen objects are still freed by reference counting and atexit handlers still
     run; only cycles left at exit go uncollected, and everything that writes (files, loggers, child
-    processes) is closed by the commands themselves. Only the executable does this: a process that calls
-    the app and goes on keeps its collector.
+    processes) is closed by the commands themselves. Tests and embedding code call the app, which keeps
+    its collector; a script that calls ``main()`` and goes on (``reports/training-speed/phases.py``) runs
+    on with the objects of then frozen, which only costs it memory held by their cycles.
     """
     gc.freeze()

@@ -165,9 +165,10 @@ class ForagingWithoutObservations(ForagingEnv):
     """lbforaging's environment, leaving the agents' observations to the adapter (:func:`agent_observations`).
 
     ``step`` and ``reset`` end by building every agent's observation through a Python object per agent
-    and a check of each array against its space (``_make_gym_obs``): about 100 of the 190 us a step of
-    lbf-8x8-2p-2f takes, measured on this project's machines. The adapter builds the same arrays from
-    the same fields in one numpy pass when it reads them. Everything else is lbforaging's own.
+    and a check of each array against its space (``_make_gym_obs``): about 140 of the 190 us a step of
+    lbf-8x8-2p-2f took on this project's machines. The adapter builds the same arrays from the same
+    fields, in 20-25 us, when it reads them (``reports/training-speed/lbf_observations.py`` measures
+    both). Everything else is lbforaging's own.
     """
 
     @classmethod

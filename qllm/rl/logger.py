@@ -132,7 +132,7 @@ def plot_comparison(runs: dict[str, Path], out: Path, title: str) -> Path:
 
 
 def _figure() -> tuple[Figure, Axes]:
-    """A 7x4-inch figure with one axis, drawn for files only (Agg)."""
+    """A 7x4-inch figure with one axis, for files only (``savefig`` picks the canvas by the file's suffix)."""
     # Imported here: matplotlib costs ~30 MB, needed once per run, after training has released its memory.
     # The figure is made without pyplot (0.15 s less to import, measured): no global backend is switched
     # and nothing keeps the figure once it is saved.

@@ -3,8 +3,8 @@
 ``torch.optim.Optimizer`` imports ``torch._dynamo`` (``torch.compile``'s front end) the first time an
 optimiser is built, and again checks for it in every ``step``. No learner here compiles anything, yet
 that import took 1.15 s and 71 MB of the trainer's memory in every run (torch 2.13 on this project's
-2-core machines; ``reports/training-speed/report.md``, twelfth measurement), on the critical path before
-the first batch is asked for.
+2-core machines; ``reports/training-speed/report.md``, twelfth measurement), paid before the trainer asks
+for its first batch.
 
 :class:`FusedAdam` makes the call ``torch.optim.Adam(fused=True)`` makes, the ``torch._fused_adam_``
 operator (one kernel for all the tensors of a device and dtype), with the same arguments and the same
@@ -27,8 +27,9 @@ EPS = 1e-8
 
 
 @dataclass
-class _Moments:
-    """One parameter's Adam state, as ``torch.optim.Adam(fused=True)`` keeps it."""
+class _AdamState:
+    """One parameter's Adam state (its update count and moments), as ``torch.optim.Adam(fused=True)``
+    keeps it."""
 
     step: torch.Tensor
     """Updates so far: a float32 scalar on the parameter's device (the fused kernel reads it there)."""
@@ -36,7 +37,7 @@ class _Moments:
     exp_avg_sq: torch.Tensor
 
     @classmethod
-    def zeros(cls, parameter: torch.Tensor) -> _Moments:
+    def zeros(cls, parameter: torch.Tensor) -> _AdamState:
         return cls(
             step=torch.zeros((), dtype=torch.float32, device=parameter.device),
             exp_avg=torch.zeros_like(parameter, memory_format=torch.preserve_format),
@@ -44,7 +45,7 @@ class _Moments:
         )
 
     @classmethod
-    def loaded(cls, saved: dict[str, torch.Tensor], parameter: torch.Tensor) -> _Moments:
+    def loaded(cls, saved: dict[str, torch.Tensor], parameter: torch.Tensor) -> _AdamState:
         """A saved state, on the parameter's device and (for the moments) its dtype."""
         for name, value in (("exp_avg", saved["exp_avg"]), ("exp_avg_sq", saved["exp_avg_sq"])):
             if value.shape != parameter.shape:
@@ -77,7 +78,7 @@ class FusedAdam:
         self.lr = lr
         self.betas = BETAS
         self.eps = EPS
-        self.moments: dict[int, _Moments] = {}
+        self.states: dict[int, _AdamState] = {}
         """Each updated parameter's state, by its index in ``parameters``."""
 
     def zero_grad(self) -> None:
@@ -94,14 +95,14 @@ class FusedAdam:
                 groups.setdefault((parameter.device, parameter.dtype), []).append(index)
         for indices in groups.values():
             params = [self.parameters[i] for i in indices]
-            moments = [self.moments.setdefault(i, _Moments.zeros(self.parameters[i])) for i in indices]
-            steps = [m.step for m in moments]
+            states = [self._state_of(i) for i in indices]
+            steps = [state.step for state in states]
             torch._foreach_add_(steps, 1)
             torch._fused_adam_(
                 params,
                 [p.grad for p in params],
-                [m.exp_avg for m in moments],
-                [m.exp_avg_sq for m in moments],
+                [state.exp_avg for state in states],
+                [state.exp_avg_sq for state in states],
                 [],  # the running maxima AMSGrad would keep
                 steps,
                 amsgrad=False,
@@ -114,6 +115,13 @@ class FusedAdam:
                 grad_scale=None,
                 found_inf=None,
             )
+
+    def _state_of(self, index: int) -> _AdamState:
+        """The parameter's state, made (zeros) on its first update."""
+        state = self.states.get(index)
+        if state is None:
+            state = self.states[index] = _AdamState.zeros(self.parameters[index])
+        return state
 
     def state_dict(self) -> dict[str, Any]:
         """The state in ``torch.optim.Adam``'s layout (the tensors themselves, not copies, as there)."""
@@ -131,7 +139,8 @@ class FusedAdam:
             "decoupled_weight_decay": False,
             "params": list(range(len(self.parameters))),
         }
-        return {"state": {i: m.as_saved() for i, m in sorted(self.moments.items())}, "param_groups": [group]}
+        saved = {index: state.as_saved() for index, state in sorted(self.states.items())}
+        return {"state": saved, "param_groups": [group]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state``: this class's, or ``torch.optim.Adam``'s for the same parameters.
@@ -161,8 +170,11 @@ class FusedAdam:
                 f"{len(self.parameters)}"
             )
         position = {saved_id: index for index, saved_id in enumerate(group["params"])}
-        self.moments = {
-            position[saved_id]: _Moments.loaded(saved, self.parameters[position[saved_id]])
+        strangers = set(state["state"]) - set(position)
+        if strangers:
+            raise ValueError(f"the saved optimiser state holds unlisted parameters {sorted(strangers)}")
+        self.states = {
+            position[saved_id]: _AdamState.loaded(saved, self.parameters[position[saved_id]])
             for saved_id, saved in state["state"].items()
         }
         self.lr, self.eps = float(group["lr"]), float(group["eps"])

@@ -1,0 +1,52 @@
+"""How long a `qllm train` process takes to end once it has printed its last line, before against after.
+
+Each side runs a tiny training (`--steps 400` by default) as a whole process, alternating; the time from
+its last line of output (the learning curve's path, printed when the run is done) to the process's exit
+is the interpreter's shutdown: atexit handlers, the last garbage collections, freeing the modules.
+
+Run:  .venv/bin/python reports/training-speed/exit_time.py --before BEFORE_VENV/bin/qllm \\
+          --after .venv/bin/qllm --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import tempfile
+import time
+
+
+def seconds_to_exit(qllm: str, steps: int) -> float:
+    """One run's time from its last line of output to its exit."""
+    with tempfile.TemporaryDirectory() as runs:
+        command = [qllm, "train", "--mixer", "riit", "--steps", str(steps), "--runs-dir", runs]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert process.stdout is not None
+        last_line_at = time.monotonic()
+        for _ in process.stdout:
+            last_line_at = time.monotonic()
+        if process.wait() != 0:
+            raise SystemExit(f"{qllm} failed (exit {process.returncode})")
+        return time.monotonic() - last_line_at
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", required=True, help="the earlier qllm's executable")
+    parser.add_argument("--after", required=True, help="the later qllm's executable")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=400)
+    args = parser.parse_args()
+    times: dict[str, list[float]] = {"before": [], "after": []}
+    for round_ in range(args.rounds):
+        order = ("before", "after") if round_ % 2 == 0 else ("after", "before")
+        for side in order:
+            times[side].append(seconds_to_exit(getattr(args, side), args.steps))
+        print(f"round {round_ + 1}: before {times['before'][-1]:.3f} s, after {times['after'][-1]:.3f} s")
+    for side, values in times.items():
+        print(f"{side}: median {statistics.median(values):.3f} s (range {min(values):.3f}-{max(values):.3f})")
+
+
+if __name__ == "__main__":
+    main()
