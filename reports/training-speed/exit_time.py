@@ -16,6 +16,8 @@ import subprocess
 import tempfile
 import time
 
+from paired_runs import alternating_pairs  # this script's folder
+
 
 def seconds_to_exit(qllm: str, steps: int) -> float:
     """One run's time from its last line of output to its exit."""
@@ -38,13 +40,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=400)
     args = parser.parse_args()
-    times: dict[str, list[float]] = {"before": [], "after": []}
-    for round_ in range(args.rounds):
-        order = ("before", "after") if round_ % 2 == 0 else ("after", "before")
-        for side in order:
-            times[side].append(seconds_to_exit(getattr(args, side), args.steps))
-        print(f"round {round_ + 1}: before {times['before'][-1]:.3f} s, after {times['after'][-1]:.3f} s")
-    for side, values in times.items():
+    took = alternating_pairs(args.rounds, lambda side, _: seconds_to_exit(getattr(args, side), args.steps))
+    for side, values in took.items():
         print(f"{side}: median {statistics.median(values):.3f} s (range {min(values):.3f}-{max(values):.3f})")
 
 
