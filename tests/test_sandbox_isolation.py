@@ -31,6 +31,7 @@ from qllm.sandbox.backends import (
     available_backends,
     local_image,
 )
+from qllm.sandbox.snapshots import SNAPSHOTS_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 VDN = "def credit_assignment(agents_q, state):\n    return agents_q.sum(dim=1, keepdim=True)\n"
@@ -39,7 +40,9 @@ VDN = "def credit_assignment(agents_q, state):\n    return agents_q.sum(dim=1, k
 REQUIRE_DOCKER = os.environ.get("QLLM_REQUIRE_DOCKER") == "1"
 """Set by ``scripts/test.sh`` when a Docker engine runs: the Docker tests must run, not skip."""
 DOCKER = REQUIRE_DOCKER or DockerBackend().available()
-HIDING_BACKENDS = ("gvisor", "bwrap", *(("docker",) if DOCKER else ()))
+HIDING_BACKENDS = ("gvisor:cold", "gvisor:resumed", "bwrap", *(("docker",) if DOCKER else ()))
+"""Each backend that hides the host's files; gVisor's workers both started anew and resumed from a saved
+one (``snapshots.py``), which must hold everything a fresh one does."""
 needs_docker = pytest.mark.skipif(
     not DOCKER, reason="no Docker engine runs here (scripts/test.sh starts one where it can: root, docker.io)"
 )
@@ -48,8 +51,15 @@ needs_docker = pytest.mark.skipif(
 @pytest.fixture(scope="module", params=HIDING_BACKENDS)
 def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
     limits = SandboxLimits(wall_s=5.0, cpu_s=5, memory_mb=256)
-    with Sandbox(limits=limits, backend=request.param) as box:  # refused, not skipped, where one is missing
-        yield box
+    backend, _, start = request.param.partition(":")
+    with pytest.MonkeyPatch.context() as patch:
+        if start == "cold":  # then also the workers that replace a killed one
+            patch.setenv(SNAPSHOTS_ENV, "0")
+        with Sandbox(limits=limits, backend=backend) as box:  # refused, not skipped, where one is missing
+            if start:
+                assert box.probe("pass").ok
+                assert box._worker.resumed == (start == "resumed")
+            yield box
 
 
 def test_the_strongest_backend_is_chosen_and_reported() -> None:

@@ -18,6 +18,7 @@ still has its own wall-clock, CPU-time and output limits.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import subprocess
@@ -105,14 +106,21 @@ class CandidateRejectedError(ValueError):
 
 
 class SandboxWorker:
-    """One worker process started through a backend, answering one job at a time."""
+    """One worker process started through a backend, answering one job at a time.
 
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
+    A worker says it is ready once warmed up, then waits for a start frame that says whether it should
+    fork spare children ahead of jobs. In between, a backend that can may save it, and later workers
+    resume a copy of it instead of starting anew (gVisor: ``snapshots.py``).
+    """
+
+    def __init__(self, backend: Backend, spares: bool = True) -> None:
+        self.backend, self.spares = backend, spares
         self.process: subprocess.Popen[bytes] | None = None
         self.cgroup: PidsCgroup | None = None
         self.starts = 0
         """Workers started so far: state a worker held (credit sessions) is gone once this changes."""
+        self.resumed = False
+        """Whether the running worker is a resumed copy of a saved one."""
 
     @property
     def alive(self) -> bool:
@@ -121,19 +129,17 @@ class SandboxWorker:
     def start(self) -> None:
         self.starts += 1
         self.cgroup = PidsCgroup.create(MAX_PIDS + self.backend.runtime_pids)
-        self.process = subprocess.Popen(
-            self.backend.command(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=self.backend.launcher_environment(),
-            start_new_session=True,
-            preexec_fn=self.cgroup.enter if self.cgroup else None,  # noqa: PLW1509  (one write, no locks)
-        )
-        ready = self._read(time.monotonic() + START_TIMEOUT_S)
-        if not ready.get("ready"):
-            self.close()
-            raise ProtocolError(f"worker sent {ready!r} instead of its ready message")
+        if self._resume():
+            return
+        self._start_cold()
+        if self.backend.save_worker():  # saved, and that process has exited: go on in a copy
+            self._end_process()
+            if self._resume():
+                return
+        if not self.alive:  # the copy did not start, or the save failed half-way
+            self._end_process()
+            self._start_cold()
+        self._begin()
 
     def submit(self, job: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         if not self.alive:
@@ -145,8 +151,65 @@ class SandboxWorker:
     def close(self) -> None:
         if self.process is None:
             return
+        self._end_process()
+        self.backend.release()
+        if self.cgroup is not None:
+            self.cgroup.remove()
+            self.cgroup = None
+
+    def _spawn(self, argv: list[str]) -> None:
+        self.process = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=self.backend.launcher_environment(),
+            start_new_session=True,
+            preexec_fn=self.cgroup.enter if self.cgroup else None,  # noqa: PLW1509  (one write, no locks)
+        )
+
+    def _start_cold(self) -> None:
+        """A new worker, once it says it is ready (it then waits to be started)."""
+        self.resumed = False
+        self._spawn(self.backend.command())
+        ready = self._read(time.monotonic() + START_TIMEOUT_S)
+        if not ready.get("ready"):
+            self.close()
+            raise ProtocolError(f"worker sent {ready!r} instead of its ready message")
+
+    def _resume(self) -> bool:
+        """Start a copy of the backend's saved worker, if it has one; False if none started."""
+        argv = self.backend.resume_command()
+        if argv is None:
+            return False
+        self._spawn(argv)
+        try:
+            self._begin()
+        except ProtocolError:
+            self._end_process()
+            self.backend.resume_failed()
+            return False
+        self.resumed = True
+        return True
+
+    def _begin(self) -> None:
+        """Tell the waiting worker to serve jobs, and wait until it says it does."""
+        assert self.process is not None and self.process.stdin is not None
+        try:
+            write_frame(self.process.stdin, {"kind": "start", "spares": self.spares})
+        except OSError as exc:
+            raise ProtocolError(f"the sandbox worker exited before it was started ({exc})") from None
+        started = self._read(time.monotonic() + START_TIMEOUT_S)
+        if not started.get("started"):
+            raise ProtocolError(f"worker sent {started!r} instead of saying it started")
+
+    def _end_process(self) -> None:
+        """Stop the worker process (closing its stdin ends it; a stuck one is killed) and wait for it."""
+        if self.process is None:
+            return
         if self.process.stdin:
-            self.process.stdin.close()
+            with contextlib.suppress(OSError):  # a worker that already exited: the pipe is broken
+                self.process.stdin.close()
         try:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -155,10 +218,6 @@ class SandboxWorker:
         if self.process.stdout:
             self.process.stdout.close()
         self.process = None
-        self.backend.release()
-        if self.cgroup is not None:
-            self.cgroup.remove()
-            self.cgroup = None
 
     def _read(self, deadline: float) -> dict[str, Any]:
         """One frame from the worker, or ProtocolError if none arrives before ``deadline``."""
@@ -197,7 +256,7 @@ class Sandbox:
         self.limits = limits or SandboxLimits()
         self.warm = warm
         self.spares = spares
-        self._worker = SandboxWorker(self.backend)
+        self._worker = SandboxWorker(self.backend, spares=spares)
         self._lock = threading.Lock()
 
     def __enter__(self) -> Sandbox:

@@ -1,8 +1,10 @@
 """The sandbox worker: a warm process that runs each job in a fresh, resource-limited child.
 
 Started by an isolation backend (gVisor, bubblewrap, docker, unshare...) as ``python -I -m
-qllm.sandbox.worker``, it imports torch once, says it is ready, then serves jobs read from stdin as
-length-prefixed JSON frames (``protocol.py``). Each job goes to a child forked for it alone, which
+qllm.sandbox.worker``, it imports torch once, says it is ready, waits to be started (the host may save
+it first, so that later workers resume instead of starting anew: ``snapshots.py``), then serves jobs read
+from stdin as length-prefixed JSON frames (``protocol.py``). Each job goes to a child forked for it alone,
+which
 
 - starts a new session (so the whole process group can be killed),
 - sends its stdout/stderr into a pipe the worker reads with a byte cap,
@@ -130,6 +132,10 @@ READY_TIMEOUT_S = 10.0
 fresh child is forked instead; well inside the host's margin over a job's own budget
 (``client.ANSWER_MARGIN_S``)."""
 READY = {"ready": True}
+"""Said by the worker once warmed up, and by each child once it has its job."""
+STARTED = {"started": True}
+"""The worker's answer to the host's start frame (``{"kind": "start", "spares": bool}``): from then on it
+serves jobs, forking spares ahead of them only if the start frame asked for them."""
 SPARES = 3
 """Children kept forked ahead of jobs: the generation graph's default K (``GenerationSettings.candidates``),
 whose candidates are checked back to back. Each spare costs the memory its warm-up wrote (its own copies
@@ -143,7 +149,15 @@ def main() -> None:
     # Unbuffered, so that a job waiting on the pipe is a job waiting on fd 0 (no read-ahead hides one).
     protocol_in: IO[bytes] = os.fdopen(0, "rb", buffering=0)
     _warm_up()
-    write_frame(protocol_out, {"ready": True, "pid": os.getpid()})
+    write_frame(protocol_out, READY)
+    # Nothing past this point has run when a backend saves this process (gVisor: later workers resume
+    # copies of it from here, ``snapshots.py``): no spare forked, no job read. Each goes on when started.
+    try:
+        start = read_frame(protocol_in)
+    except ProtocolError:
+        return
+    _SPARES.wanted = bool(start.get("spares", True))
+    write_frame(protocol_out, STARTED)
     while True:
         _SPARES.replenish(job_waiting=lambda: bool(select.select([protocol_in], [], [], 0)[0]))
         try:
