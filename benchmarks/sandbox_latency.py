@@ -4,7 +4,9 @@ For every available backend among gvisor, bwrap, unshare, process and docker (un
 and said so), two ways of validating a candidate are timed on the host, around the whole ``validate`` call:
 
 - cold: a new ``Sandbox(backend, warm=False)`` per candidate, so each time includes starting the worker
-  (and the isolation around it) and its ``import torch``;
+  (and the isolation around it) and its ``import torch``; under gVisor, a copy of a saved worker
+  resumes instead unless ``QLLM_SANDBOX_SNAPSHOTS=0`` is set (``qllm/sandbox/snapshots.py``: the
+  figures of 2026-12-03 are fresh starts);
 - warm: one ``Sandbox(backend, warm=True)``; the first call (which starts the worker) is a warm-up and is
   excluded; each timed call still runs its candidate in a child of its own. Warm calls come in bursts
   of ``--burst`` candidates back to back, and are timed at each of ``--gaps-ms``, the pause before each

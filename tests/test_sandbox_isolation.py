@@ -55,6 +55,8 @@ def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
     with pytest.MonkeyPatch.context() as patch:
         if start == "cold":  # then also the workers that replace a killed one
             patch.setenv(SNAPSHOTS_ENV, "0")
+        elif start == "resumed":
+            patch.delenv(SNAPSHOTS_ENV, raising=False)
         with Sandbox(limits=limits, backend=backend) as box:  # refused, not skipped, where one is missing
             if start:
                 assert box.probe("pass").ok

@@ -14,7 +14,7 @@ import os
 import shutil
 import sysconfig
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,13 +22,14 @@ import pytest
 import qllm
 from qllm.envs.recording import record
 from qllm.sandbox import Sandbox, SandboxLimits, ValidationInputs
-from qllm.sandbox.backends import ProcessBackend
+from qllm.sandbox.backends import ProcessBackend, SaveOutcome
 from qllm.sandbox.snapshots import (
-    ABANDONED_AFTER_S,
+    FAILED_FOR_S,
     IMAGE_FILE,
     KEPT,
     SAVING_PREFIX,
     SNAPSHOTS_ENV,
+    STALE_AFTER_S,
     Snapshot,
     snapshot_key,
     snapshot_root,
@@ -92,7 +93,7 @@ def test_a_snapshot_saved_meanwhile_by_another_process_is_kept(tmp_path: Path) -
 
 
 def test_saving_keeps_the_most_recently_used_and_removes_abandoned_saves(tmp_path: Path) -> None:
-    old = time.time() - 10 * ABANDONED_AFTER_S
+    old = time.time() - 10 * STALE_AFTER_S
     for age, key in enumerate(["a", "b", "c", "d", "e"]):
         (tmp_path / key).mkdir()
         (tmp_path / key / IMAGE_FILE).write_bytes(b"image")
@@ -124,86 +125,144 @@ def test_a_snapshot_that_failed_to_resume_is_deleted_and_one_just_saved_is_not_s
     assert not fresh.saved and not fresh.possible
 
 
+def test_a_failure_mark_lapses_after_a_day_and_is_pruned(tmp_path: Path) -> None:
+    snapshot = Snapshot("k", root=tmp_path)
+    snapshot.save(lambda folder: False)
+    assert not snapshot.possible
+    old = time.time() - FAILED_FOR_S - 60
+    os.utime(snapshot.failed, (old, old))
+
+    assert snapshot.possible
+    assert snapshot.save(_write_image())
+    assert not snapshot.failed.exists()
+
+
+def test_a_folder_left_half_deleted_is_replaced(tmp_path: Path) -> None:
+    snapshot = Snapshot("k", root=tmp_path)
+    snapshot.folder.mkdir()
+    (snapshot.folder / "pages").write_bytes(b"left behind")  # no image: a delete that died half-way
+
+    assert snapshot.save(_write_image(b"new"))
+    assert (snapshot.folder / IMAGE_FILE).read_bytes() == b"new"
+    assert not (snapshot.folder / "pages").exists()
+
+
+def test_a_snapshot_folder_others_may_write_to_or_a_link_is_not_trusted(tmp_path: Path) -> None:
+    root = tmp_path / "snapshots"
+    assert Snapshot("k", root=root).trusted  # not made yet: it will be made private
+    root.mkdir(mode=0o700)
+    assert Snapshot("k", root=root).trusted
+
+    root.chmod(0o770)
+    assert not Snapshot("k", root=root).trusted
+    root.chmod(0o700)
+    link = tmp_path / "link"
+    link.symlink_to(root)
+    assert not Snapshot("k", root=link).trusted
+
+
 # --- the key -----------------------------------------------------------------------------------------
 
 
 SPEC = {"process": {"args": ["python", "-I", "-m", "qllm.sandbox.worker"], "env": ["A=1"]}, "mounts": []}
+FLAGS = ["--network=none"]
 
 
-def test_the_key_is_stable_and_changes_with_the_spec() -> None:
-    assert snapshot_key(SPEC, "/usr/bin/true") == snapshot_key(dict(SPEC), "/usr/bin/true")
-    other = {**SPEC, "mounts": [{"destination": "/data", "source": "/data"}]}
-    assert snapshot_key(other, "/usr/bin/true") != snapshot_key(SPEC, "/usr/bin/true")
-    assert snapshot_key(SPEC, "/usr/bin/false") != snapshot_key(SPEC, "/usr/bin/true")
+@pytest.fixture
+def runsc(tmp_path: Path) -> Path:
+    binary = tmp_path / "runsc"
+    binary.write_bytes(b"release 1")
+    return binary
 
 
-def test_the_key_changes_with_qllms_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_key_is_stable_and_changes_with_the_spec_the_flags_and_runsc(runsc: Path) -> None:
+    key = snapshot_key(SPEC, str(runsc), FLAGS)
+    assert snapshot_key(dict(SPEC), str(runsc), list(FLAGS)) == key
+    assert snapshot_key({**SPEC, "mounts": [{"destination": "/data"}]}, str(runsc), FLAGS) != key
+    assert snapshot_key(SPEC, str(runsc), [*FLAGS, "--rootless"]) != key
+
+    runsc.write_bytes(b"release 2, upgraded in place")
+    assert snapshot_key(SPEC, str(runsc), FLAGS) != key
+
+
+def test_the_key_changes_with_qllms_code(
+    runsc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     package = tmp_path / "qllm"
     shutil.copytree(Path(qllm.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(qllm, "__file__", str(package / "__init__.py"))
-    before = snapshot_key(SPEC, "/usr/bin/true")
+    before = snapshot_key(SPEC, str(runsc), FLAGS)
+    (package / "sandbox" / ".#worker.py").symlink_to("editor@host.1234")  # an editor's lock: no file
+    assert snapshot_key(SPEC, str(runsc), FLAGS) == before
 
     worker = package / "sandbox" / "worker.py"
     worker.write_text(worker.read_text() + "\n# changed\n")
 
-    assert snapshot_key(SPEC, "/usr/bin/true") != before
+    assert snapshot_key(SPEC, str(runsc), FLAGS) != before
 
 
-def test_the_key_changes_when_a_package_is_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_key_changes_when_a_package_is_installed(
+    runsc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     site = tmp_path / "site-packages"
     site.mkdir()
+    os.utime(site, ns=(1, 1))
     real = sysconfig.get_path
     monkeypatch.setattr(sysconfig, "get_path", lambda name: str(site) if name == "purelib" else real(name))
-    before = snapshot_key(SPEC, "/usr/bin/true")
-    time.sleep(0.05)  # a folder's modification time ticks coarser than its nanoseconds
+    before = snapshot_key(SPEC, str(runsc), FLAGS)
 
-    (site / "numpy-9.9.dist-info").mkdir()
+    (site / "numpy-9.9.dist-info").mkdir()  # the folder's modification time is now, not 1 ns
 
-    assert snapshot_key(SPEC, "/usr/bin/true") != before
+    assert snapshot_key(SPEC, str(runsc), FLAGS) != before
 
 
 # --- the client, when a copy does not start ---------------------------------------------------------
 
 
-class _UnresumableBackend(ProcessBackend):
-    """The process backend, with "saving" that ends the worker (as ``runsc checkpoint`` does) and copies
-    that exit at once: a save that worked on a host where resuming does not."""
+class _SavingBackend(ProcessBackend):
+    """The process backend, where saving a worker has the outcome given, and copies of a saved one exit at
+    once: a save that worked on a host where resuming does not, or a save that failed half-way."""
 
-    def __init__(self) -> None:
-        self.saved, self.failed_resumes = False, 0
+    def __init__(self, outcome: SaveOutcome) -> None:
+        self.outcome, self.saved, self.failed_resumes, self.workers = outcome, False, 0, 0
+
+    def command(self) -> list[str]:
+        self.workers += 1
+        return super().command()
 
     def resume_command(self) -> list[str] | None:
         return ["python3", "-c", "raise SystemExit(1)"] if self.saved else None
 
-    def save_worker(self) -> bool:
-        self.saved = True
-        return True
+    def save_worker(self) -> SaveOutcome:
+        self.saved = self.outcome is SaveOutcome.SAVED
+        return self.outcome
 
     def resume_failed(self) -> None:
         self.failed_resumes += 1
         self.saved = False
 
 
-def test_a_worker_whose_saved_copy_does_not_start_starts_fresh_and_answers() -> None:
-    backend = _UnresumableBackend()
+@pytest.mark.parametrize("outcome", [SaveOutcome.SAVED, SaveOutcome.FAILED], ids=lambda o: o.name)
+def test_a_worker_whose_save_or_copy_fails_starts_fresh_and_answers(outcome: SaveOutcome) -> None:
+    backend = _SavingBackend(outcome)
     with Sandbox(backend=backend) as sandbox:
-        result = sandbox.probe("print(1 + 1)")  # fresh, saved (and ended), copy fails, fresh again
+        result = sandbox.probe("print(1 + 1)")  # fresh, saved or not, copy fails or none, fresh again
 
         assert result.ok and result.printed.strip() == "2"
-        assert not sandbox._worker.resumed and backend.failed_resumes == 1
+        assert not sandbox._worker.resumed
+        assert backend.workers == 2  # the worker given to save_worker was never used again
+        assert backend.failed_resumes == (outcome is SaveOutcome.SAVED)
 
 
 # --- gVisor itself ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def own_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A cache of its own, with no snapshot in it at first."""
-    with pytest.MonkeyPatch.context() as patch:
-        cache = tmp_path_factory.mktemp("cache")
-        patch.setenv("QLLM_CACHE", str(cache))
-        patch.delenv(SNAPSHOTS_ENV, raising=False)
-        yield cache
+@pytest.fixture
+def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A cache of its own, with no snapshot in it."""
+    monkeypatch.setenv("QLLM_CACHE", str(tmp_path))
+    monkeypatch.delenv(SNAPSHOTS_ENV, raising=False)
+    return tmp_path
 
 
 @pytest.fixture(scope="module")
@@ -229,6 +288,7 @@ def test_gvisor_workers_resume_the_first_one_saved_with_the_same_verdicts(
     assert _images(own_cache) == []
     first = _verdict(inputs)  # starts anew, is saved, goes on in a copy
     [image] = _images(own_cache)
+    saved = image.stat()
     second = _verdict(inputs)
     monkeypatch.setenv(SNAPSHOTS_ENV, "0")
     fresh = _verdict(inputs)
@@ -236,12 +296,14 @@ def test_gvisor_workers_resume_the_first_one_saved_with_the_same_verdicts(
     assert first[0] and second[0] and not fresh[0]
     assert first[1] == second[1] == fresh[1]
     assert _images(own_cache) == [image]
+    now = image.stat()
+    assert (now.st_ino, now.st_mtime_ns) == (saved.st_ino, saved.st_mtime_ns)  # resumed, not saved again
 
 
 def test_a_gvisor_snapshot_that_cannot_be_resumed_costs_a_fresh_start_and_is_saved_again(
     own_cache: Path, inputs: ValidationInputs
 ) -> None:
-    _verdict(inputs)  # a snapshot is there (the test above, or this one's first start)
+    _verdict(inputs)  # saves one
     [image] = _images(own_cache)
     image.write_bytes(b"not a checkpoint")
 

@@ -29,6 +29,7 @@ names one instead), and says once on stderr when gVisor cannot run here and a we
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -42,6 +43,7 @@ import uuid
 import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from enum import Enum
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,8 @@ DOCKER_IMAGE_ENV = "QLLM_SANDBOX_DOCKER_IMAGE"
 """Names a local image for the Docker backend instead of the one it builds."""
 DOCKER_RUNTIME_ENV = "QLLM_SANDBOX_DOCKER_RUNTIME"
 """Names the Docker backend's container runtime (``runc``, ``runsc``) instead of the automatic choice."""
+CHECKPOINT_TIMEOUT_S = 30.0
+"""Saving a warm worker takes about 1 s; one that takes this long is given up (and the worker with it)."""
 DOCKER_CLIENT_ENV = frozenset(
     {"DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY"}
 )
@@ -104,6 +108,17 @@ def _worker_argv() -> list[str]:
     return [sys.executable, "-I", "-m", WORKER_MODULE]
 
 
+class SaveOutcome(Enum):
+    """What :meth:`Backend.save_worker` did with the worker it was given."""
+
+    NOT_TRIED = "not tried"
+    """Nothing: the worker goes on."""
+    SAVED = "saved"
+    """Saved, and the worker has exited: go on in a resumed copy."""
+    FAILED = "failed"
+    """Tried and failed: the worker may be dead or stopped half-way; start another."""
+
+
 class Backend(ABC):
     """How to start a sandbox worker."""
 
@@ -146,11 +161,10 @@ class Backend(ABC):
         does once ready; None where there is none to resume (start one with :meth:`command`)."""
         return None
 
-    def save_worker(self) -> bool:
+    def save_worker(self) -> SaveOutcome:
         """Save the worker the last :meth:`command` started, which has said it is ready and waits to be
-        started, for :meth:`resume_command`. True if saved: that worker has then exited. False if not:
-        the worker goes on, unless the attempt failed half-way and ended it."""
-        return False
+        started, for :meth:`resume_command`. Once tried, saved or not, that worker is gone or going."""
+        return SaveOutcome.NOT_TRIED
 
     def resume_failed(self) -> None:  # noqa: B027  (optional hook, with the two above)
         """The worker :meth:`resume_command` started did not start: do not resume that one again."""
@@ -232,6 +246,8 @@ class GvisorBackend(Backend):
         """The container of the worker :meth:`command` started last (the one :meth:`save_worker` saves)."""
         self._snapshot: Snapshot | None = None
         self._just_saved = False
+        """The last worker this backend started was saved (and none was resumed since)."""
+        self._resuming_just_saved = False
         self._snapshots_failed = False
         """A save, or the resume of a worker just saved, failed: this backend starts its workers cold."""
 
@@ -249,43 +265,71 @@ class GvisorBackend(Backend):
         return self._started.argv("run", "--bundle", str(self._bundle(_worker_argv())))
 
     def resume_command(self) -> list[str] | None:
-        snapshot = self._worker_snapshot()
-        if snapshot is None or not snapshot.saved:
+        # The copy about to start is of a snapshot this backend saved just now only if none came between.
+        self._resuming_just_saved, self._just_saved = self._just_saved, False
+        try:
+            snapshot = self._worker_snapshot()
+            if snapshot is None or not snapshot.saved:
+                return None
+            snapshot.used()
+        except OSError:  # an unreadable cache: start fresh, as without one
+            self._snapshots_failed = True
             return None
-        snapshot.used()
         bundle = str(self._bundle(_worker_argv()))  # the spec the snapshot's key was made of
         return self._container().argv("restore", "--image-path", str(snapshot.folder), "--bundle", bundle)
 
-    def save_worker(self) -> bool:
-        snapshot, started = self._worker_snapshot(), self._started
-        if snapshot is None or started is None or snapshot.saved or not snapshot.possible:
-            return False
+    def save_worker(self) -> SaveOutcome:
+        started, checkpointed = self._started, False
 
         def checkpoint(folder: Path) -> bool:
+            nonlocal checkpointed
+            checkpointed = True
             argv = started.argv("checkpoint", "--image-path", str(folder))
             try:
-                done = subprocess.run(argv, capture_output=True, timeout=120, check=False)
+                done = subprocess.run(argv, capture_output=True, timeout=CHECKPOINT_TIMEOUT_S, check=False)
             except (OSError, subprocess.TimeoutExpired):
                 return False
             return done.returncode == 0
 
-        self._just_saved = snapshot.save(checkpoint)
-        self._snapshots_failed = not self._just_saved  # a failed save costs a cold start: not twice
-        return self._just_saved
+        try:
+            snapshot = self._worker_snapshot()
+            if snapshot is None or started is None or snapshot.saved or not snapshot.possible:
+                return SaveOutcome.NOT_TRIED
+            if self._key() != snapshot.folder.name:  # qllm or a package changed while this worker started
+                self._snapshot = None
+                return SaveOutcome.NOT_TRIED
+            self._just_saved = snapshot.save(checkpoint)
+        except OSError:  # an unwritable cache: start fresh, as without one
+            self._snapshots_failed = True
+            return SaveOutcome.FAILED if checkpointed else SaveOutcome.NOT_TRIED
+        self._snapshots_failed = not self._just_saved  # a failed save costs a fresh start: not twice
+        return SaveOutcome.SAVED if self._just_saved else SaveOutcome.FAILED
 
     def resume_failed(self) -> None:
         if self._snapshot is not None:
-            self._snapshot.drop(just_saved=self._just_saved)
-        self._snapshots_failed = self._just_saved
+            with contextlib.suppress(OSError):
+                self._snapshot.drop(just_saved=self._resuming_just_saved)
+        self._snapshots_failed = self._resuming_just_saved
 
     def _worker_snapshot(self) -> Snapshot | None:
         """Where the saved worker for this setup is (whether or not one is there yet); None when
-        snapshots are off, or failed here."""
+        snapshots are off, failed here, or their folder is not this user's own."""
         if self._snapshots_failed or not snapshots.enabled():
             return None
         if self._snapshot is None:
-            self._snapshot = Snapshot(snapshots.snapshot_key(self._spec(_worker_argv()), self._runsc()))
+            snapshot = Snapshot(self._key())
+            if not snapshot.trusted:
+                _say_once(
+                    f"{snapshot.root} is not this user's own folder, or others may write to it: gVisor "
+                    "sandbox workers start fresh instead of resuming a saved one"
+                )
+                self._snapshots_failed = True
+                return None
+            self._snapshot = snapshot
         return self._snapshot
+
+    def _key(self) -> str:
+        return snapshots.snapshot_key(self._spec(_worker_argv()), self._runsc(), self._flags())
 
     def release(self) -> None:
         for state in self._states:
@@ -300,13 +344,19 @@ class GvisorBackend(Backend):
         """A new container: its own id and ``runsc`` state folder."""
         state = Path(tempfile.mkdtemp(prefix="state-", dir=self._home))
         self._states.append(state)
+        flags = ("--root", str(state), *self._flags())
+        return _Container(self._runsc(), flags, f"qllm-{uuid.uuid4().hex[:12]}")
+
+    @staticmethod
+    def _flags() -> list[str]:
+        """``runsc``'s flags for every container (each also has its own ``--root``)."""
         # Not --file-access-mounts=exclusive (caching the read-only binds' files in the Sentry): a worker
         # started 1-2 s sooner with it, but each warm validation took 25-36 ms instead of 20-21 (a child is
         # forked per candidate), twice in a row, alternating with this (benchmarks/sandbox_latency.py).
-        flags = ["--root", str(state), "--network=none", "--ignore-cgroups"]
+        flags = ["--network=none", "--ignore-cgroups"]
         if os.geteuid() != 0:
             flags.append("--rootless")
-        return _Container(self._runsc(), tuple(flags), f"qllm-{uuid.uuid4().hex[:12]}")
+        return flags
 
     def _bundle(self, process: list[str]) -> Path:
         """An OCI bundle running ``process`` (made once per command line)."""

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import torch
 
 from qllm.envs.recording import Recording
-from qllm.sandbox.backends import Backend, detect_backend
+from qllm.sandbox.backends import Backend, SaveOutcome, detect_backend
 from qllm.sandbox.cgroup import PidsCgroup
 from qllm.sandbox.checks import CheckOptions
 from qllm.sandbox.protocol import ProtocolError, SandboxLimits, encode_array, receive_frame, write_frame
@@ -39,6 +39,9 @@ from qllm.sandbox.restricted import LoadedCandidate, load_credit_function
 from qllm.sandbox.result import CreditResult, ErrorKind, ValidationResult, Verdict
 
 START_TIMEOUT_S = 120.0
+RESUME_TIMEOUT_S = 30.0
+"""A copy of a saved worker starts in about 1 s; one that has not after this long is given up for a
+fresh start."""
 MAX_PIDS = 64
 """Processes and threads one worker and everything it starts may have at once (where cgroups allow)."""
 AnyVerdict = TypeVar("AnyVerdict", bound=Verdict)
@@ -127,19 +130,19 @@ class SandboxWorker:
         return self.process is not None and self.process.poll() is None
 
     def start(self) -> None:
+        self.close()  # what a worker that died left: its process, its cgroup, its backend's state
         self.starts += 1
         self.cgroup = PidsCgroup.create(MAX_PIDS + self.backend.runtime_pids)
         if self._resume():
             return
         self._start_cold()
-        if self.backend.save_worker():  # saved, and that process has exited: go on in a copy
+        saved = self.backend.save_worker()
+        if saved is not SaveOutcome.NOT_TRIED:  # that worker is gone, saved or not
             self._end_process()
-            if self._resume():
+            if saved is SaveOutcome.SAVED and self._resume():
                 return
-        if not self.alive:  # the copy did not start, or the save failed half-way
-            self._end_process()
             self._start_cold()
-        self._begin()
+        self._begin(START_TIMEOUT_S)
 
     def submit(self, job: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         if not self.alive:
@@ -149,8 +152,6 @@ class SandboxWorker:
         return self._read(time.monotonic() + timeout_s)
 
     def close(self) -> None:
-        if self.process is None:
-            return
         self._end_process()
         self.backend.release()
         if self.cgroup is not None:
@@ -184,7 +185,7 @@ class SandboxWorker:
             return False
         self._spawn(argv)
         try:
-            self._begin()
+            self._begin(RESUME_TIMEOUT_S)
         except ProtocolError:
             self._end_process()
             self.backend.resume_failed()
@@ -192,14 +193,14 @@ class SandboxWorker:
         self.resumed = True
         return True
 
-    def _begin(self) -> None:
+    def _begin(self, timeout_s: float) -> None:
         """Tell the waiting worker to serve jobs, and wait until it says it does."""
         assert self.process is not None and self.process.stdin is not None
         try:
             write_frame(self.process.stdin, {"kind": "start", "spares": self.spares})
         except OSError as exc:
             raise ProtocolError(f"the sandbox worker exited before it was started ({exc})") from None
-        started = self._read(time.monotonic() + START_TIMEOUT_S)
+        started = self._read(time.monotonic() + timeout_s)
         if not started.get("started"):
             raise ProtocolError(f"worker sent {started!r} instead of saying it started")
 

@@ -3,8 +3,8 @@
 Started by an isolation backend (gVisor, bubblewrap, docker, unshare...) as ``python -I -m
 qllm.sandbox.worker``, it imports torch once, says it is ready, waits to be started (the host may save
 it first, so that later workers resume instead of starting anew: ``snapshots.py``), then serves jobs read
-from stdin as length-prefixed JSON frames (``protocol.py``). Each job goes to a child forked for it alone,
-which
+from stdin as length-prefixed JSON frames (``protocol.py``). Each job goes to a child forked for it
+alone, which
 
 - starts a new session (so the whole process group can be killed),
 - sends its stdout/stderr into a pipe the worker reads with a byte cap,
@@ -155,6 +155,8 @@ def main() -> None:
     try:
         start = read_frame(protocol_in)
     except ProtocolError:
+        return  # the host closed the pipe (or saved this process and ended it): shut down
+    if start.get("kind") != "start":
         return
     _SPARES.wanted = bool(start.get("spares", True))
     write_frame(protocol_out, STARTED)
