@@ -149,6 +149,34 @@ def test_the_in_process_loader_keeps_gradients(lbf_inputs: ValidationInputs) -> 
     assert q.grad is not None and q.grad.abs().sum() > 0
 
 
+AUGMENTED = """
+def credit_assignment(agents_q, state):
+    total = agents_q
+    total += 1.0
+    total *= 2.0
+    total -= state[:, 0:1] * 0.0
+    rows = state.tolist()
+    first = rows[0][1:3]
+    first += [7]
+    return total.sum(dim=1, keepdim=True) + (len(first) - 3) + rows[-1][0] * 0.0
+"""
+"""Augmented assignments, subscripts and slices, as the restricted globals compute them."""
+
+
+def test_augmented_assignments_make_new_values_and_subscripts_read_as_in_python(
+    lbf_inputs: ValidationInputs,
+) -> None:
+    fn = load_credit_function(AUGMENTED).function
+    q = lbf_inputs.agents_q.clone()
+
+    q_tot = fn(q, lbf_inputs.states)
+
+    assert torch.equal(q, lbf_inputs.agents_q)  # `total += 1` made a new tensor: the caller's is unchanged
+    assert torch.equal(q_tot, ((q + 1.0) * 2.0).sum(dim=1, keepdim=True))
+    with pytest.raises(TypeError, match="augmented assignment"):
+        load_credit_function(AUGMENTED.replace("total *= 2.0", "total <<= 2")).function(q, lbf_inputs.states)
+
+
 def test_valid_functions_pass_through_the_real_sandbox(lbf_inputs: ValidationInputs) -> None:
     with Sandbox() as sandbox:
         for source in (VDN, SOFTMAX, WITH_BIAS, LBF_LEVELS):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import builtins
 import math
+import operator
 import sys
 import time
 import types
@@ -198,15 +199,19 @@ def _guarded_write(obj: Any) -> Any:
     return obj
 
 
+_AUGMENTED_ASSIGNMENTS: dict[str, Callable[[Any, Any], Any]] = {
+    "+=": operator.add, "-=": operator.sub, "*=": operator.mul, "/=": operator.truediv,
+    "//=": operator.floordiv, "%=": operator.mod, "**=": operator.pow, "@=": operator.matmul,
+}  # fmt: skip
+"""What ``a op= b`` computes in a candidate: a new value, ``a op b``, never ``a`` changed in place (a
+tensor it was given would change under its caller)."""
+
+
 def _inplace(op: str, left: Any, right: Any) -> Any:
-    operations: dict[str, Callable[[Any, Any], Any]] = {
-        "+=": lambda a, b: a + b, "-=": lambda a, b: a - b, "*=": lambda a, b: a * b,
-        "/=": lambda a, b: a / b, "//=": lambda a, b: a // b, "%=": lambda a, b: a % b,
-        "**=": lambda a, b: a**b, "@=": lambda a, b: a @ b,
-    }  # fmt: skip
-    if op not in operations:
+    operation = _AUGMENTED_ASSIGNMENTS.get(op)
+    if operation is None:
         raise TypeError(f"augmented assignment {op} is not allowed")
-    return operations[op](left, right)
+    return operation(left, right)
 
 
 class OutputLimitExceeded(BaseException):
@@ -264,7 +269,7 @@ def restricted_globals(sink: PrintSink) -> dict[str, Any]:
         "__name__": "credit_function",
         "__metaclass__": type,
         "_getattr_": _guarded_getattr,
-        "_getitem_": lambda obj, key: obj[key],
+        "_getitem_": operator.getitem,  # obj[key] itself, with no Python frame per subscript
         "_getiter_": iter,
         "_iter_unpack_sequence_": guarded_iter_unpack_sequence,
         "_unpack_sequence_": guarded_unpack_sequence,

@@ -37,7 +37,7 @@ def alternating_pairs(pairs: int, seconds: Callable[[str, int], float]) -> dict[
         for side in order:
             took[side].append(seconds(side, pair))
         before, after = took["before"][-1], took["after"][-1]
-        print(f"pair {pair + 1} ({order[0]} first): before {before:.2f} s, after {after:.2f} s, "
+        print(f"pair {pair + 1} ({order[0]} first): before {before:.4g} s, after {after:.4g} s, "
               f"speed after/before {before / after:.3f}", flush=True)  # fmt: skip
     return took
 
