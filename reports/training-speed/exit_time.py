@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import time
 
-from paired_runs import alternating_pairs  # this script's folder
+from paired_runs import add_sides, alternating_pairs  # this script's folder
 
 
 def seconds_to_exit(qllm: str, steps: int) -> float:
@@ -35,12 +35,12 @@ def seconds_to_exit(qllm: str, steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--before", required=True, help="the earlier qllm's executable")
-    parser.add_argument("--after", required=True, help="the later qllm's executable")
+    add_sides(parser, "executable")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=400)
     args = parser.parse_args()
-    took = alternating_pairs(args.rounds, lambda side, _: seconds_to_exit(getattr(args, side), args.steps))
+    qllm = {side: str(getattr(args, side)) for side in ("before", "after")}
+    took = alternating_pairs(args.rounds, lambda side, _: seconds_to_exit(qllm[side], args.steps))
     for side, values in took.items():
         print(f"{side}: median {statistics.median(values):.3f} s (range {min(values):.3f}-{max(values):.3f})")
 

@@ -42,6 +42,19 @@ def alternating_pairs(pairs: int, seconds: Callable[[str, int], float]) -> dict[
     return took
 
 
+def add_sides(parser: argparse.ArgumentParser, program: str) -> None:
+    """``--before`` and ``--after``: the earlier and the later qllm's ``program`` (its python, say)."""
+    for side, which in zip(SIDES, ("earlier", "later"), strict=True):
+        parser.add_argument(f"--{side}", type=Path, required=True, help=f"the {which} qllm's {program}")
+
+
+def snippet_seconds(python: Path, code: str, *args: str) -> float:
+    """Run ``code`` (with ``args``) in ``python`` and read the seconds it prints last."""
+    # -I: each side imports its own install of qllm, whatever folder this runs from.
+    done = subprocess.run([str(python), "-I", "-c", code, *args], check=True, capture_output=True, text=True)
+    return float(done.stdout.split()[-1])
+
+
 def speed_ratio(took: dict[str, list[float]]) -> str:
     """The after/before speed ratio's geometric mean over the pairs, with its 95% interval."""
     logs = [math.log(before / after) for before, after in zip(took["before"], took["after"], strict=True)]
@@ -61,8 +74,7 @@ def wall_seconds(qllm: Path, seed: int, extra: list[str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--before", type=Path, required=True, help="the earlier qllm's executable")
-    parser.add_argument("--after", type=Path, required=True, help="the later qllm's executable")
+    add_sides(parser, "executable")
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("train_args", nargs="*", help="after --: what both sides' `qllm train` gets")
     args = parser.parse_args()

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 from pathlib import Path
 
-from paired_runs import alternating_pairs, speed_ratio  # this script's folder
+from paired_runs import (  # this script's folder
+    add_sides,
+    alternating_pairs,
+    snippet_seconds,
+    speed_ratio,
+)
 
 TIMED = """
 import statistics, sys, time
@@ -36,23 +40,16 @@ print(statistics.median(seconds[5:]))
 """
 
 
-def call_seconds(python: Path, tfcaf: Path, calls: int) -> float:
-    # -I: each side imports its own install of qllm, whatever folder this runs from.
-    command = [str(python), "-I", "-c", TIMED, str(tfcaf.resolve()), str(calls)]
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
-    return float(done.stdout.split()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--before", type=Path, required=True, help="the earlier qllm's python")
-    parser.add_argument("--after", type=Path, required=True, help="the later qllm's python")
+    add_sides(parser, "python")
     parser.add_argument("--pairs", type=int, default=6)
     parser.add_argument("--calls", type=int, default=100)
     parser.add_argument("--tfcaf", type=Path, required=True)
     args = parser.parse_args()
     python = {"before": args.before, "after": args.after}
-    took = alternating_pairs(args.pairs, lambda side, _: call_seconds(python[side], args.tfcaf, args.calls))
+    timed = (TIMED, str(args.tfcaf.resolve()), str(args.calls))
+    took = alternating_pairs(args.pairs, lambda side, _: snippet_seconds(python[side], *timed))
     medians = {side: statistics.median(seconds) * 1e3 for side, seconds in took.items()}
     print(f"a credit function on 400 states, medians: before {medians['before']:.2f} ms, "
           f"after {medians['after']:.2f} ms; speed after/before {speed_ratio(took)}")  # fmt: skip

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
-from pathlib import Path
 
-from paired_runs import alternating_pairs, speed_ratio  # this script's folder
+from paired_runs import (  # this script's folder
+    add_sides,
+    alternating_pairs,
+    snippet_seconds,
+    speed_ratio,
+)
 
 TIMED = """
 import sys, time
@@ -29,22 +32,14 @@ worker.close()
 """
 
 
-def start_seconds(python: Path, backend: str) -> float:
-    # -I: each side imports its own install of qllm, whatever folder this runs from.
-    command = [str(python), "-I", "-c", TIMED, backend]
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
-    return float(done.stdout.split()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--before", type=Path, required=True, help="the earlier qllm's python")
-    parser.add_argument("--after", type=Path, required=True, help="the later qllm's python")
+    add_sides(parser, "python")
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--backend", default="gvisor")
     args = parser.parse_args()
     python = {"before": args.before, "after": args.after}
-    took = alternating_pairs(args.pairs, lambda side, _: start_seconds(python[side], args.backend))
+    took = alternating_pairs(args.pairs, lambda side, _: snippet_seconds(python[side], TIMED, args.backend))
     medians = {side: statistics.median(seconds) for side, seconds in took.items()}
     print(f"{args.backend} worker start, medians: before {medians['before']:.2f} s, "
           f"after {medians['after']:.2f} s; speed after/before {speed_ratio(took)}")  # fmt: skip
