@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import gymnasium as gym
 import numpy as np
 import pytest
-from lbforaging.foraging.environment import ForagingEnv
+from lbforaging.foraging.environment import Action, ForagingEnv
 from rware.warehouse import ImageLayer
 
 from qllm.envs import TimeStep, make_env
@@ -142,6 +142,30 @@ def test_lbf_observations_without_agent_levels_are_lbforagings() -> None:
             assert expected.shape == (3, 3 * 3 + 2 * 3)
             np.testing.assert_array_equal(agent_observations(sim), expected)
             sim.step(list(rng.integers(0, 6, size=3)))
+
+
+@pytest.mark.parametrize(
+    "env_id", ["Foraging-8x8-2p-2f-v3", "Foraging-2s-10x10-3p-3f-v3", "Foraging-5x5-4p-1f-v3"]
+)
+def test_lbf_valid_actions_are_lbforagings(env_id: str) -> None:
+    """The subclass finds each player's valid actions itself; lbforaging's own method, run on the same
+    field and players at every step of random play (invalid actions, borders and foods included), gives
+    the same lists, and the adapter's masks say the same."""
+    sim = ForagingWithoutObservations.made(env_id)
+    rng = np.random.default_rng(0)
+    loads = 0
+    for seed in range(6):
+        sim.reset(seed=seed)
+        for _ in range(60):
+            ours, masks = sim._valid_actions, sim.valid_masks
+            ForagingEnv._gen_valid_moves(sim)
+            assert ours == sim._valid_actions
+            assert masks == [sum(1 << a.value for a in ours[p]) for p in sim.players]
+            loads += sum(Action.LOAD in actions for actions in ours.values())
+            sim.step(list(rng.integers(0, 6, size=len(sim.players))))
+            if sim.game_over:
+                break
+    assert loads > 0  # foods were next to players: LOAD was checked where it is valid
 
 
 # --- multi-agent particle environments -----------------------------------------------------------

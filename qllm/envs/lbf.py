@@ -26,7 +26,12 @@ from qllm.envs.probes import Probe, zero_values
 from qllm.envs.schema import StateField, StateSchema
 from qllm.envs.tasks import TaskFamily, TaskSpec
 
-ACTION_NAMES = tuple(a.name for a in Action)  # NONE NORTH SOUTH WEST EAST LOAD
+ACTIONS = tuple(Action)  # NONE NORTH SOUTH WEST EAST LOAD, values 0 to 5
+ACTION_NAMES = tuple(a.name for a in ACTIONS)
+AVAILABLE_ACTIONS = np.array(
+    [[mask >> a.value & 1 for a in ACTIONS] for mask in range(1 << len(ACTIONS))], dtype=bool
+)
+"""The availability row of each mask of valid actions (:attr:`ForagingWithoutObservations.valid_masks`)."""
 ID_PATTERN = re.compile(r"Foraging(-\d+s)?-\d+x\d+-\d+p-\d+f(-coop)?-v3")
 EMPTY_FOOD = -1.0
 TRIAL_STEPS = 10_000
@@ -101,7 +106,6 @@ class LBFEnv(MultiAgentEnv):
         self._food_cells = np.full((n_food, 2), -1, dtype=np.int64)
         self._placed_flat = np.zeros(0, dtype=np.intp)  # where the placed foods lie in the flat field
         self._agent_levels = np.zeros((n, 1), dtype=np.float32)  # set at reset: levels never change
-        self._avail_rows: dict[tuple[Action, ...], np.ndarray] = {}  # see _avail_row
 
     def _max_food_level(self) -> int:
         env = self.env
@@ -144,18 +148,8 @@ class LBFEnv(MultiAgentEnv):
             }
         )
         obs = agent_observations(env)
-        avail = np.array([self._avail_row(env._valid_actions[player]) for player in env.players])
+        avail = AVAILABLE_ACTIONS[env.valid_masks]  # a new array, one row per player
         return obs, state, avail
-
-    def _avail_row(self, valid: list[Action]) -> np.ndarray:
-        """The availability row for one agent's valid actions (a handful of sets recur: kept once each)."""
-        key = tuple(valid)
-        row = self._avail_rows.get(key)
-        if row is None:
-            row = np.zeros(self.info.n_actions, dtype=bool)
-            row[[a.value for a in valid]] = True
-            self._avail_rows[key] = row
-        return row
 
     def close(self) -> None:
         self.env.close()
@@ -168,8 +162,12 @@ class ForagingWithoutObservations(ForagingEnv):
     and a check of each array against its space (``_make_gym_obs``): about 140 of the 190 us a step of
     lbf-8x8-2p-2f took on this project's machines. The adapter builds the same arrays from the same
     fields, in 20-25 us, when it reads them (``reports/training-speed/lbf_observations.py`` measures
-    both). Everything else is lbforaging's own.
+    both). Its valid actions come from an equivalent of lbforaging's method on plain ints
+    (:meth:`_gen_valid_moves`). Everything else is lbforaging's own.
     """
+
+    valid_masks: list[int]
+    """Each player's valid actions as a bit mask (bit ``a`` for action value ``a``), set with them."""
 
     @classmethod
     def made(cls, env_id: str) -> ForagingWithoutObservations:
@@ -181,6 +179,32 @@ class ForagingWithoutObservations(ForagingEnv):
 
     def _make_gym_obs(self) -> tuple[()]:
         return ()
+
+    def _gen_valid_moves(self) -> None:
+        """Each player's valid actions, the lists lbforaging's own method makes (``_is_valid_action`` for
+        every action, on numpy scalars of the field: about 20 of the 40 us of lbforaging's step), from the
+        field read once as Python ints; and the same as :attr:`valid_masks`, from which the adapter
+        indexes its availability rows."""
+        field, last_row, last_col = self.field.tolist(), self.rows - 1, self.cols - 1
+        self._valid_actions, self.valid_masks = {}, []
+        for player in self.players:
+            row, col = player.position
+            adjacent_food = (  # lbforaging's adjacent_food: clamped at the border (onto the player's cell)
+                field[max(row - 1, 0)][col]
+                + field[min(row + 1, last_row)][col]
+                + field[row][max(col - 1, 0)]
+                + field[row][min(col + 1, last_col)]
+            )
+            valid = (  # in the order of Action's values
+                True,  # NONE
+                row > 0 and field[row - 1][col] == 0,  # NORTH
+                row < last_row and field[row + 1][col] == 0,  # SOUTH
+                col > 0 and field[row][col - 1] == 0,  # WEST
+                col < last_col and field[row][col + 1] == 0,  # EAST
+                adjacent_food > 0,  # LOAD
+            )
+            self._valid_actions[player] = [action for action, ok in zip(ACTIONS, valid, strict=True) if ok]
+            self.valid_masks.append(sum(1 << value for value, ok in enumerate(valid) if ok))
 
 
 def agent_observations(env: ForagingEnv) -> np.ndarray:
