@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,12 @@ import pytest
 import torch
 
 import qllm.sandbox.restricted
+from qllm.envs.episodes import Episodes
 from qllm.rl import preset, train
+from qllm.rl.agent import RNNAgent
 from qllm.rl.collector import Collected, ProcessCollector
 from qllm.rl.credit import SandboxCredit
+from qllm.rl.learner import QLearner
 from qllm.rl.mixers import MIXERS, QMIX
 from qllm.rl.train import CHECKPOINT_DIR, FINAL_MODEL, TrainingError, checkpoints
 from qllm.sandbox import load_credit_function
@@ -153,6 +157,94 @@ def test_a_batchs_credit_is_computed_while_the_next_batch_is_collected(
     credit_calls = [i for i, event in enumerate(events) if event == "credit"]
     assert len(credit_calls) == events.count("take a batch") > 10
     assert all(events[i - 2 : i] == ["take a batch", "ask for the next batch"] for i in credit_calls[:-1])
+
+
+def test_the_sandbox_computes_the_new_states_credit_while_the_learner_unrolls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unrolled = threading.Event()
+    saw_the_unroll: list[bool] = []
+    credit, unroll, update = SandboxCredit.__call__, RNNAgent.unroll, QLearner.update
+
+    def waiting_credit(credit_function: SandboxCredit, states: torch.Tensor) -> torch.Tensor:
+        # Done in line, before the update, this would wait for an unroll that comes only after it.
+        saw_the_unroll.append(unrolled.wait(timeout=2.0))
+        return credit(credit_function, states)
+
+    def signalling_unroll(agent: RNNAgent, inputs: torch.Tensor) -> torch.Tensor:
+        unrolled.set()
+        return unroll(agent, inputs)
+
+    def one_update(learner: QLearner, *args: Any) -> Any:
+        try:
+            return update(learner, *args)
+        finally:
+            unrolled.clear()  # the next batch's credit waits for the next update's unroll
+
+    monkeypatch.setattr(SandboxCredit, "__call__", waiting_credit)
+    monkeypatch.setattr(RNNAgent, "unroll", signalling_unroll)
+    monkeypatch.setattr(QLearner, "update", one_update)
+    path = tmp_path / "vdn.py"
+    path.write_text(VDN)
+    train(preset("qllm", task="matrix-climbing", tfcaf=str(path), **SHORT), runs_dir=tmp_path)
+    # The first batch is too few episodes to learn from: no update, no unroll. Every later one has both.
+    assert saw_the_unroll[0] is False and len(saw_the_unroll) > 10 and all(saw_the_unroll[1:])
+
+
+def test_each_update_mixes_with_the_credit_of_the_states_it_learns_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = (
+        "import torch\n\n\ndef credit_assignment(agents_q, state):\n"
+        "    w = torch.softmax(state[:, :2], dim=1) * 2\n"
+        "    return (w * agents_q).sum(dim=1, keepdim=True) + state[:, 2:3]\n"
+    )
+    mixed: list[tuple[torch.Tensor, torch.Tensor]] = []
+    mixing = QLearner._mixing
+
+    def recorded_mixing(learner: QLearner, batch: Episodes, credit: Any) -> torch.Tensor:
+        mixed.append((batch.state, mixing(learner, batch, credit)))
+        return mixed[-1][1]
+
+    monkeypatch.setattr(QLearner, "_mixing", recorded_mixing)
+    path = tmp_path / "credit.py"
+    path.write_text(source)
+    config = preset("qllm", task="lbf-5x5-2p-1f", tfcaf=str(path), **{**SHORT, "buffer_size": 6})
+    train(config, runs_dir=tmp_path)
+    # Each update draws 4 of at most 6 episodes, 2 of them new, in slots that held others before (the
+    # ring wraps from the fourth batch on): each state's credit must be its own, not a slot's earlier value.
+    function = load_credit_function(source).function  # the test's own check, in the test's process
+    assert len(mixed) >= 6
+    for states, credit in mixed:
+        rows, q = states.reshape(-1, states.shape[-1]), torch.randn(states.shape[0] * states.shape[1], 2)
+        expected = function(q, rows)
+        assert credit.shape == (*states.shape[:2], 3)
+        got = (credit.reshape(-1, 3)[:, :2] * q).sum(1, keepdim=True) + credit.reshape(-1, 3)[:, 2:]
+        assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_the_sandbox_is_closed_on_a_thread_of_its_own_once_training_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed: list[tuple[str, SandboxCredit]] = []
+    close = SandboxCredit.close
+
+    def recorded_close(credit: SandboxCredit) -> None:
+        close(credit)
+        closed.append((threading.current_thread().name, credit))
+
+    monkeypatch.setattr(SandboxCredit, "close", recorded_close)
+    path = tmp_path / "vdn.py"
+    path.write_text(VDN)
+    train(
+        preset("qllm", task="matrix-climbing", tfcaf=str(path), **{**SHORT, "steps": 100}), runs_dir=tmp_path
+    )
+    for thread in threading.enumerate():
+        if thread.name == "qllm-sandbox-close":
+            thread.join(timeout=30)
+    ((thread_name, credit),) = closed
+    assert thread_name == "qllm-sandbox-close"
+    assert not credit.sandbox._worker.alive
 
 
 def test_credit_is_the_functions_own_and_each_state_goes_to_the_sandbox_once() -> None:

@@ -7,7 +7,7 @@ some sampled episode actually used, so short episodes cost less to learn from.
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import torch
 
@@ -52,9 +52,16 @@ class ReplayBuffer:
         """The slots of ``batch_size`` distinct stored episodes, at random."""
         return torch.randperm(self.size, generator=generator)[:batch_size]
 
-    def gather(self, slots: torch.Tensor) -> Episodes:
-        """The episodes in ``slots``, trimmed to the time steps they used."""
-        return self.storage[slots].trimmed()
+    def gather(self, slots: torch.Tensor, with_credit: bool = True) -> Episodes:
+        """The episodes in ``slots``, trimmed to the time steps they used; without their credit (``C = 0``)
+        unless ``with_credit`` (that of episodes just inserted may not be set yet: :meth:`credit_of`)."""
+        stored = self.storage if with_credit else replace(self.storage, credit=self.storage.credit[..., :0])
+        return stored[slots].trimmed()
+
+    def credit_of(self, slots: torch.Tensor, steps: int) -> torch.Tensor:
+        """The credit ``[len(slots), steps + 1, C]`` of the episodes in ``slots``, over their first ``steps``
+        steps (as :meth:`gather` trimmed them)."""
+        return self.storage.credit[slots, : steps + 1]
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Episodes:
         return self.gather(self.draw(batch_size, generator))

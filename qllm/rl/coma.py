@@ -23,6 +23,7 @@ also sees its last action (every agent network here does).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -73,7 +74,10 @@ class COMALearner(ActorCriticLearner):
         self.targets = TargetNetworks(config, self.critic)
         (self.target_critic,) = self.targets.networks
 
-    def update(self, batch: Episodes, new_episodes: int) -> ActorCriticStats:
+    def update(
+        self, batch: Episodes, new_episodes: int, credit: Callable[[], torch.Tensor] | None = None
+    ) -> ActorCriticStats:
+        """One update of the critic and the actors; ``credit`` is never given (no credit function)."""
         cfg = self.config
         rewards = self.rewards(batch)
         mask = batch.filled.unsqueeze(-1)  # [B, T, 1]: every agent acts at every real step

@@ -11,12 +11,18 @@ and no generated code ever runs in the trainer's process.
 
 A call that fails (an exception, a timeout, a crash, memory) or gives non-finite or, where monotonicity
 is required, negative weights raises :class:`CreditFunctionError` with the sandbox's verdict.
+
+The trainer does not wait for a call: :meth:`SandboxCredit.begin` runs it on the object's own thread
+(which only sends the states and waits on the worker's pipe), and the learner unrolls its networks
+meanwhile; the credit is waited for when the mixer needs it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -33,7 +39,7 @@ class SandboxCredit:
 
     States recur (matrix games have a handful, and a replay buffer holds each state for many updates),
     so each distinct state is sent to the sandbox once; ``max_states`` bounds the memo (it starts over
-    when full).
+    when full). Calls may come from two threads (:meth:`begin`'s and the caller's); they take turns.
     """
 
     def __init__(
@@ -57,6 +63,8 @@ class SandboxCredit:
         self.memo: dict[bytes, np.ndarray] = {}
         self.calls = 0
         """Sandbox calls so far (one per batch that brought new states)."""
+        self._turn = threading.Lock()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qllm-credit")
 
     @property
     def width(self) -> int:
@@ -64,11 +72,21 @@ class SandboxCredit:
         return self.n_agents + 1
 
     def close(self) -> None:
+        self._thread.shutdown()  # a call under way ends within its budget
         self.session.close()
         self.sandbox.close()
 
+    def begin(self, states: torch.Tensor) -> Future[torch.Tensor]:
+        """``self(states)`` on this object's thread: the sandbox computes while the caller goes on. A failed
+        call raises its :class:`CreditFunctionError` from the future's ``result()``."""
+        return self._thread.submit(self, states)
+
     def __call__(self, states: torch.Tensor) -> torch.Tensor:
         """``states [..., S]`` -> credit ``[..., n + 1]`` (float32, on the states' device)."""
+        with self._turn:
+            return self._credit(states)
+
+    def _credit(self, states: torch.Tensor) -> torch.Tensor:
         rows = states.detach().reshape(-1, states.shape[-1]).to("cpu", torch.float32).contiguous().numpy()
         keys = [row.tobytes() for row in rows]
         missing = {key: i for i, key in enumerate(keys) if key not in self.memo}

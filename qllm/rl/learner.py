@@ -20,13 +20,15 @@ targets, reward standardisation, target networks and the clipped gradient step b
 A NaN or infinity in ``Q_tot``, a target, the loss or the gradient norm raises :class:`NonFiniteError`
 before any parameter changes (:func:`require_finite`): training on it would ruin every network silently.
 A mixer that reads each state's stored credit instead of the state (:class:`~qllm.rl.mixers.LinearCredit`)
-gets ``batch.credit``.
+gets ``batch.credit``, or, while the sandbox is still computing the credit of the newest states, waits for
+it only once both networks are unrolled (``update``'s ``credit``): most of the sandbox's call then costs
+the update nothing.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol
@@ -62,9 +64,13 @@ class Learner(Protocol):
         """How to act while collecting training episodes after ``t_env`` environment steps."""
         ...
 
-    def update(self, batch: Episodes, new_episodes: int) -> DataclassInstance:
-        """Learn from ``batch``; ``new_episodes`` were collected since the last call. Returns scalar
-        diagnostics (a dataclass), logged under ``losses/``."""
+    def update(
+        self, batch: Episodes, new_episodes: int, credit: Callable[[], torch.Tensor] | None = None
+    ) -> DataclassInstance:
+        """Learn from ``batch``; ``new_episodes`` were collected since the last call. ``credit``, for a
+        learner with a :attr:`credit`: the batch's credit, when it is not in ``batch.credit`` yet (still
+        being computed; it is waited for when needed). Returns scalar diagnostics (a dataclass), logged
+        under ``losses/``."""
         ...
 
     def networks(self) -> dict[str, nn.Module]:
@@ -262,29 +268,34 @@ class QLearner:
     def networks(self) -> dict[str, nn.Module]:
         return {"agent": self.agent, "mixer": self.mixer}
 
-    def update(self, batch: Episodes, new_episodes: int) -> UpdateStats:
+    def update(
+        self, batch: Episodes, new_episodes: int, credit: Callable[[], torch.Tensor] | None = None
+    ) -> UpdateStats:
         """One gradient step; ``new_episodes`` collected since the last call drive hard target updates."""
         if self.config.standardise_rewards:
             self.reward_stats.update(batch.reward[batch.filled.bool()])
-        loss, stats = self.loss(batch)
+        loss, stats = self.loss(batch, credit)
         grad_norm = gradient_step(self.optimiser, loss, self.parameters, self.config.grad_clip)
         self.targets.update(new_episodes)
         return UpdateStats(loss=float(loss.detach()), grad_norm=grad_norm, **stats)
 
-    def loss(self, batch: Episodes) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, batch: Episodes, credit: Callable[[], torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """The masked mean squared TD error of ``Q_tot`` against TD(lambda) targets (and diagnostics)."""
         cfg = self.config
         rewards = self.reward_stats.standardise(batch.reward) if cfg.standardise_rewards else batch.reward
         inputs = episode_inputs(batch, self.n_actions)  # [B, T+1, n, D]
         target_q = self._target_thread.submit(self._target_unroll, inputs) if self._target_thread else None
         q = self.agent.unroll(inputs)  # [B, T+1, n, A]
+        target = target_q.result() if target_q else self._target_unroll(inputs)
         q_taken = q[:, :-1].gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)  # [B, T, n]
-        mixing = batch.credit if self.mixer.reads_credit else batch.state  # [B, T+1, S or n+1]
+        # The credit last: both unrolls above are time the sandbox has to compute the newest states'.
+        mixing = self._mixing(batch, credit)  # [B, T+1, S or n+1]
         q_tot = self.mixer(q_taken, mixing[:, :-1])  # [B, T, k]
         mask = batch.filled.unsqueeze(-1).expand_as(q_tot)
         require_finite("Q_tot", q_tot.detach(), mask)
         with torch.no_grad():
-            target = target_q.result() if target_q else self._target_unroll(inputs)
             values = self._state_values(q.detach(), target, batch, mixing)  # [B, T+1, k]
             targets = td_lambda_targets(
                 rewards, batch.terminated, batch.filled, values, gamma=cfg.gamma, td_lambda=cfg.td_lambda
@@ -297,6 +308,12 @@ class QLearner:
                 "target_mean": float(torch.where(mask.bool(), targets, 0.0).sum() / mask.sum()),
             }
         return loss, stats
+
+    def _mixing(self, batch: Episodes, credit: Callable[[], torch.Tensor] | None) -> torch.Tensor:
+        """What the mixer reads of each state: its credit (waited for if still being computed), or itself."""
+        if not self.mixer.reads_credit:
+            return batch.state
+        return batch.credit if credit is None else credit()
 
     @torch.no_grad()
     def _target_unroll(self, inputs: torch.Tensor) -> torch.Tensor:

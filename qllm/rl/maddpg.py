@@ -23,6 +23,7 @@ both losses, and the actor also sees its last action (every agent network here d
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -60,7 +61,10 @@ class MADDPGLearner(ActorCriticLearner):
         """Each agent's value ``[..., n]`` of the joint action ``onehot [..., n, A]`` in ``state``."""
         return critic(state, per_agent_actions(onehot, hide_own=False)).squeeze(-1)
 
-    def update(self, batch: Episodes, new_episodes: int) -> ActorCriticStats:
+    def update(
+        self, batch: Episodes, new_episodes: int, credit: Callable[[], torch.Tensor] | None = None
+    ) -> ActorCriticStats:
+        """One update of the critic and the actors; ``credit`` is never given (no credit function)."""
         cfg = self.config
         rewards = self.rewards(batch)
         mask = batch.filled.unsqueeze(-1)  # [B, T, 1]

@@ -19,10 +19,13 @@ is collected meanwhile in a second process (``collect_ahead``), see :mod:`qllm.r
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from statistics import mean
 from typing import TYPE_CHECKING, Any
@@ -253,7 +256,7 @@ def train(
         collector = resources.enter_context(closing(episode_collector(config, generator, device)))
         learner = LEARNERS[config.algo].build(config, info, device)
         if learner.credit is not None:
-            resources.enter_context(closing(learner.credit))
+            resources.callback(close_meanwhile, learner.credit)
         run_dir = resume if resume is not None else new_run_dir(config, runs_dir, run_name)
         buffer = replay_buffer(config, info, learner)
         at = Counters(next_checkpoint=config.checkpoint_interval)
@@ -275,6 +278,13 @@ def train(
     del run, buffer, learner  # the replay buffer is most of a run's memory: release it before plotting
     plot = plot_learning_curve(run_dir, f"{config.task}: {config.preset} (seed {config.seed})")
     return TrainResult(run_dir=run_dir, t_env=at.t_env, final_test_return=final_return, plot=plot)
+
+
+def close_meanwhile(credit: SandboxCredit) -> None:
+    """Close the credit's sandbox on a thread of its own: a gVisor worker takes most of a second to stop,
+    which the run spends meanwhile saving its final model and plotting. Python waits for the thread
+    before it exits."""
+    threading.Thread(target=credit.close, name="qllm-sandbox-close").start()
 
 
 @dataclass
@@ -333,9 +343,9 @@ class TrainingRun:
                 on_progress(Progress(at.t_env, config.steps, returns, epsilon, self.test_return))
 
     def learn(self, collected: Collected, at: Counters) -> DataclassInstance | None:
-        """Store the batch and count it, ask for the next batch, label the new states with their credit
-        if the learner needs it, then update once there is enough to learn from; returns the update's
-        diagnostics."""
+        """Store the batch and count it, ask for the next batch, then update once there is enough to
+        learn from, labelling the new states with their credit meanwhile if the learner needs it;
+        returns the update's diagnostics."""
         before = replace(at, returns_since_log=[])
         episodes = len(collected.stats.returns)
         try:
@@ -343,12 +353,25 @@ class TrainingRun:
             at.advance(collected.stats)
             if at.t_env < self.config.steps:
                 self.ask_for_next_batch(at)  # a process collector collects it meanwhile
-            batch = training_batch(self.learner, stored, self.buffer)
-            if batch is None:
-                return None
-            return self.learner.update(batch.to(self.device), episodes)
+            new_credit = NewCredit.begin(self.learner, stored, self.buffer)
+            update = self.update(stored, episodes, new_credit)
+            if new_credit is not None:
+                new_credit.wait()  # in the replay buffer before the next draw, and a failure raised
+            return update
         except (CreditFunctionError, NonFiniteError) as exc:
             raise TrainingError.at(exc, before, self.config, self.run_dir, episodes) from exc
+
+    def update(
+        self, stored: Stored, new_episodes: int, new_credit: NewCredit | None
+    ) -> DataclassInstance | None:
+        """The learner's update on the drawn batch, if there is one yet; the credit of the new states, where
+        it is being computed, is waited for only when the mixer needs it."""
+        batch = training_batch(stored, self.buffer)
+        if batch is None:
+            return None
+        steps = batch.filled.shape[1]
+        credit = None if new_credit is None else partial(new_credit.of_drawn, steps, self.device)
+        return self.learner.update(batch.to(self.device), new_episodes, credit)
 
     def begin_evaluation(self, at: Counters) -> None:
         """Have the collector evaluate the acting network as it is now."""
@@ -412,6 +435,8 @@ def episode_collector(
 def replay_buffer(config: TrainConfig, info: EnvInfo, learner: Learner) -> ReplayBuffer | None:
     """The replay buffer of an off-policy learner, with room for each state's credit if it needs it."""
     if learner.on_policy:
+        if learner.credit is not None:  # the credit lives in the replay buffer
+            raise ValueError(f"an on-policy learner cannot have a credit function ({config.algo})")
         return None
     return ReplayBuffer(config.buffer_size, info, learner.credit.width if learner.credit else 0)
 
@@ -419,7 +444,7 @@ def replay_buffer(config: TrainConfig, info: EnvInfo, learner: Learner) -> Repla
 @dataclass(frozen=True)
 class Stored:
     """A collected batch as :func:`store` left it: in the replay buffer, with what to learn from drawn,
-    but, for a credit function, without its credit yet (:func:`training_batch` adds it)."""
+    but, for a credit function, without its credit yet (:class:`NewCredit` adds it)."""
 
     episodes: Episodes
     slots: torch.Tensor | None = None
@@ -433,8 +458,8 @@ def store(
 ) -> Stored:
     """Put ``episodes`` in the replay buffer (an off-policy learner's) and draw the episodes to learn
     from once it holds ``batch_size`` of them. The draw does not depend on the credit of the new states, so
-    the trainer asks for the next batch before :func:`training_batch` computes it in the sandbox: the
-    collector collects while the sandbox computes, and runs are the same as if the credit came first."""
+    the sandbox computes it while the collector collects the next batch and the learner unrolls its
+    networks, and runs are the same as if the credit came first."""
     if buffer is None:
         return Stored(episodes)
     slots = buffer.insert(episodes)
@@ -442,17 +467,41 @@ def store(
     return Stored(episodes, slots, drawn)
 
 
-def training_batch(learner: Learner, stored: Stored, buffer: ReplayBuffer | None) -> Episodes | None:
-    """What to learn from, each state labelled with its credit when the learner needs it (computed now, in
-    the sandbox): the episodes themselves for an on-policy learner, else the drawn ones from replay (None
-    before there are enough)."""
-    credit = None if learner.credit is None else learner.credit(stored.episodes.state)
-    if buffer is None or stored.slots is None:
-        episodes = stored.episodes if credit is None else replace(stored.episodes, credit=credit)
-        return episodes.trimmed()
-    if credit is not None:
-        buffer.set_credit(stored.slots, credit)
-    return None if stored.drawn is None else buffer.gather(stored.drawn)
+def training_batch(stored: Stored, buffer: ReplayBuffer | None) -> Episodes | None:
+    """What to learn from: the episodes themselves for an on-policy learner, else the drawn ones from
+    replay (None before there are enough), without their credit (:meth:`NewCredit.of_drawn` gives it)."""
+    if buffer is None:
+        return stored.episodes.trimmed()
+    return None if stored.drawn is None else buffer.gather(stored.drawn, with_credit=False)
+
+
+class NewCredit:
+    """The credit of the states a stored batch brought, being computed in the sandbox on the credit
+    function's own thread (:meth:`SandboxCredit.begin`); waiting for it puts it in the replay buffer."""
+
+    def __init__(self, computing: Future[torch.Tensor], stored: Stored, buffer: ReplayBuffer) -> None:
+        self.computing, self.stored, self.buffer = computing, stored, buffer
+        self.stored_in_buffer = False
+
+    @classmethod
+    def begin(cls, learner: Learner, stored: Stored, buffer: ReplayBuffer | None) -> NewCredit | None:
+        """Start computing the credit of ``stored``'s states, if ``learner`` learns from credit."""
+        if learner.credit is None or buffer is None or stored.slots is None:
+            return None
+        return cls(learner.credit.begin(stored.episodes.state), stored, buffer)
+
+    def wait(self) -> None:
+        """Wait for the credit and store it (once); a failed sandbox call raises its error here."""
+        if not self.stored_in_buffer:
+            assert self.stored.slots is not None  # begin() makes none without
+            self.buffer.set_credit(self.stored.slots, self.computing.result())
+            self.stored_in_buffer = True
+
+    def of_drawn(self, steps: int, device: torch.device) -> torch.Tensor:
+        """The credit ``[B, steps + 1, C]`` of the drawn episodes, the new states' included (waited for)."""
+        assert self.stored.drawn is not None  # asked for by an update, which needs a drawn batch
+        self.wait()
+        return self.buffer.credit_of(self.stored.drawn, steps).to(device)
 
 
 def log_training(

@@ -72,7 +72,11 @@ def main() -> None:
     timed(SandboxWorker, "start", "sandbox worker start")
     timed(SandboxWorker, "close", "sandbox worker close")
     timed(Sandbox, "validate", "validation (worker start included)")
-    timed(SandboxCredit, "__call__", "credit calls")
+    if hasattr(train_module, "NewCredit"):  # the credit is computed on a thread while the learner unrolls
+        timed(SandboxCredit, "__call__", "credit calls (their own thread)")
+        timed(train_module.NewCredit, "wait", "waiting for the credit (in the update, included)")
+    else:
+        timed(SandboxCredit, "__call__", "credit calls")
     with tempfile.TemporaryDirectory() as runs:
         argv = ["train", "--task", args.task, "--mixer", args.mixer, "--steps", str(args.steps), *extra]
         sys.argv = ["qllm", *argv, "--runs-dir", runs]
