@@ -168,6 +168,27 @@ def test_lbf_valid_actions_are_lbforagings(env_id: str) -> None:
     assert loads > 0  # foods were next to players: LOAD was checked where it is valid
 
 
+def test_lbf_valid_actions_at_the_borders_are_lbforagings() -> None:
+    """Random play never puts food on the border (lbforaging spawns it inside): hand-built fields do, with
+    a player on every cell around it, where lbforaging's adjacency clamps to the field."""
+    sim = ForagingWithoutObservations.made("Foraging-8x8-2p-2f-v3")
+    sim.reset(seed=0)
+    foods = [(0, 0), (0, 4), (7, 7), (3, 0), (7, 2)]
+    for food in foods:
+        sim.field[:] = 0
+        sim.field[food] = 2
+        for row in range(8):
+            for col in range(8):
+                if (row, col) == food:
+                    continue
+                sim.players[0].position, sim.players[1].position = (row, col), (7 - row, 7 - col)
+                sim._gen_valid_moves()
+                ours, masks = sim._valid_actions, sim.valid_masks
+                ForagingEnv._gen_valid_moves(sim)
+                assert ours == sim._valid_actions, (food, row, col)
+                assert masks == [sum(1 << a.value for a in ours[p]) for p in sim.players]
+
+
 # --- multi-agent particle environments -----------------------------------------------------------
 
 

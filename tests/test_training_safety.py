@@ -27,7 +27,7 @@ from qllm.rl.collector import Collected, ProcessCollector
 from qllm.rl.credit import SandboxCredit
 from qllm.rl.learner import QLearner
 from qllm.rl.mixers import MIXERS, QMIX
-from qllm.rl.train import CHECKPOINT_DIR, FINAL_MODEL, TrainingError, checkpoints
+from qllm.rl.train import CHECKPOINT_DIR, FINAL_MODEL, TrainingError, TrainResult, checkpoints
 from qllm.sandbox import load_credit_function
 
 CORPUS = Path(__file__).parent / "sandbox_corpus" / "training"
@@ -36,6 +36,14 @@ SHORT = {
     "steps": 600, "checkpoint_interval": 200, "eval_interval": 300, "eval_episodes": 2, "log_interval": 100,
     "batch_size": 4, "buffer_size": 64, "envs": 2, "target_update_interval": 4,
 }  # fmt: skip
+
+
+def train_with_vdn_credit(tmp_path: Path, **overrides: Any) -> TrainResult:
+    """A short run of the qllm preset on matrix-climbing, whose credit function is VDN's sum."""
+    path = tmp_path / "vdn.py"
+    path.write_text(VDN)
+    config = preset("qllm", task="matrix-climbing", tfcaf=str(path), **{**SHORT, **overrides})
+    return train(config, runs_dir=tmp_path / "runs")
 
 
 def qllm_train(*args: str) -> subprocess.CompletedProcess[str]:
@@ -122,9 +130,7 @@ def test_a_function_linear_in_q_never_runs_in_the_trainers_process(
 
     # Every in-process load of a candidate compiles it here first; the sandbox worker is another process.
     monkeypatch.setattr(qllm.sandbox.restricted, "compile_candidate", refuse)
-    path = tmp_path / "vdn.py"
-    path.write_text(VDN)
-    result = train(preset("qllm", task="matrix-climbing", tfcaf=str(path), **SHORT), runs_dir=tmp_path)
+    result = train_with_vdn_credit(tmp_path)
     assert result.t_env >= 600 and (result.run_dir / FINAL_MODEL).exists()
 
 
@@ -149,9 +155,7 @@ def test_a_batchs_credit_is_computed_while_the_next_batch_is_collected(
     monkeypatch.setattr(ProcessCollector, "submit", recorded_submit)
     monkeypatch.setattr(ProcessCollector, "result", recorded_result)
     monkeypatch.setattr(SandboxCredit, "__call__", recorded_credit)
-    path = tmp_path / "vdn.py"
-    path.write_text(VDN)
-    train(preset("qllm", task="matrix-climbing", tfcaf=str(path), **SHORT), runs_dir=tmp_path)
+    train_with_vdn_credit(tmp_path)
     # Each batch is taken, the next one asked for, and only then its credit computed (a sandbox call), so
     # the collector collects meanwhile; the last batch has none after it.
     credit_calls = [i for i, event in enumerate(events) if event == "credit"]
@@ -167,8 +171,11 @@ def test_the_sandbox_computes_the_new_states_credit_while_the_learner_unrolls(
     credit, unroll, update = SandboxCredit.__call__, RNNAgent.unroll, QLearner.update
 
     def waiting_credit(credit_function: SandboxCredit, states: torch.Tensor) -> torch.Tensor:
-        # Done in line, before the update, this would wait for an unroll that comes only after it.
-        saw_the_unroll.append(unrolled.wait(timeout=2.0))
+        # The first batch is too few episodes to learn from: no update follows it. Every later call waits
+        # for the update's unroll, which comes after it only when the credit is computed in line (then
+        # the test fails at its first wait, without waiting again).
+        if saw_the_unroll or credit_function.calls:
+            saw_the_unroll.append(all(saw_the_unroll) and unrolled.wait(timeout=10.0))
         return credit(credit_function, states)
 
     def signalling_unroll(agent: RNNAgent, inputs: torch.Tensor) -> torch.Tensor:
@@ -184,11 +191,8 @@ def test_the_sandbox_computes_the_new_states_credit_while_the_learner_unrolls(
     monkeypatch.setattr(SandboxCredit, "__call__", waiting_credit)
     monkeypatch.setattr(RNNAgent, "unroll", signalling_unroll)
     monkeypatch.setattr(QLearner, "update", one_update)
-    path = tmp_path / "vdn.py"
-    path.write_text(VDN)
-    train(preset("qllm", task="matrix-climbing", tfcaf=str(path), **SHORT), runs_dir=tmp_path)
-    # The first batch is too few episodes to learn from: no update, no unroll. Every later one has both.
-    assert saw_the_unroll[0] is False and len(saw_the_unroll) > 10 and all(saw_the_unroll[1:])
+    train_with_vdn_credit(tmp_path)
+    assert len(saw_the_unroll) > 10 and all(saw_the_unroll)
 
 
 def test_each_update_mixes_with_the_credit_of_the_states_it_learns_from(
@@ -223,7 +227,7 @@ def test_each_update_mixes_with_the_credit_of_the_states_it_learns_from(
         assert torch.allclose(got, expected, atol=1e-5)
 
 
-def test_the_sandbox_is_closed_on_a_thread_of_its_own_once_training_ends(
+def test_the_sandbox_is_closed_on_a_thread_of_its_own_before_training_returns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     closed: list[tuple[str, SandboxCredit]] = []
@@ -234,17 +238,25 @@ def test_the_sandbox_is_closed_on_a_thread_of_its_own_once_training_ends(
         closed.append((threading.current_thread().name, credit))
 
     monkeypatch.setattr(SandboxCredit, "close", recorded_close)
-    path = tmp_path / "vdn.py"
-    path.write_text(VDN)
-    train(
-        preset("qllm", task="matrix-climbing", tfcaf=str(path), **{**SHORT, "steps": 100}), runs_dir=tmp_path
-    )
-    for thread in threading.enumerate():
-        if thread.name == "qllm-sandbox-close":
-            thread.join(timeout=30)
-    ((thread_name, credit),) = closed
-    assert thread_name == "qllm-sandbox-close"
-    assert not credit.sandbox._worker.alive
+    train_with_vdn_credit(tmp_path, steps=100)
+    ((thread_name, credit),) = closed  # closed, and by the time train() returned
+    assert thread_name == "qllm-close-meanwhile" and not credit.sandbox._worker.alive
+
+
+def test_a_sandbox_that_fails_to_close_fails_the_run_after_its_wrap_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    close = SandboxCredit.close
+
+    def failing_close(credit: SandboxCredit) -> None:
+        close(credit)
+        raise OSError("the sandbox's folder could not be removed")
+
+    monkeypatch.setattr(SandboxCredit, "close", failing_close)
+    with pytest.raises(OSError, match="could not be removed"):
+        train_with_vdn_credit(tmp_path, steps=100)
+    (run,) = (tmp_path / "runs").iterdir()
+    assert (run / FINAL_MODEL).exists()  # the run itself was saved meanwhile
 
 
 def test_credit_is_the_functions_own_and_each_state_goes_to_the_sandbox_once() -> None:

@@ -186,7 +186,7 @@ class ForagingWithoutObservations(ForagingEnv):
         field read once as Python ints; and the same as :attr:`valid_masks`, from which the adapter
         indexes its availability rows."""
         field, last_row, last_col = self.field.tolist(), self.rows - 1, self.cols - 1
-        self._valid_actions, self.valid_masks = {}, []
+        valid_actions, valid_masks = {}, []
         for player in self.players:
             row, col = player.position
             adjacent_food = (  # lbforaging's adjacent_food: clamped at the border (onto the player's cell)
@@ -203,8 +203,9 @@ class ForagingWithoutObservations(ForagingEnv):
                 col < last_col and field[row][col + 1] == 0,  # EAST
                 adjacent_food > 0,  # LOAD
             )
-            self._valid_actions[player] = [action for action, ok in zip(ACTIONS, valid, strict=True) if ok]
-            self.valid_masks.append(sum(1 << value for value, ok in enumerate(valid) if ok))
+            valid_actions[player] = [action for action, ok in zip(ACTIONS, valid, strict=True) if ok]
+            valid_masks.append(sum(1 << value for value, ok in enumerate(valid) if ok))
+        self._valid_actions, self.valid_masks = valid_actions, valid_masks
 
 
 def agent_observations(env: ForagingEnv) -> np.ndarray:

@@ -75,9 +75,9 @@ class COMALearner(ActorCriticLearner):
         (self.target_critic,) = self.targets.networks
 
     def update(
-        self, batch: Episodes, new_episodes: int, credit: Callable[[], torch.Tensor] | None = None
+        self, batch: Episodes, new_episodes: int, pending_credit: Callable[[], torch.Tensor] | None = None
     ) -> ActorCriticStats:
-        """One update of the critic and the actors; ``credit`` is never given (no credit function)."""
+        """One update of the critic and the actors; ``pending_credit`` is never given (no credit function)."""
         cfg = self.config
         rewards = self.rewards(batch)
         mask = batch.filled.unsqueeze(-1)  # [B, T, 1]: every agent acts at every real step

@@ -20,9 +20,8 @@ targets, reward standardisation, target networks and the clipped gradient step b
 A NaN or infinity in ``Q_tot``, a target, the loss or the gradient norm raises :class:`NonFiniteError`
 before any parameter changes (:func:`require_finite`): training on it would ruin every network silently.
 A mixer that reads each state's stored credit instead of the state (:class:`~qllm.rl.mixers.LinearCredit`)
-gets ``batch.credit``, or, while the sandbox is still computing the credit of the newest states, waits for
-it only once both networks are unrolled (``update``'s ``credit``): most of the sandbox's call then costs
-the update nothing.
+gets ``batch.credit``; while the sandbox is still computing the credit of the newest states, ``update``'s
+``pending_credit`` is waited for only once both networks are unrolled, so that the two run side by side.
 """
 
 from __future__ import annotations
@@ -57,20 +56,21 @@ class Learner(Protocol):
     on_policy: ClassVar[bool]
     """Learn once from the episodes just collected (no replay buffer) instead of from replay."""
     credit: SandboxCredit | None
-    """What labels each collected state with its credit before it is stored (a credit function linear
-    in Q, computed in the sandbox); None when the learner needs no credit."""
+    """What labels each collected state with its credit (a credit function linear in Q, computed in the
+    sandbox) for the replay buffer, while the update it is stored for runs; None when the learner needs
+    no credit (always, for an on-policy learner: the credit lives in the replay buffer)."""
 
     def behaviour(self, t_env: int) -> ActionSelector:
         """How to act while collecting training episodes after ``t_env`` environment steps."""
         ...
 
     def update(
-        self, batch: Episodes, new_episodes: int, credit: Callable[[], torch.Tensor] | None = None
+        self, batch: Episodes, new_episodes: int, pending_credit: Callable[[], torch.Tensor] | None = None
     ) -> DataclassInstance:
-        """Learn from ``batch``; ``new_episodes`` were collected since the last call. ``credit``, for a
-        learner with a :attr:`credit`: the batch's credit, when it is not in ``batch.credit`` yet (still
-        being computed; it is waited for when needed). Returns scalar diagnostics (a dataclass), logged
-        under ``losses/``."""
+        """Learn from ``batch``; ``new_episodes`` were collected since the last call. ``pending_credit``,
+        given only to a learner with a :attr:`credit`: the batch's credit, which is not in ``batch.credit``
+        (the newest states' is still being computed), called when it is needed. Returns scalar diagnostics
+        (a dataclass), logged under ``losses/``."""
         ...
 
     def networks(self) -> dict[str, nn.Module]:
@@ -269,18 +269,18 @@ class QLearner:
         return {"agent": self.agent, "mixer": self.mixer}
 
     def update(
-        self, batch: Episodes, new_episodes: int, credit: Callable[[], torch.Tensor] | None = None
+        self, batch: Episodes, new_episodes: int, pending_credit: Callable[[], torch.Tensor] | None = None
     ) -> UpdateStats:
         """One gradient step; ``new_episodes`` collected since the last call drive hard target updates."""
         if self.config.standardise_rewards:
             self.reward_stats.update(batch.reward[batch.filled.bool()])
-        loss, stats = self.loss(batch, credit)
+        loss, stats = self.loss(batch, pending_credit)
         grad_norm = gradient_step(self.optimiser, loss, self.parameters, self.config.grad_clip)
         self.targets.update(new_episodes)
         return UpdateStats(loss=float(loss.detach()), grad_norm=grad_norm, **stats)
 
     def loss(
-        self, batch: Episodes, credit: Callable[[], torch.Tensor] | None = None
+        self, batch: Episodes, pending_credit: Callable[[], torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """The masked mean squared TD error of ``Q_tot`` against TD(lambda) targets (and diagnostics)."""
         cfg = self.config
@@ -291,7 +291,7 @@ class QLearner:
         target = target_q.result() if target_q else self._target_unroll(inputs)
         q_taken = q[:, :-1].gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)  # [B, T, n]
         # The credit last: both unrolls above are time the sandbox has to compute the newest states'.
-        mixing = self._mixing(batch, credit)  # [B, T+1, S or n+1]
+        mixing = self._mixing(batch, pending_credit)  # [B, T+1, S or n+1]
         q_tot = self.mixer(q_taken, mixing[:, :-1])  # [B, T, k]
         mask = batch.filled.unsqueeze(-1).expand_as(q_tot)
         require_finite("Q_tot", q_tot.detach(), mask)
@@ -309,11 +309,11 @@ class QLearner:
             }
         return loss, stats
 
-    def _mixing(self, batch: Episodes, credit: Callable[[], torch.Tensor] | None) -> torch.Tensor:
+    def _mixing(self, batch: Episodes, pending_credit: Callable[[], torch.Tensor] | None) -> torch.Tensor:
         """What the mixer reads of each state: its credit (waited for if still being computed), or itself."""
         if not self.mixer.reads_credit:
             return batch.state
-        return batch.credit if credit is None else credit()
+        return batch.credit if pending_credit is None else pending_credit()
 
     @torch.no_grad()
     def _target_unroll(self, inputs: torch.Tensor) -> torch.Tensor:

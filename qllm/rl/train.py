@@ -249,42 +249,68 @@ def train(
     tune_process(config.threads, device)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)  # exploration and replay sampling
-    with ExitStack() as resources:  # each closed, last made first, however the run ends
-        info = task_info(config.task)
-        # Forked after the task's modules are imported (by task_info) and before the learner exists: its
-        # threads and the sandbox worker's pipes must not be inherited.
-        collector = resources.enter_context(closing(episode_collector(config, generator, device)))
-        learner = LEARNERS[config.algo].build(config, info, device)
-        if learner.credit is not None:
-            resources.callback(close_meanwhile, learner.credit)
-        run_dir = resume if resume is not None else new_run_dir(config, runs_dir, run_name)
-        buffer = replay_buffer(config, info, learner)
-        at = Counters(next_checkpoint=config.checkpoint_interval)
-        pending: Collected | None = None
-        if resume is not None:
-            at, pending = restore_checkpoint(latest_checkpoint(run_dir), learner, buffer, generator, device)
-        logger = resources.enter_context(
-            closing(MetricsLogger(run_dir, resume_step=at.t_env if resume is not None else None))
-        )
-        run = TrainingRun(config, run_dir, device, learner, buffer, generator, collector, logger)
+    # Each resource is closed, last made first, however the run ends; the credit's sandbox on a thread of
+    # its own, joined when train() returns or raises: a gVisor worker takes most of a second to stop,
+    # which the run spends meanwhile saving its final model and plotting.
+    with closing_meanwhile() as close_meanwhile:
+        with ExitStack() as resources:
+            info = task_info(config.task)
+            # Forked after the task's modules are imported (by task_info) and before the learner exists:
+            # its threads and the sandbox worker's pipes must not be inherited.
+            collector = resources.enter_context(closing(episode_collector(config, generator, device)))
+            learner = LEARNERS[config.algo].build(config, info, device)
+            if learner.credit is not None:
+                resources.callback(close_meanwhile, learner.credit)
+            run_dir = resume if resume is not None else new_run_dir(config, runs_dir, run_name)
+            buffer = replay_buffer(config, info, learner)
+            at = Counters(next_checkpoint=config.checkpoint_interval)
+            pending: Collected | None = None
+            if resume is not None:
+                at, pending = restore_checkpoint(
+                    latest_checkpoint(run_dir), learner, buffer, generator, device
+                )
+            logger = resources.enter_context(
+                closing(MetricsLogger(run_dir, resume_step=at.t_env if resume is not None else None))
+            )
+            run = TrainingRun(config, run_dir, device, learner, buffer, generator, collector, logger)
 
-        # --- the loop, then the final evaluation ----------------------------------------------------
-        run.loop(at, pending, on_progress)
-        final_return = run.final_evaluation(at)
+            # --- the loop, then the final evaluation ------------------------------------------------
+            run.loop(at, pending, on_progress)
+            final_return = run.final_evaluation(at)
 
-    # --- wrap-up -----------------------------------------------------------------------------------
-    final_model = {name: network.state_dict() for name, network in learner.networks().items()}
-    torch.save({**final_model, "t_env": at.t_env}, run_dir / FINAL_MODEL)
-    del run, buffer, learner  # the replay buffer is most of a run's memory: release it before plotting
-    plot = plot_learning_curve(run_dir, f"{config.task}: {config.preset} (seed {config.seed})")
-    return TrainResult(run_dir=run_dir, t_env=at.t_env, final_test_return=final_return, plot=plot)
+        # --- wrap-up -------------------------------------------------------------------------------
+        final_model = {name: network.state_dict() for name, network in learner.networks().items()}
+        torch.save({**final_model, "t_env": at.t_env}, run_dir / FINAL_MODEL)
+        del run, buffer, learner  # the replay buffer is most of a run's memory: released before plotting
+        plot = plot_learning_curve(run_dir, f"{config.task}: {config.preset} (seed {config.seed})")
+        return TrainResult(run_dir=run_dir, t_env=at.t_env, final_test_return=final_return, plot=plot)
 
 
-def close_meanwhile(credit: SandboxCredit) -> None:
-    """Close the credit's sandbox on a thread of its own: a gVisor worker takes most of a second to stop,
-    which the run spends meanwhile saving its final model and plotting. Python waits for the thread
-    before it exits."""
-    threading.Thread(target=credit.close, name="qllm-sandbox-close").start()
+@contextmanager
+def closing_meanwhile() -> Iterator[Callable[[SandboxCredit], None]]:
+    """``close(credit)`` begins closing ``credit`` on a thread of its own; the block's end waits for every
+    such close, and raises the first one's error unless the block is raising one of its own."""
+    threads: list[threading.Thread] = []
+    errors: list[BaseException] = []
+
+    def close_quietly(resource: SandboxCredit) -> None:
+        try:
+            resource.close()
+        except BaseException as exc:  # raised where the block ends, in the caller's thread
+            errors.append(exc)
+
+    def close(resource: SandboxCredit) -> None:
+        thread = threading.Thread(target=close_quietly, args=(resource,), name="qllm-close-meanwhile")
+        thread.start()
+        threads.append(thread)
+
+    try:
+        yield close
+    finally:
+        for thread in threads:
+            thread.join()
+    if errors:
+        raise errors[0]
 
 
 @dataclass
@@ -370,8 +396,8 @@ class TrainingRun:
         if batch is None:
             return None
         steps = batch.filled.shape[1]
-        credit = None if new_credit is None else partial(new_credit.of_drawn, steps, self.device)
-        return self.learner.update(batch.to(self.device), new_episodes, credit)
+        pending_credit = None if new_credit is None else partial(new_credit.of_drawn, steps, self.device)
+        return self.learner.update(batch.to(self.device), new_episodes, pending_credit)
 
     def begin_evaluation(self, at: Counters) -> None:
         """Have the collector evaluate the acting network as it is now."""
@@ -435,8 +461,7 @@ def episode_collector(
 def replay_buffer(config: TrainConfig, info: EnvInfo, learner: Learner) -> ReplayBuffer | None:
     """The replay buffer of an off-policy learner, with room for each state's credit if it needs it."""
     if learner.on_policy:
-        if learner.credit is not None:  # the credit lives in the replay buffer
-            raise ValueError(f"an on-policy learner cannot have a credit function ({config.algo})")
+        assert learner.credit is None  # the credit lives in the replay buffer (Learner.credit)
         return None
     return ReplayBuffer(config.buffer_size, info, learner.credit.width if learner.credit else 0)
 

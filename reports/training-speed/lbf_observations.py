@@ -1,8 +1,9 @@
 """What building LBF's observations costs: lbforaging's own code against the adapter's, per step.
 
-Prints microseconds per call, in one process, over random play on one task: lbforaging's ``step`` with
-its observations (what a gymnasium-made environment does), the same ``step`` without them (the adapter's
-environment), lbforaging's ``_make_gym_obs`` alone and ``qllm.envs.lbf.agent_observations`` alone.
+Prints microseconds per call, in one process, over random play on one task: the ``step`` of a
+gymnasium-made environment (lbforaging's own, observations included), the adapter's environment's
+``step`` (no observations; its own search for valid actions), the same with the adapter's observations,
+lbforaging's ``_make_gym_obs`` alone and ``qllm.envs.lbf.agent_observations`` alone.
 
 Run:  .venv/bin/python reports/training-speed/lbf_observations.py --task Foraging-8x8-2p-2f-v3
 """
@@ -13,6 +14,7 @@ import argparse
 import time
 from collections.abc import Callable
 
+import gymnasium as gym
 import numpy as np
 from lbforaging.foraging.environment import ForagingEnv
 
@@ -54,16 +56,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20_000)
     args = parser.parse_args()
     env = ForagingWithoutObservations.made(args.task)
-    own = stepping_us(env, args.steps, ForagingEnv._make_gym_obs)
+    own = stepping_us(gym.make(args.task, disable_env_checker=True).unwrapped, args.steps, None)
     bare = stepping_us(env, args.steps, None)
     adapter = stepping_us(env, args.steps, agent_observations)
     reset(env, seed=1)
     theirs = per_call_us(lambda: ForagingEnv._make_gym_obs(env), args.steps)
     ours = per_call_us(lambda: agent_observations(env), args.steps)
     print(f"{args.task}, {args.steps} steps of random play, microseconds per call:")
-    print(f"  step, with lbforaging's observations        {own:7.1f}")
-    print(f"  step, without observations                  {bare:7.1f}")
-    print(f"  step, with the adapter's observations       {adapter:7.1f}")
+    print(f"  lbforaging's step (gymnasium-made)          {own:7.1f}")
+    print(f"  the adapter's step, without observations    {bare:7.1f}")
+    print(f"  the adapter's step, with its observations   {adapter:7.1f}")
     print(f"  lbforaging's _make_gym_obs alone            {theirs:7.1f}")
     print(f"  agent_observations alone                    {ours:7.1f}")
 
