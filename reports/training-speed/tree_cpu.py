@@ -14,13 +14,11 @@ Run:  .venv/bin/python reports/training-speed/tree_cpu.py .venv/bin/qllm --task 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from tree_memory import sampled_training  # this script's folder
 from vs_epymarl import process_tree  # the benchmark's walk of /proc
 
 PERIOD_S = 0.25
@@ -60,21 +58,14 @@ def main() -> None:
         sys.exit(__doc__)
     qllm, args = sys.argv[1], sys.argv[2:]
     seen: dict[int, tuple[str, float]] = {}
-    with tempfile.TemporaryDirectory() as runs, tempfile.TemporaryFile() as errors:
-        start = time.perf_counter()
-        process = subprocess.Popen(
-            [qllm, "train", *args, "--runs-dir", runs], stdout=subprocess.DEVNULL, stderr=errors
-        )
-        while process.poll() is None:
-            for pid in process_tree(process.pid):
-                seconds = cpu_seconds(pid)
-                if seconds is not None:
-                    seen[pid] = (seen[pid][0] if pid in seen else role(pid, process.pid), seconds)
-            time.sleep(PERIOD_S)
-        wall = time.perf_counter() - start
-        if process.returncode:
-            errors.seek(0)
-            sys.exit(f"qllm train exited with {process.returncode}: {errors.read().decode()[-2000:]}")
+
+    def sample(root: int, _: float) -> None:
+        for pid in process_tree(root):
+            seconds = cpu_seconds(pid)
+            if seconds is not None:
+                seen[pid] = (seen[pid][0] if pid in seen else role(pid, root), seconds)
+
+    wall = sampled_training(qllm, args, PERIOD_S, sample)
     ranked = sorted(seen.values(), key=lambda entry: -entry[1])
     parts = ", ".join(f"{name} {seconds:.1f}" for name, seconds in ranked if seconds >= 0.05)
     total = sum(seconds for _, seconds in ranked)

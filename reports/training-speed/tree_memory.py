@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -37,25 +38,39 @@ def pss_by_name(pids: list[int]) -> dict[str, float]:
     return dict(by_name)
 
 
-def main() -> None:
-    if len(sys.argv) < 3:
-        sys.exit(__doc__)
-    qllm, args = sys.argv[1], sys.argv[2:]
+def sampled_training(
+    qllm: str, args: list[str], period_s: float, sample: Callable[[int, float], None]
+) -> float:
+    """Run `QLLM train ARGS...` in a temporary runs folder, calling ``sample(pid, seconds since start)``
+    every ``period_s`` while it runs; its wall time. Exits with its error if it fails."""
     with tempfile.TemporaryDirectory() as runs, tempfile.TemporaryFile() as errors:
         start = time.perf_counter()
         process = subprocess.Popen(
             [qllm, "train", *args, "--runs-dir", runs], stdout=subprocess.DEVNULL, stderr=errors
         )
-        peak, peak_at, peak_parts = 0.0, 0.0, {}
         while process.poll() is None:
-            parts = pss_by_name(process_tree(process.pid))
-            if sum(parts.values()) > peak:
-                peak, peak_at, peak_parts = sum(parts.values()), time.perf_counter() - start, parts
-            time.sleep(PERIOD_S)
+            sample(process.pid, time.perf_counter() - start)
+            time.sleep(period_s)
         wall = time.perf_counter() - start
         if process.returncode:
             errors.seek(0)
             sys.exit(f"qllm train exited with {process.returncode}: {errors.read().decode()[-2000:]}")
+    return wall
+
+
+def main() -> None:
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    qllm, args = sys.argv[1], sys.argv[2:]
+    peak, peak_at, peak_parts = 0.0, 0.0, {}
+
+    def sample(pid: int, seconds: float) -> None:
+        nonlocal peak, peak_at, peak_parts
+        parts = pss_by_name(process_tree(pid))
+        if sum(parts.values()) > peak:
+            peak, peak_at, peak_parts = sum(parts.values()), seconds, parts
+
+    wall = sampled_training(qllm, args, PERIOD_S, sample)
     held = ", ".join(f"{name} {mb:.0f}" for name, mb in sorted(peak_parts.items(), key=lambda kv: -kv[1]))
     print(f"{qllm}: wall {wall:.1f} s, peak PSS {peak:.0f} MB at {peak_at:.1f} s ({held})")
 
