@@ -53,6 +53,39 @@ def test_td_lambda_targets_bootstrap_a_truncated_episode(td_lambda: float) -> No
     assert targets[0, :2, 0].tolist() == pytest.approx([g0, g1])
 
 
+def _td_lambda_by_the_formula(rewards, terminated, filled, values, *, gamma, td_lambda):
+    """The recursion one step at a time in torch, as the docstring's formula reads."""
+    steps = rewards.shape[1]
+    r, term = rewards.unsqueeze(-1), terminated.unsqueeze(-1)
+    next_filled = torch.cat([filled[:, 1:], torch.zeros_like(filled[:, :1])], dim=1).unsqueeze(-1)
+    targets = torch.zeros_like(values[:, :steps])
+    following = values[:, steps]
+    for t in range(steps - 1, -1, -1):
+        continuation = next_filled[:, t] * following + (1 - next_filled[:, t]) * values[:, t + 1]
+        blended = (1 - td_lambda) * values[:, t + 1] + td_lambda * continuation
+        targets[:, t] = r[:, t] + gamma * (1 - term[:, t]) * blended
+        following = targets[:, t]
+    return targets
+
+
+@pytest.mark.parametrize(("td_lambda", "k"), [(0.6, 1), (0.8, 3), (1.0, 1)])
+def test_td_lambda_targets_equal_the_formula_bit_for_bit(td_lambda: float, k: int) -> None:
+    # Episodes of every length up to T, some terminated, some truncated, with padding after each.
+    generator = torch.Generator().manual_seed(7)
+    batch, steps = 64, 50
+    lengths = torch.randint(1, steps + 1, (batch,), generator=generator)
+    filled = (torch.arange(steps) < lengths.unsqueeze(1)).float()
+    ends = torch.rand(batch, generator=generator) < 0.5
+    terminated = torch.zeros(batch, steps)
+    terminated[torch.arange(batch)[ends], lengths[ends] - 1] = 1.0
+    rewards = torch.randn(batch, steps, generator=generator) * filled
+    values = torch.randn(batch, steps + 1, k, generator=generator) * 10
+    got = td_lambda_targets(rewards, terminated, filled, values, gamma=0.99, td_lambda=td_lambda)
+    expected = _td_lambda_by_the_formula(rewards, terminated, filled, values, gamma=0.99, td_lambda=td_lambda)
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    assert torch.equal(got, expected)
+
+
 def test_targets_broadcast_over_per_agent_values() -> None:
     values = torch.stack([VALUES[..., 0], VALUES[..., 0] * 2], dim=-1)  # k = 2, as for IQL
     targets = td_lambda_targets(

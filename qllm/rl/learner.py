@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -96,21 +97,38 @@ def td_lambda_targets(
     ``rewards, terminated, filled [B, T]``; ``values [B, T+1, k]`` (value of the state before each step
     and after the last). Where step ``t+1`` did not happen (the episode ended at ``t``), ``G[t+1]`` is
     replaced by ``V[t+1]``: a truncated episode bootstraps from its last state, a terminated one gets
-    no bootstrap at all. Returns ``[B, T, k]``; entries of unfilled steps are meaningless (masked later).
+    no bootstrap at all. Returns ``[B, T, k]`` on ``values``' device; entries of unfilled steps are
+    meaningless (masked later). No gradient flows through it.
+
+    The terms that do not depend on ``G[t+1]`` are computed for every step at once; only the recursion
+    itself loops over time, in numpy on the CPU: a torch operator costs 3-5 microseconds to call, numpy's
+    about one, and a loop of ten torch operators per step was 3.3 ms of each ``riit`` update (50 steps,
+    batch 128). Each step's sums and products are the same float32 operations, in the same order, as
+    those of the formula above, so the targets are the same bit for bit.
     """
-    steps = rewards.shape[1]
     r, term = rewards.unsqueeze(-1), terminated.unsqueeze(-1)
+    following_values = values[:, 1:]  # V[t+1]
     if td_lambda == 0.0:  # one-step targets need no recursion over time
-        return r + gamma * (1 - term) * values[:, 1:]
+        return r + gamma * (1 - term) * following_values
     next_filled = torch.cat([filled[:, 1:], torch.zeros_like(filled[:, :1])], dim=1).unsqueeze(-1)
-    targets = torch.zeros_like(values[:, :steps])
-    following = values[:, steps]
-    for t in range(steps - 1, -1, -1):
-        continuation = next_filled[:, t] * following + (1 - next_filled[:, t]) * values[:, t + 1]
-        blended = (1 - td_lambda) * values[:, t + 1] + td_lambda * continuation
-        targets[:, t] = r[:, t] + gamma * (1 - term[:, t]) * blended
+    with torch.no_grad():
+        terms = [
+            next_filled,  # where G[t+1] exists
+            (1 - next_filled) * following_values,  # ... and V[t+1] where it does not
+            (1 - td_lambda) * following_values,
+            gamma * (1 - term),
+            r,
+        ]
+        last_value = values[:, -1]
+    stay, ended, bootstrap, discount, reward = (t.cpu().numpy() for t in terms)
+    following = last_value.cpu().numpy()
+    targets = np.empty(ended.shape, dtype=following.dtype)  # [B, T, k], as values[:, 1:]
+    for t in range(rewards.shape[1] - 1, -1, -1):
+        continuation = stay[:, t] * following + ended[:, t]
+        blended = bootstrap[:, t] + td_lambda * continuation
+        targets[:, t] = reward[:, t] + discount[:, t] * blended
         following = targets[:, t]
-    return targets
+    return torch.from_numpy(targets).to(values.device)
 
 
 class RunningMeanStd:
