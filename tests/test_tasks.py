@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from qllm.envs import TaskNameError, all_task_names, families, resolve_task
@@ -82,3 +85,14 @@ def test_specs_describe_team_reward_and_opponent() -> None:
         spec = resolve_task(name)
         assert spec.opponent is None
         assert spec.team and spec.reward and spec.description and spec.summary
+
+
+def test_building_a_task_imports_only_its_own_simulator() -> None:
+    # Every name is tried against the families in turn: the others' simulators (0.2 s for rware) are
+    # imported only when one of their environments is built or their names are listed.
+    code = (
+        "import sys; from qllm.envs import make_env; make_env('lbf-8x8-2p-2f').close(); "
+        "print(sorted(m for m in ('rware', 'mpe2', 'lbforaging') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "['lbforaging']"

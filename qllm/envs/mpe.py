@@ -17,6 +17,7 @@ observations.
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -25,7 +26,6 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-from mpe2 import simple_adversary_v3, simple_spread_v3, simple_tag_v3
 
 from qllm.envs.contract import EnvInfo, MultiAgentEnv
 from qllm.envs.opponents import (
@@ -222,6 +222,12 @@ def adversary_probes(env: MultiAgentEnv) -> Iterator[Probe]:
 # --- tasks ----------------------------------------------------------------------------------------
 
 
+def parallel_env(scenario: str, **settings: Any) -> Any:
+    """``mpe2.<scenario>.parallel_env(**settings)``, importing mpe2 when an environment is built, not when a
+    task name is parsed (every task name is tried against this family first)."""
+    return importlib.import_module(f"mpe2.{scenario}").parallel_env(**settings)
+
+
 def _spread_spec(n: int) -> TaskSpec:
     name = f"mpe-spread-{n}"
     schema = StateSchema(
@@ -232,7 +238,7 @@ def _spread_spec(n: int) -> TaskSpec:
         )
     )
     scenario = Scenario(
-        make=partial(simple_spread_v3.parallel_env, N=n, max_cycles=EPISODE_LIMIT),
+        make=partial(parallel_env, "simple_spread_v3", N=n, max_cycles=EPISODE_LIMIT),
         team_prefix="agent",
         shared_reward=False,
         opponent=None,
@@ -281,7 +287,7 @@ def _adversary_spec(kind: OpponentKind) -> TaskSpec:
         )
     )
     scenario = Scenario(
-        make=partial(simple_adversary_v3.parallel_env, N=2, max_cycles=EPISODE_LIMIT),
+        make=partial(parallel_env, "simple_adversary_v3", N=2, max_cycles=EPISODE_LIMIT),
         team_prefix="agent",
         shared_reward=True,
         opponent=chase_nearest_team_agent if kind == OpponentKind.SCRIPTED else pretrained_adversary(),
@@ -326,7 +332,7 @@ def _tag_spec(kind: OpponentKind) -> TaskSpec:
         )
     )
     scenario = Scenario(
-        make=partial(simple_tag_v3.parallel_env, max_cycles=EPISODE_LIMIT),
+        make=partial(parallel_env, "simple_tag_v3", max_cycles=EPISODE_LIMIT),
         team_prefix="adversary",
         shared_reward=True,
         opponent=flee_nearest_team_agent if kind == OpponentKind.SCRIPTED else pretrained_prey(),

@@ -9,36 +9,55 @@ and moving FORWARD while facing UP decreases ``y``.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from collections.abc import Iterator
 from functools import partial
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
-import rware  # noqa: F401  (registers the rware-* ids with gymnasium)
-from rware.warehouse import Action, Direction, RewardType, Warehouse
 
 from qllm.envs.contract import EnvInfo, MultiAgentEnv, last_action_field
 from qllm.envs.probes import Probe
 from qllm.envs.schema import StateField, StateSchema
 from qllm.envs.tasks import TaskFamily, TaskSpec
 
-ACTION_NAMES = tuple(a.name for a in Action)  # NOOP FORWARD LEFT RIGHT TOGGLE_LOAD
-DIRECTIONS = tuple(d.name.lower() for d in Direction)  # up down left right
+if TYPE_CHECKING:
+    from rware.warehouse import Warehouse
+
 ID_PATTERN = re.compile(r"rware-(tiny|small|medium|large)-\d+ag(-easy|-hard)?-v2")
 TRIAL_STEPS = 10_000
 """Trial budget (see :mod:`qllm.agents.trial`)."""
+
+
+@functools.cache
+def simulator() -> ModuleType:
+    """``rware.warehouse``, imported (and the rware-* ids registered with gymnasium) on first use: a
+    process training another family's task never pays the 0.2 s."""
+    import rware.warehouse  # noqa: PLC0415  (the package registers the rware-* ids with gymnasium)
+
+    return rware.warehouse
+
+
+def action_names() -> tuple[str, ...]:
+    return tuple(a.name for a in simulator().Action)  # NOOP FORWARD LEFT RIGHT TOGGLE_LOAD
+
+
+def directions() -> tuple[str, ...]:
+    return tuple(d.name.lower() for d in simulator().Direction)  # up down left right
 
 
 class RwareEnv(MultiAgentEnv):
     """Adapter from a gymnasium ``Warehouse`` (global reward) to the contract."""
 
     def __init__(self, task: str, env_id: str):
-        self.env: Warehouse = gym.make(
-            env_id, reward_type=RewardType.GLOBAL, disable_env_checker=True
-        ).unwrapped
+        reward_type = simulator().RewardType.GLOBAL
+        self.env: Warehouse = gym.make(env_id, reward_type=reward_type, disable_env_checker=True).unwrapped
+        self.directions = directions()
+        actions = action_names()
         env = self.env
         height, width = env.grid_size
         n, n_requests = env.n_agents, env.request_queue_size
@@ -58,7 +77,7 @@ class RwareEnv(MultiAgentEnv):
                     "agent_direction",
                     "agent",
                     n,
-                    DIRECTIONS,
+                    self.directions,
                     "one-hot of the direction each robot faces (FORWARD moves one cell that way)",
                     low=0,
                     high=1,
@@ -100,18 +119,18 @@ class RwareEnv(MultiAgentEnv):
                     low=0,
                     high=max(width, height) - 1,
                 ),
-                last_action_field(n, ACTION_NAMES),
+                last_action_field(n, actions),
             )
         )
         super().__init__(
             EnvInfo(
                 task=task,
                 n_agents=n,
-                n_actions=len(ACTION_NAMES),
+                n_actions=len(actions),
                 obs_dim=env.observation_space[0].shape[0],
                 episode_limit=env.max_steps,
                 agent_names=tuple(f"agent_{i}" for i in range(n)),
-                action_names=ACTION_NAMES,
+                action_names=actions,
                 schema=schema,
             )
         )
@@ -130,7 +149,7 @@ class RwareEnv(MultiAgentEnv):
         requested = env.request_queue
         carried = {id(a.carrying_shelf) for a in env.agents if a.carrying_shelf is not None}
         requested_ids = {id(s) for s in requested}
-        direction = np.zeros((len(env.agents), len(DIRECTIONS)), dtype=np.float32)
+        direction = np.zeros((len(env.agents), len(self.directions)), dtype=np.float32)
         direction[np.arange(len(env.agents)), [a.dir.value for a in env.agents]] = 1.0
         state = self._pack_state(
             {
@@ -193,7 +212,10 @@ def _describe(env_id: str) -> dict[str, str]:
 
 def parse(name: str) -> TaskSpec | None:
     env_id = name if name.endswith("-v2") else f"{name}-v2"
-    if not ID_PATTERN.fullmatch(env_id) or env_id not in gym.registry:
+    if not ID_PATTERN.fullmatch(env_id):
+        return None
+    simulator()  # its ids registered
+    if env_id not in gym.registry:
         return None
     canonical = env_id.removesuffix("-v2")
     return TaskSpec(
@@ -209,6 +231,7 @@ def parse(name: str) -> TaskSpec | None:
 
 
 def names() -> list[str]:
+    simulator()  # its ids registered
     return sorted(i.removesuffix("-v2") for i in gym.registry if ID_PATTERN.fullmatch(i))
 
 
