@@ -207,7 +207,7 @@ def measure(
 ) -> dict:
     """One run of one side (``steps``: default ``--steps``): a fresh process; exits with its stderr tail
     if it fails."""
-    steps = steps or args.steps
+    steps = args.steps if steps is None else steps
     work = tmp / f"{schedule}-{side}-{seed}-{steps}"
     work.mkdir()
     env = dict(os.environ)
@@ -379,6 +379,8 @@ def main() -> None:
         "torch_epymarl": torch_build(args.epymarl_python),
         "torch_qllm": torch_build(args.qllm.parent / "python"),
     }
+    if args.qllm_before:
+        machine["torch_qllm_before"] = torch_build(args.qllm_before.parent / "python")
     print(f"torch: EPyMARL {machine['torch_epymarl']}; qllm {machine['torch_qllm']}")
     print(
         f"{args.steps} env steps per run, {args.repeats} repeat(s), {machine['cpus']} CPUs: {machine['cpu']}"

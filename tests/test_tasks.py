@@ -87,6 +87,12 @@ def test_specs_describe_team_reward_and_opponent() -> None:
         assert spec.team and spec.reward and spec.description and spec.summary
 
 
+def _in_a_fresh_process(code: str) -> str:
+    """The last line ``code`` prints, run in a new interpreter (whose imports are its own)."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return done.stdout.strip().splitlines()[-1]
+
+
 def test_building_a_task_imports_only_its_own_simulator() -> None:
     # Every name is tried against the families in turn: the others' simulators (0.2 s for rware) are
     # imported only when one of their environments is built or their names are listed.
@@ -94,5 +100,13 @@ def test_building_a_task_imports_only_its_own_simulator() -> None:
         "import sys; from qllm.envs import make_env; make_env('lbf-8x8-2p-2f').close(); "
         "print(sorted(m for m in ('rware', 'mpe2', 'lbforaging') if m in sys.modules))"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip().splitlines()[-1] == "['lbforaging']"
+    assert _in_a_fresh_process(code) == "['lbforaging']"
+
+
+def test_rware_names_resolve_in_a_process_that_has_not_imported_rware_yet() -> None:
+    # Here rware's ids may be registered already (another test imported it); a new interpreter's are not.
+    code = (
+        "from qllm.envs import resolve_task; "
+        "print([resolve_task(n).name for n in ('rware-tiny-2ag-v2', 'rware-small-4ag-hard')])"
+    )
+    assert _in_a_fresh_process(code) == "['rware-tiny-2ag', 'rware-small-4ag-hard']"

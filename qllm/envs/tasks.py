@@ -133,7 +133,8 @@ class Registry:
 
 def builtin_families() -> tuple[TaskFamily, ...]:
     """The four families that ship with qllm, in listing order."""
-    # Imported here: the family modules import their simulators, which `import qllm.envs` should not.
+    # Imported here: lbf imports lbforaging, which `import qllm.envs` should not (mpe and rware import
+    # theirs only when one of their environments is built or their names are listed).
     from qllm.envs import lbf, matrix, mpe, rware  # noqa: PLC0415
 
     return (matrix.FAMILY, mpe.FAMILY, lbf.FAMILY, rware.FAMILY)

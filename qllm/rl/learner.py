@@ -98,7 +98,8 @@ def td_lambda_targets(
     and after the last). Where step ``t+1`` did not happen (the episode ended at ``t``), ``G[t+1]`` is
     replaced by ``V[t+1]``: a truncated episode bootstraps from its last state, a terminated one gets
     no bootstrap at all. Returns ``[B, T, k]`` on ``values``' device; entries of unfilled steps are
-    meaningless (masked later). No gradient flows through it.
+    meaningless (masked later). Targets carry no gradient: for ``td_lambda > 0`` none flows through the
+    recursion (the learners compute them under ``torch.no_grad()`` anyway).
 
     The terms that do not depend on ``G[t+1]`` are computed for every step at once; only the recursion
     itself loops over time, in numpy on the CPU: a torch operator costs 3-5 microseconds to call, numpy's
@@ -120,12 +121,13 @@ def td_lambda_targets(
             r,
         ]
         last_value = values[:, -1]
-    stay, ended, bootstrap, discount, reward = (t.cpu().numpy() for t in terms)
+    stay, ended, bootstrap, discount, reward = (term.cpu().numpy() for term in terms)
     following = last_value.cpu().numpy()
     targets = np.empty(ended.shape, dtype=following.dtype)  # [B, T, k], as values[:, 1:]
+    weight = following.dtype.type(td_lambda)  # the float32 torch multiplies by, whatever type it came as
     for t in range(rewards.shape[1] - 1, -1, -1):
         continuation = stay[:, t] * following + ended[:, t]
-        blended = bootstrap[:, t] + td_lambda * continuation
+        blended = bootstrap[:, t] + weight * continuation
         targets[:, t] = reward[:, t] + discount[:, t] * blended
         following = targets[:, t]
     return torch.from_numpy(targets).to(values.device)
