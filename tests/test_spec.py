@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -13,13 +14,21 @@ from qllm.agents import GenerationRun, RunStatus
 from qllm.agents.artifact import METADATA_FILE
 from qllm.agents.modes import CodeMode, FunctionMode, SpecMode, resolve_mode, writing_mode
 from qllm.agents.run import SETTINGS_FILE
-from qllm.agents.spec import SPEC_TEMPLATE_ID, CreditSpec, compile_spec, per_agent_quantities, spec_model
+from qllm.agents.spec import (
+    RELATIVE_HELPER,
+    SPEC_TEMPLATE_ID,
+    CreditSpec,
+    compile_spec,
+    per_agent_quantities,
+    spec_model,
+)
 from qllm.agents.template import NamedState, assemble, keep_definitions
 from qllm.envs.recording import record
 from qllm.envs.tasks import make_env, resolve_task
 from qllm.evals.scorers import ProbeJudge
 from qllm.llm.providers import ModelSpec
 from qllm.sandbox import Sandbox, ValidationInputs
+from qllm.sandbox.restricted import load_credit_function
 
 
 def quantities(task: str) -> list:
@@ -98,6 +107,48 @@ def test_own_actions_are_decoded_from_the_joint_action(tmp_path: Path) -> None:
     assert (
         probe_score(tmp_path, "matrix-climbing", spec(("last_action[action_0]", "highest", "strong"))) == 0.0
     )
+
+
+STANDING_PER_CALL = """def relative(s, i, quantity):
+    values = [quantity(s, j) for j in range(N_AGENTS)]
+    mean = sum(values) / len(values)
+    spread = max(abs(v - mean) for v in values)
+    return 0.0 if spread == 0 else (values[i] - mean) / spread
+
+"""
+"""The helper as it was: every agent's weight asked every agent's value of each quantity again."""
+
+
+def _weights_and_quantity_calls(source: str, rows: list[list[float]]) -> tuple[list, Counter[str]]:
+    """Each row's normalised weights under ``source`` (loaded as the trainer loads a file: restricted),
+    and how many times each quantity was computed."""
+    namespace = load_credit_function(source).function.__globals__
+    calls: Counter[str] = Counter()
+    for name in [n for n in namespace if n.startswith("quantity_")]:
+
+        def counted(s, i, computed=namespace[name], name=name):
+            calls[name] += 1
+            return computed(s, i)
+
+        namespace[name] = counted
+    weights = [namespace["normalised_weights"](namespace["named_state"](row)) for row in rows]
+    return weights, calls
+
+
+def test_each_quantity_is_computed_once_per_agent_per_state_giving_the_same_weights() -> None:
+    task = "lbf-2s-10x10-3p-3f"  # three agents
+    credit = spec(("nearest_food_distance", "lowest", "strong"), ("agent_level", "highest", "weak"))
+    source = tfcaf(task, credit)
+    rows = ValidationInputs.from_recording(record(task, 2, seed=0)).states.tolist()
+    weights, calls = _weights_and_quantity_calls(source, rows)
+    assert calls == {"quantity_0": 3 * len(rows), "quantity_1": 3 * len(rows)}
+    assert RELATIVE_HELPER in source
+    before, calls_before = _weights_and_quantity_calls(
+        source.replace(RELATIVE_HELPER, STANDING_PER_CALL), rows
+    )
+    assert calls_before["quantity_0"] == 9 * len(rows)
+    assert weights == before  # the same floats: the same expressions, each computed once
+    assert len({tuple(w) for w in weights}) > 1  # states where the agents' standings differ
 
 
 def test_auto_mode_writes_specs_for_the_local_model_and_code_for_others() -> None:

@@ -183,13 +183,19 @@ def spec_model(quantities: list[Quantity]) -> type[CreditSpec]:
 
 
 RELATIVE_HELPER = '''def relative(s, i, quantity):
-    """Where agent i stands in the team on one quantity: in [-1, 1], 0 when all agents are equal."""
-    values = [quantity(s, j) for j in range(N_AGENTS)]
-    mean = sum(values) / len(values)
-    spread = max(abs(v - mean) for v in values)
-    return 0.0 if spread == 0 else (values[i] - mean) / spread
+    """Where agent i stands in the team on one quantity: in [-1, 1], 0 when all agents are equal. The
+    whole team's standings are worked out once per state (kept in s, under a key no field has)."""
+    key = ("standings", quantity)
+    if key not in s:
+        values = [quantity(s, j) for j in range(N_AGENTS)]
+        mean = sum(values) / len(values)
+        spread = max(abs(v - mean) for v in values)
+        s[key] = [0.0 if spread == 0 else (v - mean) / spread for v in values]
+    return s[key][i]
 
 '''
+"""Each agent's weight asks where it stands on each quantity, and so every agent's value of it: kept per
+state, each quantity is computed once per agent instead of once per agent per agent."""
 
 
 def _python_name(k: int) -> str:
