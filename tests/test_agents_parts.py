@@ -62,6 +62,30 @@ def test_lbf_view_has_per_entity_fields_and_grid_distances() -> None:
     assert '"agent_position": [(2, 3), (0, 0), (0, 0)]' in render_state(named, row)
 
 
+ZIPPED_HELPERS = """
+def zipped_distance(a, b):
+    return math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b)))
+
+
+def zipped_manhattan(a, b):
+    return sum(abs(x - y) for x, y in zip(a, b))
+"""
+"""The template's geometry helpers as they were, pairing the coordinates with zip."""
+
+
+def test_the_geometry_helpers_give_the_zipped_sums_bit_for_bit() -> None:
+    named = NamedState.for_task(record("lbf-2s-10x10-3p-3f", 1).info)
+    source = assemble(named, keep_definitions("def agent_weight(s, i):\n    return 1.0")) + ZIPPED_HELPERS
+    helpers = load_credit_function(source).function.__globals__
+    generator = torch.Generator().manual_seed(0)
+    for size_a, size_b in [(2, 2), (3, 3), (2, 3), (1, 1)]:  # zip stops at the shorter; so do they
+        for _ in range(50):
+            a = tuple((torch.randn(size_a, generator=generator) * 10).tolist())
+            b = tuple((torch.randn(size_b, generator=generator) * 10).tolist())
+            assert helpers["distance"](a, b) == helpers["zipped_distance"](a, b)
+            assert helpers["manhattan"](a, b) == helpers["zipped_manhattan"](a, b)
+
+
 def test_template_clamps_and_normalises_weights_and_adds_the_bias() -> None:
     named = NamedState.for_task(record("lbf-2s-10x10-3p-3f", 1).info)
     code = "def agent_weight(s, i):\n    return [-5.0, 1.0, 3.0][i]\n\ndef state_bias(s):\n    return 0.5\n"

@@ -147,15 +147,19 @@ class NamedState:
         return "\n".join(lines)
 
 
+# The coordinates are indexed rather than zipped and unpacked: the sandbox checks each unpacking of a
+# pair element by element, which made manhattan() 2.6 us a call against 1.6 (restricted, 2-D cells),
+# and named_state() calls it for every agent and entity pair of every state. The same sums in the same
+# order: the same numbers.
 HELPERS = '''
 def distance(a, b):
     """Straight-line distance between two points given as tuples."""
-    return math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b)))
+    return math.sqrt(sum((a[k] - b[k]) ** 2 for k in range(min(len(a), len(b)))))
 
 
 def manhattan(a, b):
     """Grid steps between two cells given as tuples."""
-    return sum(abs(x - y) for x, y in zip(a, b))
+    return sum(abs(a[k] - b[k]) for k in range(min(len(a), len(b))))
 
 
 def argmax(values):
