@@ -78,7 +78,7 @@ def test_the_geometry_helpers_give_the_zipped_sums_bit_for_bit() -> None:
     source = assemble(named, keep_definitions("def agent_weight(s, i):\n    return 1.0")) + ZIPPED_HELPERS
     helpers = load_credit_function(source).function.__globals__
     generator = torch.Generator().manual_seed(0)
-    for size_a, size_b in [(2, 2), (3, 3), (2, 3), (1, 1)]:  # zip stops at the shorter; so do they
+    for size_a, size_b in [(2, 2), (3, 3), (2, 3), (3, 2), (1, 1)]:  # zip stops at the shorter; so do they
         for _ in range(50):
             a = tuple((torch.randn(size_a, generator=generator) * 10).tolist())
             b = tuple((torch.randn(size_b, generator=generator) * 10).tolist())

@@ -6,7 +6,8 @@ and tuple unpacking, which the sandbox checks element by element. This script co
 (vs_epymarl.py's) for each task, puts the earlier helpers back by text for "before" (and only the
 earlier geometry for "relative", the first change alone), checks that all three give the same credit
 bit for bit, and times ``compute_credit`` (what a sandbox credit call runs, under the restricted loader,
-in this process) on a recording's states, the three alternating over 15 rounds; medians are printed.
+in this process) on a recording's states, the three alternating over 15 rounds, each leading in turn;
+medians are printed.
 
 Run:  .venv/bin/python reports/training-speed/template_credit.py lbf-8x8-2p-2f lbf-2s-10x10-3p-3f \\
           lbf-15x15-4p-3f
@@ -82,8 +83,9 @@ def timed(task: str) -> str:
     reference = credit("before")
     assert all(torch.equal(credit(name), reference) for name in functions), "the credit differs"
     spent: dict[str, list[float]] = {name: [] for name in functions}
-    for _ in range(ROUNDS):
-        for name in functions:
+    names = list(functions)
+    for round_ in range(ROUNDS):
+        for name in names[round_ % 3 :] + names[: round_ % 3]:  # each way leads in turn
             began = time.perf_counter()
             for _ in range(CALLS):
                 credit(name)
