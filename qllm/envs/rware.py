@@ -9,11 +9,10 @@ and moving FORWARD while facing UP decreases ``y``.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import re
 from collections.abc import Iterator
-from functools import partial
+from functools import cache, partial
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +32,7 @@ TRIAL_STEPS = 10_000
 """Trial budget (see :mod:`qllm.agents.trial`)."""
 
 
-@functools.cache
+@cache
 def simulator() -> ModuleType:
     """``rware.warehouse``, imported (and the rware-* ids registered with gymnasium) on first use: a
     process training another family's task never pays the 0.2 s."""
