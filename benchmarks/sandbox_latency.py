@@ -88,8 +88,8 @@ def spec_candidate(task: str) -> str:
     """What ``qllm generate`` writes with the built-in local model (spec mode): a credit spec compiled by
     qllm's template, a Python loop over the states, here one on the agents' distance to the nearest
     entity of their task (every family has one but the matrix games)."""
-    from qllm.agents.spec import SPEC_TEMPLATE_ID, CreditSpec, compile_spec, per_agent_quantities
-    from qllm.agents.template import NamedState, assemble, keep_definitions
+    from qllm.agents.spec import CreditSpec, per_agent_quantities, spec_file
+    from qllm.agents.template import NamedState
     from qllm.envs import make_env
 
     named = NamedState.for_task(make_env(task).info)
@@ -101,7 +101,7 @@ def spec_candidate(task: str) -> str:
         "strength": "moderate",
     }
     spec = CreditSpec.model_validate({"reasoning": "a fixed spec for timing", "terms": [term]})
-    return assemble(named, keep_definitions(compile_spec(spec, quantities)), template_id=SPEC_TEMPLATE_ID)
+    return spec_file(named, spec)
 
 
 def candidates_for(task: str) -> dict[str, str]:

@@ -1,13 +1,17 @@
-"""Training with a template-made credit function, whose per-state credit the sandbox computes, against QMIX.
+"""Training with a template-made credit function, its credit from its spec or from the sandbox, against QMIX.
 
 A credit function from qllm's templates is linear in Q, so training needs only each state's
-``(w(s), b(s))``: the sandbox worker computes it for the new states of every collected batch of
-episodes (``qllm.rl.credit.SandboxCredit``), and the trainer never runs the function itself. This
-benchmark trains one task two ways with the same recipe, one after the other in this process, and
+``(w(s), b(s))``. For a file that is exactly qllm's compilation of the credit spec in its header, the
+trainer computes them from the spec (``qllm.rl.credit.SpecCredit``); for any other file the sandbox
+worker computes them for the new states of every collected batch of episodes
+(``qllm.rl.credit.SandboxCredit``). Either way the trainer never runs the function itself. This
+benchmark trains one task three ways with the same recipe, one after the other in this process, and
 prints env steps per second and the ratio to QMIX measured in the same run:
 
 - ``qmix``: the learned mixer (reference);
-- ``tfcaf``: a credit-spec function with its template header (what ``qllm generate`` writes).
+- ``tfcaf-spec``: a credit-spec function as ``qllm generate`` writes it (the spec in its header);
+- ``tfcaf-sandbox``: the same function compiled without the spec in its header (as qllm wrote them
+  before, or as any edited file is), so computed in the sandbox.
 
 The function is compiled from a fixed spec (more credit to agents near food and to those that loaded):
 no LLM. ``--envs 8`` gives the 8-environment rollouts of the qllm and riit recipes (fewer, larger
@@ -23,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from qllm.agents.spec import SPEC_TEMPLATE_ID, CreditSpec, compile_spec, per_agent_quantities
+from qllm.agents.spec import SPEC_TEMPLATE_ID, CreditSpec, compile_spec, per_agent_quantities, spec_file
 from qllm.agents.template import NamedState, assemble, keep_definitions
 from qllm.envs.tasks import make_env
 from qllm.rl import preset, train
@@ -37,11 +41,16 @@ SPEC = CreditSpec(
 )
 
 
-def credit_file(task: str, folder: Path) -> Path:
+def credit_file(task: str, folder: Path, *, with_spec: bool) -> Path:
+    """The spec's file, with the spec in its header (its credit from the spec) or without (the sandbox's)."""
     named = NamedState.for_task(make_env(task).info)
-    source = assemble(named, keep_definitions(compile_spec(SPEC, per_agent_quantities(named))),
-                      template_id=SPEC_TEMPLATE_ID)  # fmt: skip
-    path = folder / "tfcaf.py"
+    source = (
+        spec_file(named, SPEC)
+        if with_spec
+        else assemble(named, keep_definitions(compile_spec(SPEC, per_agent_quantities(named))),
+                      template_id=SPEC_TEMPLATE_ID)
+    )  # fmt: skip
+    path = folder / f"tfcaf-{'spec' if with_spec else 'sandbox'}.py"
     path.write_text(source)
     return path
 
@@ -75,9 +84,12 @@ def main() -> None:
         folder = Path(tmp)
         rows = {
             "qmix": steps_per_second(args.task, args.steps, args.envs, folder, None),
-            "tfcaf": steps_per_second(
-                args.task, args.steps, args.envs, folder, credit_file(args.task, folder)
-            ),
+            **{
+                f"tfcaf-{way}": steps_per_second(
+                    args.task, args.steps, args.envs, folder, credit_file(args.task, folder, with_spec=spec)
+                )
+                for way, spec in (("spec", True), ("sandbox", False))
+            },
         }
     print(f"{args.task}, {args.steps} env steps each, {args.envs} environment(s)")
     for name, rate in rows.items():

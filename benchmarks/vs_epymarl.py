@@ -20,10 +20,11 @@ Schedules (the same seed on both sides within a repeat):
      with its defaults (1 env, batch 32, 32-episode greedy test every 10k steps).
   b  8 envs: EPyMARL as in a plus ``runner=parallel batch_size_run=8``; qllm ``--mixer riit``
      (QMIX with 8 envs) and ``--mixer qllm`` (the qllm preset: 8 envs, a credit function
-     that qllm's template compiles from a fixed credit spec, as `qllm generate` writes it, whose
-     per-state credit is computed in the sandbox); ``--b-mixers`` picks among them.
+     that qllm's template compiles from a fixed credit spec, as `qllm generate` writes it, with the
+     spec in its header: qllm computes its per-state credit from the spec; qllm versions before the
+     spec-read header, as ``--qllm-before``, compute it in the sandbox); ``--b-mixers`` picks among them.
 
-Before the timed runs, each qllm side whose preset computes credit in the sandbox trains once for
+Before the timed runs, each qllm side whose preset may compute credit in the sandbox trains once for
 ``WARM_UP_STEPS`` steps, untimed: the first sandbox worker of a qllm version on a machine is saved for
 later ones to resume (gVisor: about 10 s, once), and a cold cache would land that in one timed run only.
 Its wall time is printed as the one-time cost it is.
@@ -328,16 +329,14 @@ def cpu_model() -> str:
 
 def prepare(tmp: Path) -> None:
     """The empty smaclite stub for EPyMARL's PYTHONPATH and the credit function for the qllm preset."""
-    from qllm.agents.spec import SPEC_TEMPLATE_ID, CreditSpec, compile_spec, per_agent_quantities
-    from qllm.agents.template import NamedState, assemble, keep_definitions
+    from qllm.agents.spec import CreditSpec, spec_file
+    from qllm.agents.template import NamedState
     from qllm.envs import make_env
 
     (tmp / "stub" / "smaclite").mkdir(parents=True)
     (tmp / "stub" / "smaclite" / "__init__.py").write_text("")
     named = NamedState.for_task(make_env(QLLM_TASK).info)
-    written = compile_spec(CreditSpec.model_validate(CREDIT_SPEC), per_agent_quantities(named))
-    source = assemble(named, keep_definitions(written), template_id=SPEC_TEMPLATE_ID)
-    (tmp / "tfcaf.py").write_text(source)
+    (tmp / "tfcaf.py").write_text(spec_file(named, CreditSpec.model_validate(CREDIT_SPEC)))
 
 
 def parse_args() -> argparse.Namespace:

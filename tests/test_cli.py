@@ -264,6 +264,21 @@ def test_train_refuses_a_tfcaf_that_fails_validation(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*__*")), "a refused run must not leave a run folder"
 
 
+def test_train_says_a_compiled_spec_needs_no_sandbox(tmp_path: Path) -> None:
+    from qllm.agents.spec import CreditSpec, spec_file
+    from qllm.agents.template import NamedState
+    from qllm.envs import task_info
+
+    term = {"quantity": "last_action[action_0]", "more_credit_to": "lowest", "strength": "strong"}
+    spec = CreditSpec(reasoning="the agent that can reach the optimum alone", terms=[term])
+    path = tmp_path / "spec.py"
+    path.write_text(spec_file(NamedState.for_task(task_info("matrix-climbing")), spec))
+    result = runner.invoke(app, ["train", "-t", "matrix-climbing", "--mixer", "qllm", "--tfcaf", str(path),
+                                 *TINY, "--runs-dir", str(tmp_path)], env=WIDE)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Credit from the spec in" in result.output and "Checking the credit function" not in result.output
+
+
 def test_training_writes_tensorboard_events(tmp_path: Path) -> None:
     assert invoke("train", "-t", "matrix-climbing", *TINY, "--runs-dir", str(tmp_path)).exit_code == 0
     (run_dir,) = tmp_path.iterdir()

@@ -46,6 +46,7 @@ from qllm.agents.spec import (
     compile_spec,
     per_agent_quantities,
     quantity_table,
+    spec_file,
     spec_model,
 )
 from qllm.agents.state import Attempt, Candidate
@@ -208,8 +209,9 @@ class SpecMode:
     ) -> tuple[str, str]:
         # A grammar-made string may hold a raw newline: strict JSON refuses it, as whitespace it is harmless.
         spec = extract_json(CONTROL_CHARACTERS.sub(" ", reply), self.reply_schema)
+        # The file carries the spec in its header too: a trainer computes its weights from the spec.
         code = compile_spec(spec, list(self.quantities))
-        return _assembled(code, named, docstring, self.template_id, credit_floor)
+        return code, spec_file(named, spec, docstring=docstring, credit_floor=credit_floor)
 
 
 @dataclass(frozen=True)

@@ -28,14 +28,19 @@ quantity gets up to e^2 = 7.4 times the credit of an average one.
 
 from __future__ import annotations
 
+import ast
+import math
 import re
 import textwrap
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, Field, create_model
 
-from qllm.agents.template import NamedState, is_grid
+from qllm.agents.template import NamedState, assemble, is_grid, keep_definitions, read_header
+from qllm.envs.schema import StateField
+from qllm.pysource import parse_python
 
 SPEC_TEMPLATE_ID = "credit-spec/v1"
 STRENGTHS: dict[str, float] = {"weak": 0.5, "moderate": 1.0, "strong": 2.0}
@@ -47,14 +52,111 @@ MAX_REASONING = 240
 JOINT_ACTION_FEATURE = re.compile(r"a(\d+)=(\d+)")
 
 
+# Each measure says how one per-agent quantity is computed, twice: as the Python expression the compiled
+# file computes it with (over the named state ``s`` and agent ``i``), and over a whole batch of flat
+# states at once (float64 numpy, ``[B, S] -> [B, n_agents]``), with the same operations in the same
+# order, so that both give the same numbers bit for bit (a test holds them to that).
+
+
+@dataclass(frozen=True)
+class FieldColumn:
+    """Agent ``i``'s entry in a per-agent field, or one column of it when it has several."""
+
+    field: StateField
+    column: int | None
+    """``None`` for a field with one feature."""
+
+    def expression(self) -> str:
+        suffix = "" if self.column is None else f"[{self.column}]"
+        return f's["{self.field.name}"][i]{suffix}'
+
+    def values(self, states: np.ndarray, n_agents: int) -> np.ndarray:
+        width = len(self.field.features)
+        columns = self.field.offset + np.arange(n_agents) * width + (self.column or 0)
+        return states[:, columns]
+
+
+@dataclass(frozen=True)
+class OwnAction:
+    """1 if agent ``i`` played one action at the previous step: the sum of the columns of a one-hot over
+    joint actions in which it did."""
+
+    field: StateField
+    columns: tuple[tuple[int, ...], ...]
+    """Per agent, the joint-action columns (within the field) in which it played the action."""
+
+    def expression(self) -> str:
+        return f's["{self.field.name}"][j] for j in {list(self.columns)!r}[i]'.join(("sum(", ")"))
+
+    def values(self, states: np.ndarray, n_agents: int) -> np.ndarray:
+        values = np.zeros((states.shape[0], n_agents))
+        for agent in range(n_agents):
+            for column in self.columns[agent]:
+                values[:, agent] = values[:, agent] + states[:, self.field.offset + column]
+        return values
+
+
+@dataclass(frozen=True)
+class EntityDistance:
+    """Distance from agent ``i`` to an entity: the one entity of its field, or the nearest present one
+    (on grids, entities at negative cells have left and are skipped; 0 when none is left)."""
+
+    key: str
+    """The named state's ``agent_to_<entity>_distance``, which the compiled file reads."""
+    agents: StateField
+    entities: StateField
+
+    @property
+    def grid(self) -> bool:
+        return is_grid(self.agents)
+
+    def expression(self) -> str:
+        if self.entities.count == 1:
+            return f's["{self.key}"][i]'
+        present = f' if min(s["{self.entities.name}"][j]) >= 0' if self.grid else ""
+        return f'min([s["{self.key}"][i][j] for j in range({self.entities.count}){present}], default=0.0)'
+
+    def values(self, states: np.ndarray, n_agents: int) -> np.ndarray:
+        dims = len(self.agents.features)
+        agents = states[:, self.agents.slice].reshape(-1, self.agents.count, dims)[:, :n_agents]
+        entities = states[:, self.entities.slice].reshape(-1, self.entities.count, dims)
+        differences = agents[:, :, None, :] - entities[:, None, :, :]
+        # The template's manhattan() and distance(): sum(...) starts from 0, and `x ** 2` is C's pow(),
+        # which is not always x * x (it differs in the last bit for about 1 in 1,000 numbers).
+        total = np.zeros(differences.shape[:-1])
+        for k in range(dims):
+            d = differences[..., k]
+            total = total + (np.abs(d) if self.grid else _python_squares(d))
+        distances = total if self.grid else np.sqrt(total)
+        if self.entities.count == 1:
+            return distances[..., 0]
+        if not self.grid:
+            return distances.min(axis=-1)
+        present = entities.min(axis=-1) >= 0  # [B, m]
+        nearest = np.where(present[:, None, :], distances, np.inf).min(axis=-1)
+        return np.where(present.any(axis=-1)[:, None], nearest, 0.0)
+
+
+Measure = FieldColumn | OwnAction | EntityDistance
+
+
+def _python_squares(values: np.ndarray) -> np.ndarray:
+    """``v ** 2`` for each value, as Python computes it."""
+    return np.array([v**2 for v in values.ravel().tolist()]).reshape(values.shape)
+
+
 @dataclass(frozen=True)
 class Quantity:
     """One number per agent per state that a spec may name."""
 
     name: str
-    expression: str
-    """Python expression over ``s`` and ``i`` (inside the generated code) giving agent ``i``'s value."""
+    measure: Measure
     meaning: str
+
+    @property
+    def expression(self) -> str:
+        """Python expression over ``s`` and ``i`` (inside the generated code) giving agent ``i``'s value."""
+        return self.measure.expression()
 
 
 def _agent_entity(named: NamedState) -> str:
@@ -69,7 +171,7 @@ def _field_quantities(named: NamedState) -> list[Quantity]:
         if f.count != named.info.n_agents or f.entity != entity or f.name.endswith("_position"):
             continue  # not one row per agent, or raw coordinates (the distances below say more)
         if len(f.features) == 1:
-            quantities.append(Quantity(f.name, f's["{f.name}"][i]', f"agent i's {f.name}: {f.meaning}"))
+            quantities.append(Quantity(f.name, FieldColumn(f, None), f"agent i's {f.name}: {f.meaning}"))
             continue
         one_hot = f.low == 0 and f.high == 1
         for k, feature in enumerate(f.features):
@@ -78,7 +180,7 @@ def _field_quantities(named: NamedState) -> list[Quantity]:
                 if one_hot
                 else f"agent i's {feature} ({f.meaning})"
             )
-            quantities.append(Quantity(f"{f.name}[{feature}]", f's["{f.name}"][i][{k}]', meaning))
+            quantities.append(Quantity(f"{f.name}[{feature}]", FieldColumn(f, k), meaning))
     return quantities
 
 
@@ -91,15 +193,15 @@ def _joint_action_quantities(named: NamedState) -> list[Quantity]:
             continue
         actions = sorted({int(a) for p in parsed for _, a in p})
         for action in actions:
-            columns = [
+            columns = tuple(
                 tuple(k for k, p in enumerate(parsed) if int(p[agent][1]) == action)
                 for agent in range(named.info.n_agents)
-            ]
+            )
             name = named.info.action_names[action] if action < len(named.info.action_names) else str(action)
             quantities.append(
                 Quantity(
                     f"last_action[{name}]",
-                    f'sum(s["{f.name}"][j] for j in {columns!r}[i])',
+                    OwnAction(f, columns),
                     f"1 if agent i played {name} at the previous step, else 0",
                 )
             )
@@ -112,27 +214,17 @@ def _distance_quantities(named: NamedState) -> list[Quantity]:
         if v.distance_to is None:
             continue
         # Distances exist only beside agent_position (see template._distance_values).
-        grid = is_grid(named.schema["agent_position"])
+        agents = named.schema["agent_position"]
         positions = named.schema[v.distance_to]
         entity = v.distance_to.removesuffix("_position")
+        measure = EntityDistance(v.key, agents, positions)
         if positions.count == 1:
-            quantities.append(
-                Quantity(f"{entity}_distance", f's["{v.key}"][i]', f"distance from agent i to the {entity}")
-            )
+            meaning = f"distance from agent i to the {entity}"
+            quantities.append(Quantity(f"{entity}_distance", measure, meaning))
             continue
-        present = (
-            f'j in range({positions.count}) if min(s["{v.distance_to}"][j]) >= 0'
-            if grid
-            else (f"j in range({positions.count})")
-        )
-        gone = " (entities that have left the grid are skipped; 0 when none is left)" if grid else ""
-        quantities.append(
-            Quantity(
-                f"nearest_{entity}_distance",
-                f'min([s["{v.key}"][i][j] for {present}], default=0.0)',
-                f"distance from agent i to the nearest {entity}{gone}",
-            )
-        )
+        gone = " (entities that have left the grid are skipped; 0 when none is left)" if measure.grid else ""
+        meaning = f"distance from agent i to the nearest {entity}{gone}"
+        quantities.append(Quantity(f"nearest_{entity}_distance", measure, meaning))
     return quantities
 
 
@@ -226,6 +318,120 @@ def compile_spec(spec: CreditSpec, quantities: list[Quantity]) -> str:
         lines.append(f"    score {sign}= {STRENGTHS[t.strength]} * relative(s, i, {helper})")
     lines.append("    return math.exp(score)")
     return "\n".join(lines) + "\n"
+
+
+def spec_file(named: NamedState, spec: CreditSpec, *, docstring: str = "", credit_floor: float = 0.0) -> str:
+    """The complete TFCAF file of ``spec``: its compiled ``agent_weight`` in the template, with the spec
+    itself in the header, so that a trainer can compute the same weights from the spec
+    (:func:`compiled_spec`)."""
+    code = compile_spec(spec, per_agent_quantities(named))
+    return assemble(
+        named,
+        keep_definitions(code),
+        docstring=docstring,
+        template_id=SPEC_TEMPLATE_ID,
+        credit_floor=credit_floor,
+        header={SPEC_HEADER_KEY: spec.model_dump(mode="json")},
+    )
+
+
+SPEC_HEADER_KEY = "spec"
+
+
+@dataclass(frozen=True)
+class SpecWeights:
+    """The weights a compiled spec gives the agents in each state, computed from the spec itself.
+
+    The template's arithmetic (``relative``, ``exp``, the clamp and the normalisation with the credit
+    floor) over whole batches of states in float64 numpy, with the same operations in the same order as
+    the compiled file, so the same float32 weights bit for bit (a test compares them with the sandbox's).
+    Its bias is 0: a spec defines no ``state_bias``. This is qllm's own code reading data: nothing the LLM
+    wrote runs.
+    """
+
+    terms: tuple[tuple[str, float, Measure], ...]
+    """Per term, in the spec's order: the quantity's name, its signed strength and how it is measured."""
+    n_agents: int
+    credit_floor: float
+
+    @classmethod
+    def of(
+        cls, spec: CreditSpec, quantities: list[Quantity], n_agents: int, credit_floor: float
+    ) -> SpecWeights:
+        """:class:`SpecError` where the compiled file could not compute its weights either (an unknown
+        quantity, fewer than two agents, fewer agent positions than agents)."""
+        by_name = {q.name: q for q in quantities}
+        if n_agents < 2:
+            raise SpecError(f"a credit spec needs at least two agents, not {n_agents}")
+        terms = []
+        for t in spec.terms:
+            if t.quantity not in by_name:
+                raise SpecError(f"unknown quantity {t.quantity!r}")
+            measure = by_name[t.quantity].measure
+            if isinstance(measure, EntityDistance) and measure.agents.count < n_agents:
+                raise SpecError(f"{measure.agents.name} holds {measure.agents.count} of {n_agents} agents")
+            strength = STRENGTHS[t.strength]
+            terms.append((t.quantity, strength if t.more_credit_to == "highest" else -strength, measure))
+        return cls(tuple(terms), n_agents, credit_floor)
+
+    def __call__(self, states: np.ndarray) -> np.ndarray:
+        """``states [B, S]`` (float32) -> each state's weights ``[B, n_agents]`` (float32)."""
+        rows = states.astype(np.float64)
+        standings: dict[str, np.ndarray] = {}
+        score = np.zeros((rows.shape[0], self.n_agents))
+        for name, signed_strength, measure in self.terms:
+            if name not in standings:
+                standings[name] = _standings(measure.values(rows, self.n_agents))
+            # `score -= s * r` is `score + (-(s * r))` exactly, and -(s * r) is (-s) * r.
+            score = score + signed_strength * standings[name]
+        if not np.isfinite(score).all():  # the compiled file raises on a weight that is not finite
+            bad = int((~np.isfinite(score)).any(axis=1).sum())
+            raise ValueError(f"the spec's weights are NaN or infinite in {bad} of {len(rows)} states")
+        weights = np.array([math.exp(v) for v in score.ravel().tolist()]).reshape(score.shape)
+        total = np.zeros(rows.shape[0])
+        for agent in range(self.n_agents):
+            total = total + weights[:, agent]
+        floor, positive = self.credit_floor, (total > 0)[:, None]
+        normalised = floor + (1.0 - floor) * weights * self.n_agents / np.where(positive, total[:, None], 1.0)
+        return np.where(positive, normalised, 1.0).astype(np.float32)
+
+
+def _standings(values: np.ndarray) -> np.ndarray:
+    """``relative()`` of every agent at once: ``(v - mean) / max |v - mean|``, 0 where all are equal."""
+    total = np.zeros(values.shape[0])
+    for agent in range(values.shape[1]):
+        total = total + values[:, agent]
+    deviations = values - (total / values.shape[1])[:, None]
+    spread = np.abs(deviations).max(axis=1, keepdims=True)
+    return np.where(spread == 0, 0.0, deviations / np.where(spread == 0, 1.0, spread))
+
+
+def compiled_spec(source: str, named: NamedState) -> SpecWeights | None:
+    """The weights of the credit spec that ``source`` is the compilation of, or None.
+
+    The spec is read from the file's header and compiled again, and only a file that is byte for byte
+    what qllm makes of it is recognised: an edited file, one whose header names another spec, and one
+    compiled by an earlier template are not. So the weights are those of the code in the file.
+    """
+    try:
+        header = read_header(source)
+        if header.get("template") != SPEC_TEMPLATE_ID or SPEC_HEADER_KEY not in header:
+            return None
+        spec = CreditSpec.model_validate(header[SPEC_HEADER_KEY])
+        floor = float(header.get("credit_floor", 0.0))
+        rebuilt = spec_file(named, spec, docstring=_module_docstring(source), credit_floor=floor)
+        if rebuilt != source:
+            return None
+        return SpecWeights.of(spec, per_agent_quantities(named), named.info.n_agents, floor)
+    except (ValueError, TypeError, SyntaxError):  # ValidationError, SpecError, TemplateError, HeaderError
+        return None
+
+
+def _module_docstring(source: str) -> str:
+    """The file's docstring as written (``assemble`` puts it between triple quotes, unescaped)."""
+    body = parse_python(source).body
+    first = body[0].value if body and isinstance(body[0], ast.Expr) else None
+    return first.value if isinstance(first, ast.Constant) and isinstance(first.value, str) else ""
 
 
 def _docstring(spec: CreditSpec) -> list[str]:

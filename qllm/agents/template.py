@@ -38,6 +38,8 @@ TEMPLATE_ID = "agent-weight/v1"
 """Recorded in every artifact: which template turned the LLM's functions into a TFCAF."""
 FUNCTION_TEMPLATE_ID = "function/v1"
 """Recorded for a TFCAF the coder wrote whole (mode ``function``): no template around it."""
+HEADER = "# qllm-tfcaf:"
+"""Starts a TFCAF file's first line, followed by a JSON object: what the file was written for."""
 WRITTEN_FUNCTION = "agent_weight"
 OPTIONAL_FUNCTION = "state_bias"
 RESERVED_NAMES = frozenset({
@@ -278,6 +280,10 @@ def _assigns_reserved(node: ast.Assign | ast.AnnAssign) -> bool:
     return any(isinstance(t, ast.Name) and t.id in RESERVED_NAMES for t in targets)
 
 
+class HeaderError(ValueError):
+    """A ``# qllm-tfcaf:`` header that is not a JSON object."""
+
+
 def tfcaf_header(info: EnvInfo, **extra: Any) -> str:
     header = {
         "task": info.task,
@@ -285,7 +291,20 @@ def tfcaf_header(info: EnvInfo, **extra: Any) -> str:
         "n_agents": info.n_agents,
         "template": TEMPLATE_ID,
     }
-    return "# qllm-tfcaf: " + json.dumps({**header, **extra}, sort_keys=False)
+    return f"{HEADER} " + json.dumps({**header, **extra}, sort_keys=False)
+
+
+def read_header(source: str) -> dict[str, Any]:
+    """What a TFCAF file's first-line header says it was written for (``{}`` without one); a malformed
+    header is a :class:`HeaderError`. A header is a claim, not a fact: nothing trusts it unchecked."""
+    first = source.lstrip().splitlines()[0] if source.strip() else ""
+    if not first.startswith(HEADER):
+        return {}
+    try:
+        header = json.loads(first.removeprefix(HEADER))
+    except ValueError as exc:
+        raise HeaderError(f"malformed {HEADER} header: {exc}") from None
+    return header if isinstance(header, dict) else {}
 
 
 def assemble(
@@ -294,16 +313,19 @@ def assemble(
     docstring: str = "",
     template_id: str = TEMPLATE_ID,
     credit_floor: float = 0.0,
+    *,
+    header: dict[str, Any] | None = None,
 ) -> str:
-    """The complete TFCAF file: header, the LLM's definitions, then the generated template. Each agent's
-    weight is at least ``credit_floor`` times the equal share (0: none; 1: equal weights)."""
+    """The complete TFCAF file: header (with ``header``'s entries too), the LLM's definitions, then the
+    generated template. Each agent's weight is at least ``credit_floor`` times the equal share (0: none;
+    1: equal weights)."""
     if not 0.0 <= credit_floor <= 1.0:
         raise ValueError(f"credit_floor must be between 0 and 1, got {credit_floor}")
     info = named.info
     doc = docstring or f"Training-free credit assignment function for {info.task}."
     bias = "" if written.defines_bias else "\n\ndef state_bias(s):\n    return 0.0\n"
     return (
-        f"{tfcaf_header(info, template=template_id, credit_floor=credit_floor)}\n"
+        f"{tfcaf_header(info, template=template_id, credit_floor=credit_floor, **(header or {}))}\n"
         f'"""{doc}"""\n\n'
         "import math\n\nimport torch\n\n"
         f"N_AGENTS = {info.n_agents}\nCREDIT_FLOOR = {float(credit_floor)!r}\n\n"

@@ -11,10 +11,11 @@ import typer
 from qllm.cli.common import TaskOption, console, task_spec
 from qllm.cli.errors import exit_codes, usage_error
 from qllm.cli.progress import step_progress
+from qllm.envs import task_info
 from qllm.envs.tasks import DEFAULT_TASK
 from qllm.rl import PRESETS, RunError, TrainConfig, TrainResult, evaluate_run, preset, train
 from qllm.rl.credit import CreditFunctionError
-from qllm.rl.tfcaf import TFCAFError
+from qllm.rl.tfcaf import TFCAFError, read_tfcaf, spec_weights
 from qllm.rl.train import Progress as TrainProgress
 from qllm.rl.train import TrainingError, load_run_config
 
@@ -22,15 +23,30 @@ TRAINING_STOPPED = (TrainingError, CreditFunctionError)
 """Training that started and could not go on: a failure (exit 1), whoever gave its settings."""
 
 
+def credit_note(config: TrainConfig) -> str:
+    """Where the credit of a run with a credit-function file comes from, said before training starts."""
+    try:
+        info = task_info(config.task)
+        from_spec = spec_weights(read_tfcaf(Path(config.tfcaf or ""), info), info) is not None
+    except (TFCAFError, ValueError):
+        from_spec = False  # training itself says what is wrong with the file
+    if from_spec:
+        return (
+            f"Credit from the spec in {config.tfcaf}'s header: the file is exactly qllm's compilation of "
+            "it, so nothing in it runs and no sandbox is needed"
+        )
+    return (
+        f"Checking the credit function {config.tfcaf} in the sandbox before training "
+        "(its worker takes a few seconds to start; about 10 under gVisor)"
+    )
+
+
 def train_with_progress(config: TrainConfig, runs_dir: Path, resume: Path | None) -> TrainResult:
     """:func:`~qllm.rl.train.train` with progress: a live bar on a terminal, plain lines otherwise."""
     start, first_step = time.monotonic(), None
     with step_progress(console, f"{config.task} {config.preset}", config.steps) as progress:
         if config.mixer == "tfcaf":  # else the first seconds pass without a word
-            progress.note(
-                f"Checking the credit function {config.tfcaf} in the sandbox before training "
-                "(its worker takes a few seconds to start; about 10 under gVisor)"
-            )
+            progress.note(credit_note(config))
 
         def update(p: TrainProgress) -> None:
             nonlocal first_step

@@ -1,19 +1,25 @@
-"""Credit as data: the ``(w(s), b(s))`` of a credit function, computed in the sandbox, stored with each state.
+"""Credit as data: the ``(w(s), b(s))`` of a credit function, computed outside the trainer's networks and
+stored with each state.
 
 Every credit function qllm writes is linear in Q, ``Q_tot = w(s) . Q + b(s)``, and the sandbox measures
 that of any file (``linear_in_q_error``). For such a function the trainer never needs the function
-itself, only each state's weights and bias: :class:`SandboxCredit` computes them for the new states of
-each collected batch of episodes, in the isolated sandbox worker (a
-:class:`~qllm.sandbox.CreditSession`: one limited child loads the function once, and each call has the
-CPU-time, wall-clock and output limits of a validation job), and the runner stores them beside the state
-in the replay buffer. The mixer is then ``(w * Q).sum(-1) + b`` (:class:`qllm.rl.mixers.LinearCredit`),
-and no generated code ever runs in the trainer's process.
+itself, only each state's weights and bias, which the runner stores beside the state in the replay
+buffer; the mixer is then ``(w * Q).sum(-1) + b`` (:class:`qllm.rl.mixers.LinearCredit`). Two sources
+give them (:class:`Credit`):
+
+- :class:`SpecCredit`, for a file that is exactly qllm's compilation of a credit spec: the weights come
+  from the spec itself (:class:`qllm.agents.spec.SpecWeights`, numpy), in this process. Nothing the LLM
+  wrote runs: the spec is data, the arithmetic is qllm's;
+- :class:`SandboxCredit`, for any other file: the new states of each collected batch go to the isolated
+  sandbox worker (a :class:`~qllm.sandbox.CreditSession`: one limited child loads the function once, and
+  each call has the CPU-time, wall-clock and output limits of a validation job). No generated code ever
+  runs in the trainer's process.
 
 A call that fails (an exception, a timeout, a crash, memory) or gives non-finite or, where monotonicity
-is required, negative weights raises :class:`CreditFunctionError` with the sandbox's verdict.
+is required, negative weights raises :class:`CreditFunctionError` with the reason.
 
-The trainer does not wait for a call: :meth:`SandboxCredit.begin` runs it on the object's own thread
-(which only sends the states and waits on the worker's pipe), and the learner unrolls its networks
+The trainer does not wait for a sandbox call: :meth:`SandboxCredit.begin` runs it on the object's own
+thread (which only sends the states and waits on the worker's pipe), and the learner unrolls its networks
 meanwhile; the credit is waited for when the mixer needs it.
 """
 
@@ -23,15 +29,82 @@ import hashlib
 import math
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Protocol
 
 import numpy as np
 import torch
 
+from qllm.agents.spec import SpecWeights
 from qllm.sandbox import Sandbox, SandboxLimits
 
 
 class CreditFunctionError(RuntimeError):
     """A validated credit function that failed on states met during training."""
+
+
+class Credit(Protocol):
+    """Each state's credit ``[w_1..w_n, b]`` under one credit function."""
+
+    sha256: str
+    """Identifies the function whose credit a replay buffer holds (a resumed run may bring a new one)."""
+    calls: int
+    """Batches computed so far."""
+
+    @property
+    def width(self) -> int:
+        """Values per state: the ``n`` weights and the bias."""
+        ...
+
+    def __call__(self, states: torch.Tensor) -> torch.Tensor:
+        """``states [..., S]`` -> credit ``[..., n + 1]`` (float32, on the states' device)."""
+        ...
+
+    def begin(self, states: torch.Tensor) -> Future[torch.Tensor]:
+        """``self(states)``, possibly computed while the caller goes on; a failure raises its
+        :class:`CreditFunctionError` from the future's ``result()``."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SpecCredit:
+    """Each state's credit under a compiled credit spec, computed from the spec: ``[w(s), 0]``."""
+
+    def __init__(self, source: str, weights: SpecWeights) -> None:
+        """``source``: the file the spec was recognised in (its hash identifies the function, as for
+        :class:`SandboxCredit`: a run resumes with either)."""
+        self.weights = weights
+        self.sha256 = hashlib.sha256(source.encode()).hexdigest()
+        self.calls = 0
+
+    @property
+    def width(self) -> int:
+        return self.weights.n_agents + 1
+
+    def __call__(self, states: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        rows = states.detach().reshape(-1, states.shape[-1]).to("cpu", torch.float32).numpy()
+        if not np.isfinite(rows).all():
+            bad = int((~np.isfinite(rows)).any(axis=1).sum())
+            raise CreditFunctionError(f"{bad} of {len(rows)} new states hold NaN or infinite values")
+        try:
+            weights = self.weights(rows)
+        except ValueError as exc:
+            raise CreditFunctionError(f"the credit spec failed on {len(rows)} new states: {exc}") from None
+        credit = np.concatenate([weights, np.zeros((len(rows), 1), np.float32)], axis=1)
+        return torch.from_numpy(credit).reshape(*states.shape[:-1], self.width).to(states.device)
+
+    def begin(self, states: torch.Tensor) -> Future[torch.Tensor]:
+        """Computed now (a fraction of a millisecond per batch of episodes), as a finished future."""
+        done: Future[torch.Tensor] = Future()
+        try:
+            done.set_result(self(states))
+        except CreditFunctionError as exc:
+            done.set_exception(exc)
+        return done
+
+    def close(self) -> None:
+        """Nothing to close: no process or thread of its own."""
 
 
 class SandboxCredit:

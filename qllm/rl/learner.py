@@ -46,7 +46,7 @@ from qllm.rl.runner import ActionSelector, EpsilonGreedy
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
-    from qllm.rl.credit import SandboxCredit
+    from qllm.rl.credit import Credit
 
 
 class Learner(Protocol):
@@ -56,10 +56,11 @@ class Learner(Protocol):
     """The acting network (Q-values or policy logits): rollouts, evaluation and the final model use it."""
     on_policy: ClassVar[bool]
     """Learn once from the episodes just collected (no replay buffer) instead of from replay."""
-    credit: SandboxCredit | None
-    """What labels each collected state with its credit (a credit function linear in Q, computed in the
-    sandbox) for the replay buffer, while the update it is stored for runs; None when the learner needs
-    no credit (always, for an on-policy learner: the credit lives in the replay buffer)."""
+    credit: Credit | None
+    """What labels each collected state with its credit (a credit function linear in Q, from its credit
+    spec or computed in the sandbox) for the replay buffer, while the update it is stored for runs; None
+    when the learner needs no credit (always, for an on-policy learner: the credit lives in the replay
+    buffer)."""
 
     def behaviour(self, t_env: int) -> ActionSelector:
         """How to act while collecting training episodes after ``t_env`` environment steps."""
@@ -262,7 +263,7 @@ class QLearner:
         mixer: Mixer,
         n_actions: int,
         config: TrainConfig,
-        credit: SandboxCredit | None = None,
+        credit: Credit | None = None,
     ) -> None:
         if mixer.reads_credit and credit is None:
             raise ValueError(f"the {type(mixer).__name__} mixer needs the credit of each state")

@@ -1,9 +1,11 @@
-"""Validate a training-free credit assignment function (TFCAF) file for training, in the sandbox.
+"""Read a training-free credit assignment function (TFCAF) file for training, and validate it in the sandbox.
 
-The file is validated in the isolated sandbox against real recorded states of the task. The verdict
-says what training needs: a function linear in Q (every function qllm writes) trains on the weights and
-bias the sandbox computes per state, and never runs in the trainer's process; any other function is
-loaded into this process under RestrictedPython, with a per-call time budget.
+A file that is exactly qllm's compilation of the credit spec in its header needs no sandbox: its
+weights are computed from the spec (:func:`spec_weights`). Any other file is validated in the isolated
+sandbox against real recorded states of the task (:func:`load_tfcaf`). The verdict says what training
+needs: a function linear in Q (every function qllm writes) trains on the weights and bias the sandbox
+computes per state, and never runs in the trainer's process; any other function is loaded into this
+process under RestrictedPython, with a per-call time budget.
 
 A file may declare what it was written for in a first-line header,
 ``# qllm-tfcaf: {"task": "lbf-8x8-2p-2f", "state_dim": 24}``; a mismatch with the task is refused before
@@ -12,11 +14,11 @@ anything runs.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from qllm.agents.spec import SpecWeights, compiled_spec
+from qllm.agents.template import HeaderError, NamedState, read_header
 from qllm.envs import EnvInfo
 from qllm.envs.recording import record
 from qllm.sandbox import (
@@ -30,7 +32,6 @@ from qllm.sandbox import (
     read_candidate_file,
 )
 
-HEADER = "# qllm-tfcaf:"
 VALIDATION_EPISODES = 20
 LINEAR_TOLERANCE = 1e-3
 """Largest ``linear_in_q_error`` (the change of the implied weights and bias when the Q-values are redrawn)
@@ -61,15 +62,27 @@ class ValidatedTFCAF:
         return load_credit_function(self.source)
 
 
-def read_header(source: str) -> dict[str, Any]:
-    first = source.lstrip().splitlines()[0] if source.strip() else ""
-    if not first.startswith(HEADER):
-        return {}
+def read_tfcaf(path: Path, info: EnvInfo) -> str:
+    """The source of the credit-function file at ``path``; :class:`TFCAFError` if it cannot be read or its
+    header says it was written for another state size."""
     try:
-        header = json.loads(first.removeprefix(HEADER))
-    except ValueError as exc:
-        raise TFCAFError(f"malformed {HEADER} header: {exc}") from None
-    return header if isinstance(header, dict) else {}
+        source = read_candidate_file(path)
+        header = read_header(source)
+    except (CandidateFileError, HeaderError) as exc:
+        raise TFCAFError(str(exc)) from None
+    if "state_dim" in header and int(header["state_dim"]) != info.state_dim:
+        raise TFCAFError(
+            f"{path} was written for a state of size {header['state_dim']} "
+            f"(task {header.get('task', '?')}), but {info.task} has state size {info.state_dim}"
+        )
+    return source
+
+
+def spec_weights(source: str, info: EnvInfo) -> SpecWeights | None:
+    """The weights of the credit spec ``source`` compiles, computed from the spec, if the file is byte for
+    byte qllm's compilation of the spec in its header (:func:`qllm.agents.spec.compiled_spec`); None for
+    any other file, which goes to the sandbox."""
+    return compiled_spec(source, NamedState.for_task(info))
 
 
 def load_tfcaf(
@@ -78,16 +91,7 @@ def load_tfcaf(
     """Validate the credit function at ``path`` on ``info.task`` in ``sandbox`` (left open, so that the
     trainer computes the function's credit in the worker that validated it: a gVisor worker takes about
     10 s to start), or in a sandbox of its own; else :class:`TFCAFError`."""
-    try:
-        source = read_candidate_file(path)
-    except CandidateFileError as exc:
-        raise TFCAFError(str(exc)) from None
-    header = read_header(source)
-    if "state_dim" in header and int(header["state_dim"]) != info.state_dim:
-        raise TFCAFError(
-            f"{path} was written for a state of size {header['state_dim']} "
-            f"(task {header.get('task', '?')}), but {info.task} has state size {info.state_dim}"
-        )
+    source = read_tfcaf(path, info)
     inputs = ValidationInputs.from_recording(record(info.task, VALIDATION_EPISODES, seed=0))
     options = CheckOptions(require_monotonic=monotonic)
     if sandbox is not None:

@@ -40,14 +40,14 @@ from qllm.rl.buffer import ReplayBuffer
 from qllm.rl.collector import Collected, CollectorError, EpisodeCollector, InlineCollector, ProcessCollector
 from qllm.rl.coma import COMALearner
 from qllm.rl.config import TrainConfig
-from qllm.rl.credit import CreditFunctionError, SandboxCredit
+from qllm.rl.credit import Credit, CreditFunctionError, SandboxCredit, SpecCredit
 from qllm.rl.evaluation import Evaluator
 from qllm.rl.learner import Learner, NonFiniteError, QLearner
 from qllm.rl.logger import MetricsLogger, plot_learning_curve
 from qllm.rl.maddpg import MADDPGLearner
 from qllm.rl.mixers import MIXERS, TFCAF, LinearCredit, Mixer
 from qllm.rl.runner import EpsilonGreedy, ParallelRunner, RolloutStats
-from qllm.rl.tfcaf import load_tfcaf
+from qllm.rl.tfcaf import load_tfcaf, read_tfcaf, spec_weights
 from qllm.rl.tuning import tune_process
 from qllm.sandbox import Sandbox
 
@@ -132,9 +132,10 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_mixer(config: TrainConfig, info: EnvInfo) -> tuple[Mixer, SandboxCredit | None]:
-    """The q learner's mixer and, for a credit function linear in Q, what computes each state's credit in
-    the sandbox. A credit-function file is validated in the sandbox here."""
+def build_mixer(config: TrainConfig, info: EnvInfo) -> tuple[Mixer, Credit | None]:
+    """The q learner's mixer and, for a credit function linear in Q, what computes each state's credit:
+    from the credit spec for a file that is exactly qllm's compilation of one, else in the sandbox, which
+    validates the file here."""
     if config.mixer not in MIXERS:
         raise ValueError(f"unknown mixer {config.mixer!r}; choose from {', '.join(MIXERS)}")
     n, state_dim = info.n_agents, info.state_dim
@@ -148,12 +149,17 @@ def build_mixer(config: TrainConfig, info: EnvInfo) -> tuple[Mixer, SandboxCredi
         ), None
     if not config.tfcaf:
         raise ValueError("the tfcaf mixer needs a credit function (--tfcaf FILE)")
+    path = Path(config.tfcaf)
+    source = read_tfcaf(path, info)
+    weights = spec_weights(source, info)
+    if weights is not None:  # weights from the spec: no generated code to validate or run
+        return LinearCredit(n, state_dim), SpecCredit(source, weights)
     budget = config.credit_call_budget_s
     # One worker validates the function and, if it is linear in Q, computes its credit: a gVisor worker
     # takes about 10 s to start. It is closed here unless the credit, which then owns it, needs it.
     with ExitStack() as unless_kept:
         sandbox = unless_kept.enter_context(Sandbox(spares=False))
-        tfcaf = load_tfcaf(Path(config.tfcaf), info, monotonic=config.tfcaf_monotonic, sandbox=sandbox)
+        tfcaf = load_tfcaf(path, info, monotonic=config.tfcaf_monotonic, sandbox=sandbox)
         if tfcaf.linear_in_q:
             credit = SandboxCredit(
                 tfcaf.source, n, config.tfcaf_monotonic, call_budget_s=budget, sandbox=sandbox
@@ -287,19 +293,19 @@ def train(
 
 
 @contextmanager
-def closing_meanwhile() -> Iterator[Callable[[SandboxCredit], None]]:
+def closing_meanwhile() -> Iterator[Callable[[Credit], None]]:
     """``close(credit)`` begins closing ``credit`` on a thread of its own; the block's end waits for every
     such close, and raises the first one's error unless the block is raising one of its own."""
     threads: list[threading.Thread] = []
     errors: list[BaseException] = []
 
-    def close_quietly(resource: SandboxCredit) -> None:
+    def close_quietly(resource: Credit) -> None:
         try:
             resource.close()
         except BaseException as exc:  # raised where the block ends, in the caller's thread
             errors.append(exc)
 
-    def close(resource: SandboxCredit) -> None:
+    def close(resource: Credit) -> None:
         thread = threading.Thread(target=close_quietly, args=(resource,), name="qllm-close-meanwhile")
         thread.start()
         threads.append(thread)
@@ -501,8 +507,8 @@ def training_batch(stored: Stored, buffer: ReplayBuffer | None) -> Episodes | No
 
 
 class NewCredit:
-    """The credit of the states a stored batch brought, being computed in the sandbox on the credit
-    function's own thread (:meth:`SandboxCredit.begin`); waiting for it puts it in the replay buffer."""
+    """The credit of the states a stored batch brought, being computed (in the sandbox, on the credit
+    function's own thread: :meth:`SandboxCredit.begin`); waiting for it puts it in the replay buffer."""
 
     def __init__(self, computing: Future[torch.Tensor], stored: Stored, buffer: ReplayBuffer) -> None:
         self.computing, self.stored, self.buffer = computing, stored, buffer
@@ -516,7 +522,7 @@ class NewCredit:
         return cls(learner.credit.begin(stored.episodes.state), stored, buffer)
 
     def wait(self) -> None:
-        """Wait for the credit and store it (once); a failed sandbox call raises its error here."""
+        """Wait for the credit and store it (once); a failed computation raises its error here."""
         if not self.stored_in_buffer:
             assert self.stored.slots is not None  # begin() makes none without
             self.buffer.set_credit(self.stored.slots, self.computing.result())
