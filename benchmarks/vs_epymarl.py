@@ -6,13 +6,14 @@ Both sides train on LBF 8x8-2p-2f (lbforaging ``Foraging-8x8-2p-2f-v3``, 50-step
 Wall time runs from the start of the process to its exit (imports, start-up, tests and exit
 included); env steps/s is ``--steps`` / wall (qllm's "Done: N steps" line is recorded beside it;
 EPyMARL's loop ``while t_env <= t_max`` ends up to one batch of episodes past ``t_max``, <= 50
-steps on schedule a, <= 400 on b, which it does not print). Memory is sampled every ``--interval`` s
-from /proc over the whole process tree (EPyMARL's parallel runner forks one worker per env): the
-peak of the summed RSS (top's RES column added up: pages shared after a fork count once per
-process), the peak of the summed PSS (shared pages split between the processes that map them)
-and the largest single-process ru_maxrss of the tree (from wait4); EPyMARL's tree also holds the two
-``tee`` processes of sacred's fd capture (a few MB). Linux only. Both sides train
-with one torch thread (EPyMARL's main.py sets it; it is qllm's default).
+steps on schedule a, <= 400 on b, which it does not print). Memory is sampled from /proc over the
+whole process tree (EPyMARL's parallel runner forks one worker per env): the peak of the summed RSS
+(top's RES column added up: pages shared after a fork count once per process; every ``--interval`` s),
+the peak of the summed PSS (shared pages split between the processes that map them; every
+``--pss-interval`` s, as reading it is costly: ``TreePeaks``) and the largest single-process ru_maxrss
+of the tree (from wait4); EPyMARL's tree also holds the two ``tee`` processes of sacred's fd capture (a
+few MB). The CPU time the sampling took (on the machine the runs share) is printed per run. Linux only.
+Both sides train with one torch thread (EPyMARL's main.py sets it; it is qllm's default).
 
 Schedules (the same seed on both sides within a repeat):
   a  1 env: EPyMARL ``--config=qmix --env-config=gymma`` with its defaults (episode runner, batch of
@@ -58,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -67,6 +69,7 @@ import subprocess
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -109,7 +112,8 @@ def sides(schedule: str, args: argparse.Namespace) -> list[str]:
 
 WARM_UP_STEPS = 2000
 SANDBOX_PRESETS = frozenset({"qllm"})
-"""qllm presets whose runs compute credit in the sandbox (and so start its worker)."""
+"""qllm presets whose runs may compute credit in the sandbox (and so start its worker): an earlier qllm
+(``--qllm-before``) computes the qllm preset's there; this one computes it from the file's credit spec."""
 
 
 def qllm_command(qllm: Path, mixer: str, steps: int, seed: int, *, runs: Path, tfcaf: Path) -> list[str]:
@@ -151,26 +155,65 @@ def field_kb(path: Path, name: str) -> int:
     return 0
 
 
-def tree_memory_kb(root: int) -> tuple[int, int, int]:
-    """(summed RSS, summed PSS, number of processes) of the tree under ``root``."""
-    tree = process_tree(root)
-    rss = sum(field_kb(Path(f"/proc/{pid}/status"), "VmRSS") for pid in tree)
-    pss = sum(field_kb(Path(f"/proc/{pid}/smaps_rollup"), "Pss") for pid in tree)
-    return rss, pss, len(tree)
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def rss_kb(pid: int) -> int:
+    """A process's resident set (/proc/PID/statm's second field, top's RES); 0 once it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KB
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+@dataclass
+class TreePeaks:
+    """The peaks of one process tree's memory, sampled while it runs.
+
+    The summed RSS is read at every tick (``statm``: microseconds). The summed PSS is read every
+    ``pss_interval`` seconds: ``smaps_rollup`` makes the kernel walk every mapping of the process, about
+    5 ms for a torch-sized one, so that reading it at every 0.1 s tick took 10-15% of one of these
+    machines' two cores from the runs being measured (more from a run that uses both cores, as qllm's
+    trainer and collector do, than from one that uses one).
+    """
+
+    root: int
+    pss_interval: float
+    rss_kb: int = 0
+    pss_kb: int = 0
+    processes: int = 0
+    last_pss: float = -math.inf
+
+    def sample(self, now: float) -> None:
+        tree = process_tree(self.root)
+        self.processes = max(self.processes, len(tree))
+        self.rss_kb = max(self.rss_kb, sum(rss_kb(pid) for pid in tree))
+        if now - self.last_pss >= self.pss_interval:
+            self.last_pss = now
+            self.pss_kb = max(
+                self.pss_kb, sum(field_kb(Path(f"/proc/{pid}/smaps_rollup"), "Pss") for pid in tree)
+            )
 
 
 def run_measured(
-    command: list[str], cwd: Path, env: dict, logs: Path, *, interval: float, timeout: float
+    command: list[str],
+    cwd: Path,
+    env: dict,
+    logs: Path,
+    *,
+    interval: float,
+    pss_interval: float,
+    timeout: float,
 ) -> dict:
-    """Run one process to its exit, sampling its tree's memory; wall time from start to exit."""
+    """Run one process to its exit, sampling its tree's memory; wall time from start to exit, and the CPU
+    time this script spent sampling meanwhile (on the same cores)."""
     with (logs / "stdout.txt").open("w") as out, (logs / "stderr.txt").open("w") as err:
-        start = time.perf_counter()
+        start, sampling = time.perf_counter(), time.process_time()
         proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err, start_new_session=True)
-        peak_rss = peak_pss = procs = 0
+        peaks = TreePeaks(proc.pid, pss_interval)
         try:
             while True:
-                rss, pss, count = tree_memory_kb(proc.pid)
-                peak_rss, peak_pss, procs = max(peak_rss, rss), max(peak_pss, pss), max(procs, count)
+                peaks.sample(time.perf_counter())
                 pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
                 if pid:
                     break
@@ -180,11 +223,12 @@ def run_measured(
         except BaseException:
             os.killpg(proc.pid, signal.SIGKILL)
             raise
-        wall = time.perf_counter() - start
+        wall, sampling = time.perf_counter() - start, time.process_time() - sampling
     proc.returncode = os.waitstatus_to_exitcode(status)
     return {
-        "rc": proc.returncode, "wall_s": wall, "tree_rss_mb": peak_rss / 1024, "tree_pss_mb": peak_pss / 1024,
-        "max_proc_mb": usage.ru_maxrss / 1024, "processes": procs,
+        "rc": proc.returncode, "wall_s": wall, "tree_rss_mb": peaks.rss_kb / 1024,
+        "tree_pss_mb": peaks.pss_kb / 1024, "max_proc_mb": usage.ru_maxrss / 1024,
+        "processes": peaks.processes, "sampling_cpu_s": sampling,
     }  # fmt: skip
 
 
@@ -223,7 +267,9 @@ def measure(
         )
         cwd, before = work, set()
     row = {"schedule": schedule, "side": side, "seed": seed, "command": command}
-    row |= run_measured(command, cwd, env, work, interval=args.interval, timeout=args.timeout)
+    row |= run_measured(
+        command, cwd, env, work, interval=args.interval, pss_interval=args.pss_interval, timeout=args.timeout
+    )
     if side == EPYMARL:
         for folder in sacred_runs(args.epymarl) - before:
             shutil.rmtree(folder, ignore_errors=True)
@@ -287,7 +333,8 @@ def print_schedule(schedule: str, rows: list[dict], summary: dict) -> None:
     )
     for r in rows:
         done = f"  ({r['steps_done']} steps done)" if r["steps_done"] else ""
-        print(format_row(f"{r['repeat']}", r["side"], r) + f"  {r['processes']} proc{done}")
+        sampling = f"  sampling {r['sampling_cpu_s']:.1f} CPU s" if "sampling_cpu_s" in r else ""
+        print(format_row(f"{r['repeat']}", r["side"], r) + f"  {r['processes']} proc{done}{sampling}")
     for side, medians in summary["medians"].items():
         print(format_row("median", side, medians))
     for side, ratio in summary["ratios"].items():
@@ -353,7 +400,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--schedules", default="a,b")
     parser.add_argument("--b-mixers", default="riit,qllm", help="qllm's presets on b (riit, qllm).")
-    parser.add_argument("--interval", type=float, default=0.1, help="memory sampling period, seconds")
+    parser.add_argument("--interval", type=float, default=0.1, help="RSS sampling period, seconds")
+    parser.add_argument(
+        "--pss-interval", type=float, default=0.5, help="PSS sampling period, seconds (costly: see TreePeaks)"
+    )
     parser.add_argument("--timeout", type=float, default=3600.0, help="per run, seconds")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()

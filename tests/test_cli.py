@@ -264,7 +264,7 @@ def test_train_refuses_a_tfcaf_that_fails_validation(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*__*")), "a refused run must not leave a run folder"
 
 
-def test_train_says_a_compiled_spec_needs_no_sandbox(tmp_path: Path) -> None:
+def test_train_says_a_compiled_spec_needs_no_sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from qllm.agents.spec import CreditSpec, spec_file
     from qllm.agents.template import NamedState
     from qllm.envs import task_info
@@ -273,6 +273,11 @@ def test_train_says_a_compiled_spec_needs_no_sandbox(tmp_path: Path) -> None:
     spec = CreditSpec(reasoning="the agent that can reach the optimum alone", terms=[term])
     path = tmp_path / "spec.py"
     path.write_text(spec_file(NamedState.for_task(task_info("matrix-climbing")), spec))
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a sandbox was started for a compiled spec")
+
+    monkeypatch.setattr(sys.modules["qllm.rl.train"], "Sandbox", refuse)
     result = runner.invoke(app, ["train", "-t", "matrix-climbing", "--mixer", "qllm", "--tfcaf", str(path),
                                  *TINY, "--runs-dir", str(tmp_path)], env=WIDE)  # fmt: skip
     assert result.exit_code == 0, result.output

@@ -19,6 +19,7 @@ from qllm.agents.spec import (
     SPEC_TEMPLATE_ID,
     CreditSpec,
     compile_spec,
+    compiled_spec,
     per_agent_quantities,
     spec_model,
 )
@@ -189,10 +190,14 @@ def test_the_graph_in_spec_mode_compiles_validates_and_repairs(tmp_path: Path) -
     metadata = json.loads((outcome.run_dir / METADATA_FILE).read_text())
     assert metadata["template"] == SPEC_TEMPLATE_ID and metadata["mode"] == "spec"
     assert outcome.artifact is not None  # the spec stays readable in the credit function file itself
-    assert (
-        "more credit to agents with the highest last_action[action_0] (moderate)"
-        in outcome.artifact.read_text()
-    )
+    written = outcome.artifact.read_text()
+    assert "more credit to agents with the highest last_action[action_0] (moderate)" in written
+    # and the file the graph writes is one a trainer recognises: its credit comes from the spec
+    weights = compiled_spec(written, NamedState.for_task(make_env("matrix-climbing").info))
+    assert weights is not None and [t.quantity for t in weights.terms] == [
+        "last_action[action_0]",
+        "last_action[action_1]",
+    ]
 
 
 def test_round_two_shows_the_best_spec_and_the_tips(tmp_path: Path) -> None:

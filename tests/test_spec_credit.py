@@ -11,10 +11,14 @@ import numpy as np
 import pytest
 import torch
 
+from qllm.agents.modes import writing_mode
 from qllm.agents.spec import (
     SPEC_TEMPLATE_ID,
     CreditSpec,
     EntityDistance,
+    FieldColumn,
+    SpecError,
+    SpecWeights,
     compile_spec,
     compiled_spec,
     per_agent_quantities,
@@ -70,7 +74,20 @@ def states_with_entities_gone(task: str) -> torch.Tensor:
             first[:, columns.start : columns.start + len(measure.entities.features)] = -1.0
             every[:, columns] = -1.0
             gone += [first, every]
-    return torch.cat([states, *gone])
+    return torch.cat([states, *gone, *cancelling(task, states)])
+
+
+def cancelling(task: str, states: torch.Tensor) -> list[torch.Tensor]:
+    """Copies of the states in which each per-agent field with one feature holds values whose sum depends
+    on the order and the rounding of the additions (1e16 + 1 - 1e16 is 0 summed in order, 1 exactly)."""
+    copies = []
+    for quantity in per_agent_quantities(named(task)):
+        if isinstance(quantity.measure, FieldColumn) and len(quantity.measure.field.features) == 1:
+            copy = states.clone()
+            columns = quantity.measure.columns(make_env(task).info.n_agents)
+            copy[:, columns] = torch.tensor([1e16, 1.0, -1e16, 3.0][: len(columns)])
+            copies.append(copy)
+    return copies
 
 
 def sandbox_weights(source: str, states: torch.Tensor, n_agents: int) -> np.ndarray:
@@ -88,9 +105,10 @@ def test_the_weights_from_the_spec_are_the_compiled_files_bit_for_bit(task: str,
         source = spec_file(named(task), spec, credit_floor=credit_floor)
         weights = compiled_spec(source, named(task))
         assert weights is not None
-        from_spec = weights(states.numpy())
+        credit = SpecCredit(source, weights)(states)  # as training computes it: [w, b]
+        assert credit.dtype == torch.float32 and not credit[:, -1].any()  # a spec's bias is 0
+        from_spec = credit[:, :-1].numpy()
         expected = sandbox_weights(source, states, weights.n_agents)
-        assert from_spec.dtype == np.float32
         np.testing.assert_array_equal(from_spec, expected)
         assert len({tuple(row) for row in from_spec.tolist()}) > 1  # not all states weigh the same
 
@@ -129,14 +147,40 @@ def test_only_a_file_that_is_exactly_the_specs_compilation_is_recognised() -> No
         assert compiled_spec(text, view) is None, why
 
 
-def test_states_holding_nan_stop_the_spec_credit() -> None:
+def test_files_the_generation_graph_writes_are_recognised_whatever_their_docstring_and_floor() -> None:
+    view = named("lbf-8x8-2p-2f")
+    inputs = ValidationInputs.from_recording(record("lbf-8x8-2p-2f", 1, seed=0))
+    mode = writing_mode("spec", view, inputs)
+    for docstring, floor in (("", 0), ('Credit for "lbf", C:\\runs\\a.py', 0.25), ("Two\nlines.", 1)):
+        _, source = mode.to_source(SPEC.model_dump_json(), view, docstring, floor)
+        weights = compiled_spec(source, view)
+        assert weights is not None, (docstring, floor)
+        assert weights.credit_floor == floor
+
+
+def test_a_spec_the_compiled_file_could_not_compute_is_refused() -> None:
+    quantities = per_agent_quantities(named("lbf-8x8-2p-2f"))
+    with pytest.raises(SpecError, match="at least two agents"):
+        SpecWeights.of(SPEC, quantities, n_agents=1, credit_floor=0.0)
+    with pytest.raises(SpecError, match="holds 2 of 3 agents"):
+        SpecWeights.of(SPEC, quantities, n_agents=3, credit_floor=0.0)
+    unknown = SPEC.model_copy(update={"terms": [SPEC.terms[0].model_copy(update={"quantity": "mood"})]})
+    with pytest.raises(SpecError, match="unknown quantity 'mood'"):
+        SpecWeights.of(unknown, quantities, n_agents=2, credit_floor=0.0)
+
+
+def test_states_holding_nan_where_the_spec_reads_stop_its_credit() -> None:
     view = named("lbf-8x8-2p-2f")
     source = spec_file(view, SPEC)
     credit = SpecCredit(source, compiled_spec(source, view))
     states = ValidationInputs.from_recording(record("lbf-8x8-2p-2f", 1, seed=0)).states
     assert credit(states).shape == (len(states), 3)
-    states[3, 0] = float("nan")
-    with pytest.raises(CreditFunctionError, match=r"1 of \d+ new states hold NaN"):
+    unread = sorted(set(range(states.shape[1])) - set(credit.weights.columns))
+    assert unread  # the food levels: no term reads them
+    states[3, unread[0]] = float("nan")
+    assert torch.isfinite(credit(states)).all()
+    states[5, credit.weights.columns[0]] = float("inf")
+    with pytest.raises(CreditFunctionError, match=r"1 of \d+ new states hold NaN or infinite values where"):
         credit.begin(states).result()
 
 

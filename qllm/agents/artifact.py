@@ -50,8 +50,8 @@ def episode_weights(ctx: GenerationContext, source: str, episode: int = 0) -> di
     """The function's weights w_i(s) = dQ_tot/dQ_i at every state of one recorded episode.
 
     ``weights[t]`` is at state ``t`` (``t = 0`` the initial state, so one more than the steps) and
-    ``rewards[t]`` the team reward of the step taken from state ``t``. They are computed in the sandbox,
-    exactly as training computes them.
+    ``rewards[t]`` the team reward of the step taken from state ``t``. They are computed in the sandbox:
+    the numbers training uses (it computes a compiled credit spec's from the spec, bit for bit the same).
     """
     played = ctx.episode.episodes[episode : episode + 1]
     result = ctx.credit(source, played.visited_states())

@@ -224,7 +224,8 @@ class GenerationContext:
             return self.sandbox.validate(source, self.inputs, options)
 
     def credit(self, source: str, states: torch.Tensor) -> CreditResult:
-        """Each state's weights and bias under ``source``, computed in the sandbox as training does."""
+        """Each state's weights and bias under ``source``, computed in the sandbox (the same numbers as
+        training's, which computes a compiled credit spec's from the spec)."""
         with self._sandbox_lock:
             return self.sandbox.credit(source, states, self.episode.info.n_agents, monotonic=False)
 

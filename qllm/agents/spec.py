@@ -28,7 +28,6 @@ quantity gets up to e^2 = 7.4 times the credit of an average one.
 
 from __future__ import annotations
 
-import ast
 import math
 import re
 import textwrap
@@ -40,7 +39,6 @@ from pydantic import BaseModel, Field, create_model
 
 from qllm.agents.template import NamedState, assemble, is_grid, keep_definitions, read_header
 from qllm.envs.schema import StateField
-from qllm.pysource import parse_python
 
 SPEC_TEMPLATE_ID = "credit-spec/v1"
 STRENGTHS: dict[str, float] = {"weak": 0.5, "moderate": 1.0, "strong": 2.0}
@@ -70,10 +68,13 @@ class FieldColumn:
         suffix = "" if self.column is None else f"[{self.column}]"
         return f's["{self.field.name}"][i]{suffix}'
 
-    def values(self, states: np.ndarray, n_agents: int) -> np.ndarray:
+    def columns(self, n_agents: int) -> list[int]:
+        """The state's columns this quantity reads."""
         width = len(self.field.features)
-        columns = self.field.offset + np.arange(n_agents) * width + (self.column or 0)
-        return states[:, columns]
+        return [self.field.offset + agent * width + (self.column or 0) for agent in range(n_agents)]
+
+    def values(self, states: np.ndarray, n_agents: int) -> np.ndarray:
+        return states[:, self.columns(n_agents)]
 
 
 @dataclass(frozen=True)
@@ -82,16 +83,19 @@ class OwnAction:
     joint actions in which it did."""
 
     field: StateField
-    columns: tuple[tuple[int, ...], ...]
+    played_in: tuple[tuple[int, ...], ...]
     """Per agent, the joint-action columns (within the field) in which it played the action."""
 
     def expression(self) -> str:
-        return f's["{self.field.name}"][j] for j in {list(self.columns)!r}[i]'.join(("sum(", ")"))
+        return f'sum(s["{self.field.name}"][j] for j in {list(self.played_in)!r}[i])'
+
+    def columns(self, n_agents: int) -> list[int]:
+        return sorted({self.field.offset + c for agent in self.played_in[:n_agents] for c in agent})
 
     def values(self, states: np.ndarray, n_agents: int) -> np.ndarray:
         values = np.zeros((states.shape[0], n_agents))
         for agent in range(n_agents):
-            for column in self.columns[agent]:
+            for column in self.played_in[agent]:
                 values[:, agent] = values[:, agent] + states[:, self.field.offset + column]
         return values
 
@@ -115,6 +119,13 @@ class EntityDistance:
             return f's["{self.key}"][i]'
         present = f' if min(s["{self.entities.name}"][j]) >= 0' if self.grid else ""
         return f'min([s["{self.key}"][i][j] for j in range({self.entities.count}){present}], default=0.0)'
+
+    def columns(self, n_agents: int) -> list[int]:
+        agents = self.agents.offset + n_agents * len(self.agents.features)
+        return [
+            *range(self.agents.offset, agents),
+            *range(self.entities.slice.start, self.entities.slice.stop),
+        ]
 
     def values(self, states: np.ndarray, n_agents: int) -> np.ndarray:
         dims = len(self.agents.features)
@@ -320,6 +331,10 @@ def compile_spec(spec: CreditSpec, quantities: list[Quantity]) -> str:
     return "\n".join(lines) + "\n"
 
 
+SPEC_HEADER_KEY = "spec"
+"""The header entry that holds the spec a file was compiled from."""
+
+
 def spec_file(named: NamedState, spec: CreditSpec, *, docstring: str = "", credit_floor: float = 0.0) -> str:
     """The complete TFCAF file of ``spec``: its compiled ``agent_weight`` in the template, with the spec
     itself in the header, so that a trainer can compute the same weights from the spec
@@ -330,12 +345,19 @@ def spec_file(named: NamedState, spec: CreditSpec, *, docstring: str = "", credi
         keep_definitions(code),
         docstring=docstring,
         template_id=SPEC_TEMPLATE_ID,
-        credit_floor=credit_floor,
+        credit_floor=float(credit_floor),  # as the file's CREDIT_FLOOR is written: the header says the same
         header={SPEC_HEADER_KEY: spec.model_dump(mode="json")},
     )
 
 
-SPEC_HEADER_KEY = "spec"
+@dataclass(frozen=True)
+class WeightedTerm:
+    """One term of a spec, ready to compute: ``score += signed_strength * relative(quantity)``."""
+
+    quantity: str
+    signed_strength: float
+    """The term's strength, negative when the agents with the lowest values get more credit."""
+    measure: Measure
 
 
 @dataclass(frozen=True)
@@ -344,13 +366,14 @@ class SpecWeights:
 
     The template's arithmetic (``relative``, ``exp``, the clamp and the normalisation with the credit
     floor) over whole batches of states in float64 numpy, with the same operations in the same order as
-    the compiled file, so the same float32 weights bit for bit (a test compares them with the sandbox's).
-    Its bias is 0: a spec defines no ``state_bias``. This is qllm's own code reading data: nothing the LLM
-    wrote runs.
+    the compiled file run by this Python, so the same float32 weights bit for bit (a test compares them
+    with the sandbox's). Sums are sequential, as Python 3.11's ``sum()`` of floats is (3.12 compensates
+    its rounding, and qllm requires < 3.12); ``exp`` and ``x ** 2`` are Python's own. Its bias is 0: a
+    spec defines no ``state_bias``. This is qllm's own code reading data: nothing the LLM wrote runs.
     """
 
-    terms: tuple[tuple[str, float, Measure], ...]
-    """Per term, in the spec's order: the quantity's name, its signed strength and how it is measured."""
+    terms: tuple[WeightedTerm, ...]
+    """In the spec's order."""
     n_agents: int
     credit_floor: float
 
@@ -371,19 +394,27 @@ class SpecWeights:
             if isinstance(measure, EntityDistance) and measure.agents.count < n_agents:
                 raise SpecError(f"{measure.agents.name} holds {measure.agents.count} of {n_agents} agents")
             strength = STRENGTHS[t.strength]
-            terms.append((t.quantity, strength if t.more_credit_to == "highest" else -strength, measure))
+            signed = strength if t.more_credit_to == "highest" else -strength
+            terms.append(WeightedTerm(t.quantity, signed, measure))
         return cls(tuple(terms), n_agents, credit_floor)
 
+    @property
+    def columns(self) -> list[int]:
+        """The state's columns the weights depend on."""
+        return sorted({c for term in self.terms for c in term.measure.columns(self.n_agents)})
+
     def __call__(self, states: np.ndarray) -> np.ndarray:
-        """``states [B, S]`` (float32) -> each state's weights ``[B, n_agents]`` (float32)."""
+        """``states [B, S]`` (float32, finite in :attr:`columns`) -> each state's weights ``[B, n_agents]``
+        (float32); ``ValueError`` where a weight is not finite, ``OverflowError`` where Python's ``exp`` or
+        ``**`` overflows, as in the compiled file."""
         rows = states.astype(np.float64)
         standings: dict[str, np.ndarray] = {}
         score = np.zeros((rows.shape[0], self.n_agents))
-        for name, signed_strength, measure in self.terms:
-            if name not in standings:
-                standings[name] = _standings(measure.values(rows, self.n_agents))
+        for term in self.terms:
+            if term.quantity not in standings:
+                standings[term.quantity] = _standings(term.measure.values(rows, self.n_agents))
             # `score -= s * r` is `score + (-(s * r))` exactly, and -(s * r) is (-s) * r.
-            score = score + signed_strength * standings[name]
+            score = score + term.signed_strength * standings[term.quantity]
         if not np.isfinite(score).all():  # the compiled file raises on a weight that is not finite
             bad = int((~np.isfinite(score)).any(axis=1).sum())
             raise ValueError(f"the spec's weights are NaN or infinite in {bad} of {len(rows)} states")
@@ -419,19 +450,22 @@ def compiled_spec(source: str, named: NamedState) -> SpecWeights | None:
             return None
         spec = CreditSpec.model_validate(header[SPEC_HEADER_KEY])
         floor = float(header.get("credit_floor", 0.0))
-        rebuilt = spec_file(named, spec, docstring=_module_docstring(source), credit_floor=floor)
+        rebuilt = spec_file(named, spec, docstring=_written_docstring(source), credit_floor=floor)
         if rebuilt != source:
             return None
         return SpecWeights.of(spec, per_agent_quantities(named), named.info.n_agents, floor)
-    except (ValueError, TypeError, SyntaxError):  # ValidationError, SpecError, TemplateError, HeaderError
+    except (ValueError, TypeError):  # ValidationError, SpecError, TemplateError, HeaderError
         return None
 
 
-def _module_docstring(source: str) -> str:
-    """The file's docstring as written (``assemble`` puts it between triple quotes, unescaped)."""
-    body = parse_python(source).body
-    first = body[0].value if body and isinstance(body[0], ast.Expr) else None
-    return first.value if isinstance(first, ast.Constant) and isinstance(first.value, str) else ""
+def _written_docstring(source: str) -> str:
+    """The text between the triple quotes that open the file after its header, where ``assemble`` writes
+    the docstring as given; "" without. Cut as text, not parsed: the whole file is compared anyway."""
+    after_header = source.partition("\n")[2]
+    if not after_header.startswith('"""'):
+        return ""
+    end = after_header.find('"""', 3)
+    return after_header[3:end] if end >= 0 else ""
 
 
 def _docstring(spec: CreditSpec) -> list[str]:

@@ -16,7 +16,8 @@ module generates, from the schema, everything around that function:
   ``Q_tot = sum_i w_i Q_i + b`` of shape ``[B, 1]``. Monotonic by construction.
 
 The assembled file is a complete TFCAF: it is validated in the sandbox and loaded by the trainer like
-any hand-written one. :func:`named_state_values` is the host-side twin of the generated
+any hand-written one (except a compiled credit spec, whose credit the trainer computes from the spec in
+its header: :mod:`qllm.agents.spec`). :func:`named_state_values` is the host-side twin of the generated
 ``named_state`` (used to show example states in prompts); a test keeps the two equal.
 """
 

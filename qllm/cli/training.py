@@ -15,7 +15,7 @@ from qllm.envs import task_info
 from qllm.envs.tasks import DEFAULT_TASK
 from qllm.rl import PRESETS, RunError, TrainConfig, TrainResult, evaluate_run, preset, train
 from qllm.rl.credit import CreditFunctionError
-from qllm.rl.tfcaf import TFCAFError, read_tfcaf, spec_weights
+from qllm.rl.tfcaf import TFCAFError, read_tfcaf
 from qllm.rl.train import Progress as TrainProgress
 from qllm.rl.train import TrainingError, load_run_config
 
@@ -26,8 +26,7 @@ TRAINING_STOPPED = (TrainingError, CreditFunctionError)
 def credit_note(config: TrainConfig) -> str:
     """Where the credit of a run with a credit-function file comes from, said before training starts."""
     try:
-        info = task_info(config.task)
-        from_spec = spec_weights(read_tfcaf(Path(config.tfcaf or ""), info), info) is not None
+        from_spec = read_tfcaf(Path(config.tfcaf or ""), task_info(config.task)).spec is not None
     except (TFCAFError, ValueError):
         from_spec = False  # training itself says what is wrong with the file
     if from_spec:
@@ -98,7 +97,8 @@ def train_command(
         typer.Option(
             min=0.1,
             help="Seconds one call of the credit function may take (in the sandbox, or in this process for "
-            "a function not linear in Q) before training stops with an error (default 10).",
+            "a function not linear in Q) before training stops with an error (default 10; a compiled credit "
+            "spec's credit comes from the spec: no calls).",
         ),
     ] = None,
     collect_ahead: Annotated[

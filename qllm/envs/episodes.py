@@ -53,8 +53,8 @@ class Episodes:
     terminated: torch.Tensor
     filled: torch.Tensor
     credit: torch.Tensor
-    """Each state's ``[w_1..w_n, b]`` (``C = n + 1``, computed in the sandbox, :mod:`qllm.rl.credit`);
-    ``C = 0`` when there is no credit function."""
+    """Each state's ``[w_1..w_n, b]`` (``C = n + 1``, from a credit spec or the sandbox:
+    :mod:`qllm.rl.credit`); ``C = 0`` when there is no credit function."""
 
     @classmethod
     def zeros(

@@ -36,13 +36,15 @@ class TrainConfig:
     envs: int = 1
     """Environments stepped together in this process; one batched network forward per step."""
     tfcaf: str | None = None
-    """Path of the credit-function file for the tfcaf mixer (validated in the sandbox before use)."""
+    """Path of the credit-function file for the tfcaf mixer (validated in the sandbox before use, unless it
+    is exactly qllm's compilation of the credit spec in its header: then its credit comes from the spec)."""
     tfcaf_monotonic: bool = True
     """Require the credit function's weights to be non-negative (IGM), as the paper's functions are."""
     credit_call_budget_s: float = 10.0
     """Wall-clock seconds one call of the credit function may take in training: computing the credit of
     a batch of new states in the sandbox, or mixing a batch in this process (functions not linear in Q).
-    A call over budget stops training with an error instead of hanging it."""
+    A call over budget stops training with an error instead of hanging it. (A compiled credit spec's credit
+    is qllm's own arithmetic: no budget.)"""
     device: str = "auto"
     """auto (CUDA when available), cpu or cuda."""
     threads: int = 1

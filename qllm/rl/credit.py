@@ -47,8 +47,6 @@ class Credit(Protocol):
 
     sha256: str
     """Identifies the function whose credit a replay buffer holds (a resumed run may bring a new one)."""
-    calls: int
-    """Batches computed so far."""
 
     @property
     def width(self) -> int:
@@ -68,29 +66,37 @@ class Credit(Protocol):
 
 
 class SpecCredit:
-    """Each state's credit under a compiled credit spec, computed from the spec: ``[w(s), 0]``."""
+    """Each state's credit under a compiled credit spec, computed from the spec: ``[w(s), 0]``.
+
+    A state with NaN or infinity in a column the spec reads stops training (the compiled file would
+    raise, or skip an entity or not depending on where the NaN sits), and so does an overflow.
+    """
 
     def __init__(self, source: str, weights: SpecWeights) -> None:
         """``source``: the file the spec was recognised in (its hash identifies the function, as for
         :class:`SandboxCredit`: a run resumes with either)."""
         self.weights = weights
         self.sha256 = hashlib.sha256(source.encode()).hexdigest()
-        self.calls = 0
+        self.columns_read = weights.columns
 
     @property
     def width(self) -> int:
         return self.weights.n_agents + 1
 
     def __call__(self, states: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
         rows = states.detach().reshape(-1, states.shape[-1]).to("cpu", torch.float32).numpy()
-        if not np.isfinite(rows).all():
-            bad = int((~np.isfinite(rows)).any(axis=1).sum())
-            raise CreditFunctionError(f"{bad} of {len(rows)} new states hold NaN or infinite values")
+        finite = np.isfinite(rows[:, self.columns_read]).all(axis=1)
+        if not finite.all():
+            raise CreditFunctionError(
+                f"{int((~finite).sum())} of {len(rows)} new states hold NaN or infinite values where the "
+                "credit spec reads them"
+            )
         try:
             weights = self.weights(rows)
-        except ValueError as exc:
-            raise CreditFunctionError(f"the credit spec failed on {len(rows)} new states: {exc}") from None
+        except (ValueError, ArithmeticError) as exc:
+            raise CreditFunctionError(
+                f"the credit spec failed on {len(rows)} new states: {type(exc).__name__}: {exc}"
+            ) from None
         credit = np.concatenate([weights, np.zeros((len(rows), 1), np.float32)], axis=1)
         return torch.from_numpy(credit).reshape(*states.shape[:-1], self.width).to(states.device)
 

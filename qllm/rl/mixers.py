@@ -122,7 +122,8 @@ class Qatten(Mixer):
 
 class LinearCredit(Mixer):
     """A credit function linear in Q as data: ``Q_tot = w(s) . Q + b(s)``, with each state's ``[w, b]``
-    computed in the sandbox when the state was collected (:mod:`qllm.rl.credit`) and stored beside it.
+    computed when the state was collected (from its credit spec, or in the sandbox: :mod:`qllm.rl.credit`)
+    and stored beside it.
     Its second input is that stored credit ``[..., n + 1]``, not the state; no trainable parameters."""
 
     reads_credit: ClassVar[bool] = True

@@ -1,8 +1,8 @@
 """Read a training-free credit assignment function (TFCAF) file for training, and validate it in the sandbox.
 
 A file that is exactly qllm's compilation of the credit spec in its header needs no sandbox: its
-weights are computed from the spec (:func:`spec_weights`). Any other file is validated in the isolated
-sandbox against real recorded states of the task (:func:`load_tfcaf`). The verdict says what training
+weights are computed from the spec (:attr:`TFCAFFile.spec`). Any other file is validated in the isolated
+sandbox against real recorded states of the task (:func:`validate_tfcaf`). The verdict says what training
 needs: a function linear in Q (every function qllm writes) trains on the weights and bias the sandbox
 computes per state, and never runs in the trainer's process; any other function is loaded into this
 process under RestrictedPython, with a per-call time budget.
@@ -62,43 +62,54 @@ class ValidatedTFCAF:
         return load_credit_function(self.source)
 
 
-def read_tfcaf(path: Path, info: EnvInfo) -> str:
-    """The source of the credit-function file at ``path``; :class:`TFCAFError` if it cannot be read or its
-    header says it was written for another state size."""
+@dataclass(frozen=True)
+class TFCAFFile:
+    """A credit-function file read for a task, and the credit spec it compiles, if it is one."""
+
+    path: Path
+    source: str
+    spec: SpecWeights | None
+    """The weights of the credit spec the file is byte for byte qllm's compilation of (its credit comes
+    from the spec: no sandbox); None for any other file, which the sandbox validates."""
+
+
+def read_tfcaf(path: Path, info: EnvInfo) -> TFCAFFile:
+    """The credit-function file at ``path``; :class:`TFCAFError` if it cannot be read or its header says
+    it was written for another state size."""
     try:
         source = read_candidate_file(path)
         header = read_header(source)
     except (CandidateFileError, HeaderError) as exc:
         raise TFCAFError(str(exc)) from None
-    if "state_dim" in header and int(header["state_dim"]) != info.state_dim:
+    declared = header.get("state_dim", info.state_dim)
+    if declared != info.state_dim:
         raise TFCAFError(
-            f"{path} was written for a state of size {header['state_dim']} "
+            f"{path} was written for a state of size {declared} "
             f"(task {header.get('task', '?')}), but {info.task} has state size {info.state_dim}"
         )
-    return source
-
-
-def spec_weights(source: str, info: EnvInfo) -> SpecWeights | None:
-    """The weights of the credit spec ``source`` compiles, computed from the spec, if the file is byte for
-    byte qllm's compilation of the spec in its header (:func:`qllm.agents.spec.compiled_spec`); None for
-    any other file, which goes to the sandbox."""
-    return compiled_spec(source, NamedState.for_task(info))
+    return TFCAFFile(path, source, compiled_spec(source, NamedState.for_task(info)))
 
 
 def load_tfcaf(
     path: Path, info: EnvInfo, monotonic: bool = True, sandbox: Sandbox | None = None
 ) -> ValidatedTFCAF:
-    """Validate the credit function at ``path`` on ``info.task`` in ``sandbox`` (left open, so that the
-    trainer computes the function's credit in the worker that validated it: a gVisor worker takes about
-    10 s to start), or in a sandbox of its own; else :class:`TFCAFError`."""
-    source = read_tfcaf(path, info)
+    """Validate the credit function at ``path`` on ``info.task``: :func:`validate_tfcaf`."""
+    return validate_tfcaf(read_tfcaf(path, info), info, monotonic, sandbox)
+
+
+def validate_tfcaf(
+    file: TFCAFFile, info: EnvInfo, monotonic: bool = True, sandbox: Sandbox | None = None
+) -> ValidatedTFCAF:
+    """Validate ``file`` on ``info.task`` in ``sandbox`` (left open, so that the trainer computes the
+    function's credit in the worker that validated it: a gVisor worker takes about 10 s to start), or in
+    a sandbox of its own; else :class:`TFCAFError`."""
     inputs = ValidationInputs.from_recording(record(info.task, VALIDATION_EPISODES, seed=0))
     options = CheckOptions(require_monotonic=monotonic)
     if sandbox is not None:
-        verdict = sandbox.validate(source, inputs, options)
+        verdict = sandbox.validate(file.source, inputs, options)
     else:
         with Sandbox() as own:
-            verdict = own.validate(source, inputs, options)
+            verdict = own.validate(file.source, inputs, options)
     if not verdict.ok:
-        raise TFCAFError(f"{path} failed validation on {info.task}: {verdict.feedback()}")
-    return ValidatedTFCAF(path=path, source=source, verdict=verdict)
+        raise TFCAFError(f"{file.path} failed validation on {info.task}: {verdict.feedback()}")
+    return ValidatedTFCAF(path=file.path, source=file.source, verdict=verdict)

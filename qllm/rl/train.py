@@ -47,7 +47,7 @@ from qllm.rl.logger import MetricsLogger, plot_learning_curve
 from qllm.rl.maddpg import MADDPGLearner
 from qllm.rl.mixers import MIXERS, TFCAF, LinearCredit, Mixer
 from qllm.rl.runner import EpsilonGreedy, ParallelRunner, RolloutStats
-from qllm.rl.tfcaf import load_tfcaf, read_tfcaf, spec_weights
+from qllm.rl.tfcaf import read_tfcaf, validate_tfcaf
 from qllm.rl.tuning import tune_process
 from qllm.sandbox import Sandbox
 
@@ -149,17 +149,15 @@ def build_mixer(config: TrainConfig, info: EnvInfo) -> tuple[Mixer, Credit | Non
         ), None
     if not config.tfcaf:
         raise ValueError("the tfcaf mixer needs a credit function (--tfcaf FILE)")
-    path = Path(config.tfcaf)
-    source = read_tfcaf(path, info)
-    weights = spec_weights(source, info)
-    if weights is not None:  # weights from the spec: no generated code to validate or run
-        return LinearCredit(n, state_dim), SpecCredit(source, weights)
+    file = read_tfcaf(Path(config.tfcaf), info)
+    if file.spec is not None:  # weights from the spec: no generated code to validate or run
+        return LinearCredit(n, state_dim), SpecCredit(file.source, file.spec)
     budget = config.credit_call_budget_s
     # One worker validates the function and, if it is linear in Q, computes its credit: a gVisor worker
     # takes about 10 s to start. It is closed here unless the credit, which then owns it, needs it.
     with ExitStack() as unless_kept:
         sandbox = unless_kept.enter_context(Sandbox(spares=False))
-        tfcaf = load_tfcaf(path, info, monotonic=config.tfcaf_monotonic, sandbox=sandbox)
+        tfcaf = validate_tfcaf(file, info, monotonic=config.tfcaf_monotonic, sandbox=sandbox)
         if tfcaf.linear_in_q:
             credit = SandboxCredit(
                 tfcaf.source, n, config.tfcaf_monotonic, call_budget_s=budget, sandbox=sandbox
