@@ -402,7 +402,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--b-mixers", default="riit,qllm", help="qllm's presets on b (riit, qllm).")
     parser.add_argument("--interval", type=float, default=0.1, help="RSS sampling period, seconds")
     parser.add_argument(
-        "--pss-interval", type=float, default=0.5, help="PSS sampling period, seconds (costly: see TreePeaks)"
+        "--pss-interval", type=float, default=2.0, help="PSS sampling period, seconds (costly: see TreePeaks)"
     )
     parser.add_argument("--timeout", type=float, default=3600.0, help="per run, seconds")
     parser.add_argument("--json", type=Path)
