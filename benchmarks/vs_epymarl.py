@@ -172,9 +172,9 @@ class TreePeaks:
 
     The summed RSS is read at every tick (``statm``: microseconds). The summed PSS is read every
     ``pss_interval`` seconds: ``smaps_rollup`` makes the kernel walk every mapping of the process, about
-    5 ms for a torch-sized one, so that reading it at every 0.1 s tick took 10-15% of one of these
-    machines' two cores from the runs being measured (more from a run that uses both cores, as qllm's
-    trainer and collector do, than from one that uses one).
+    5 ms for a torch-sized one. Read at every 0.1 s tick, it took a quarter to a third of a core during an
+    EPyMARL (b) run (11 processes: 9-13 CPU s of 34-44 s) and 13-15% during a qllm one, on the same two
+    cores the runs use (reports/training-speed/sampling_cost.py).
     """
 
     root: int

@@ -33,6 +33,8 @@ from qllm.rl.train import FINAL_MODEL
 from qllm.sandbox import ValidationInputs
 from qllm.sandbox.checks import compute_credit
 from qllm.sandbox.restricted import candidate_traceback, load_credit_function
+from qllm.sweep import interpret
+from qllm.sweep.interpret import credit_episode
 
 TASKS = [
     "lbf-2s-10x10-3p-3f", "lbf-8x8-2p-2f", "mpe-spread-3", "mpe-tag", "rware-tiny-2ag", "matrix-climbing",
@@ -208,7 +210,12 @@ def test_training_on_a_compiled_spec_starts_no_sandbox_and_learns_what_the_sandb
         raise AssertionError("a sandbox was started for a compiled spec")
 
     monkeypatch.setattr(trainer, "Sandbox", refuse)
+    monkeypatch.setattr(interpret, "Sandbox", refuse)
     from_spec = train(preset("qllm", task=task, tfcaf=str(as_written), **SHORT), runs_dir=tmp_path / "a")
+    # the sweep report's figure of the credit over an episode computes it the same way
+    episode = credit_episode(from_spec.run_dir, as_written, episodes=2)
+    np.testing.assert_allclose(episode.weights.sum(axis=1), 2.0, rtol=1e-6)  # normalised to n_agents
+    assert not episode.bias.any()
     monkeypatch.setattr(trainer, "Sandbox", sandbox)
     in_sandbox = train(preset("qllm", task=task, tfcaf=str(edited), **SHORT), runs_dir=tmp_path / "b")
 

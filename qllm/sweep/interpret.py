@@ -1,12 +1,12 @@
 """What a trained TFCAF run's credit function does: the weight each agent gets over one episode.
 
 The run's trained agents play a few greedy episodes, and the one with the highest return is kept: an
-episode in which the team scores shows what the weights do around the rewards. The credit function
-(loaded through the sandbox, as in training) gives ``w_i(s_t)`` and ``b(s_t)`` at every state they
-visit. Weights are the gradient of ``Q_tot`` with respect to each agent's Q (and ``b`` its value at
-``Q = 0``): exactly the function's weights when it is linear in Q, as every template-made function is;
-for any other function, its weights at ``Q = 0``. The plot puts them above what happened: the team
-reward and each agent's action.
+episode in which the team scores shows what the weights do around the rewards. The credit function,
+computed as in training (from the spec for a compiled credit spec, else through the sandbox), gives
+``w_i(s_t)`` and ``b(s_t)`` at every state they visit. Weights are the gradient of ``Q_tot`` with respect
+to each agent's Q (and ``b`` its value at ``Q = 0``): exactly the function's weights when it is linear in
+Q, as every template-made function is; for any other function, its weights at ``Q = 0``. The plot puts
+them above what happened: the team reward and each agent's action.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qllm.rl.credit import SandboxCredit
+from qllm.envs import EnvInfo
+from qllm.rl.credit import SandboxCredit, SpecCredit
 from qllm.rl.evaluation import EVAL_SEED_OFFSET
 from qllm.rl.runner import GREEDY, ParallelRunner
-from qllm.rl.tfcaf import load_tfcaf
+from qllm.rl.tfcaf import TFCAFFile, read_tfcaf, validate_tfcaf
 from qllm.rl.train import load_trained_agent
 from qllm.sandbox import Sandbox
 
@@ -64,12 +65,7 @@ def credit_episode(run_dir: Path, credit_file: Path, episodes: int = EPISODES) -
     batch = batch[best : best + 1]
     info = runner.info
     steps = int(batch.filled[0].sum())
-    with Sandbox(spares=False) as sandbox:  # one worker validates the function, then computes its credit
-        tfcaf = load_tfcaf(credit_file, info, monotonic=config.tfcaf_monotonic, sandbox=sandbox)
-        # As in training: w(s) = dQ_tot/dQ and b(s) at Q = 0 (exact for functions linear in Q).
-        credit = SandboxCredit(tfcaf.source, info.n_agents, monotonic=config.tfcaf_monotonic, sandbox=sandbox)
-        with closing(credit):
-            values = credit(batch.state[0, :steps])
+    values = credit_of(read_tfcaf(credit_file, info), info, config.tfcaf_monotonic, batch.state[0, :steps])
     weights, bias = values[:, : info.n_agents], values[:, info.n_agents]
     return CreditEpisode(
         task=config.task,
@@ -80,6 +76,19 @@ def credit_episode(run_dir: Path, credit_file: Path, episodes: int = EPISODES) -
         actions=batch.actions[0, :steps].numpy(),
         rewards=batch.reward[0, :steps].numpy(),
     )
+
+
+def credit_of(file: TFCAFFile, info: EnvInfo, monotonic: bool, states: torch.Tensor) -> torch.Tensor:
+    """Each state's ``[w, b]`` as training computes it: from the spec for a compiled credit spec; else in
+    the sandbox, which validates the function first (``w(s) = dQ_tot/dQ`` and ``b(s)`` at ``Q = 0``,
+    exact for functions linear in Q)."""
+    if file.spec is not None:
+        return SpecCredit(file.source, file.spec)(states)
+    with Sandbox(spares=False) as sandbox:  # one worker validates the function, then computes its credit
+        tfcaf = validate_tfcaf(file, info, monotonic=monotonic, sandbox=sandbox)
+        credit = SandboxCredit(tfcaf.source, info.n_agents, monotonic=monotonic, sandbox=sandbox)
+        with closing(credit):
+            return credit(states)
 
 
 def plot_credit_episode(episode: CreditEpisode, out: Path, title: str) -> Path:

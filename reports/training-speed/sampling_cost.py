@@ -4,8 +4,8 @@ vs_epymarl.py samples each run's process tree while it runs; reading a process's
 the kernel walk all its mappings, about 5 ms for a torch-sized process, on the same two cores the run
 uses. This script runs one side's command (``--side``: EPyMARL's schedule b, or qllm's preset) as whole
 processes, alternating between PSS read at every ``--interval`` tick (as vs_epymarl.py did before
-``--pss-interval``) and every ``--pss-interval`` s, and prints each run's wall time and the CPU time the
-sampling took, then the medians.
+``--pss-interval``) and every ``--pss-interval`` s (its default), with the same seed within a pair, and
+prints each run's wall time and the CPU time the sampling took, then the medians.
 
 Run:  .venv/bin/python reports/training-speed/sampling_cost.py --epymarl /work/epymarl --side qllm [--pairs 3]
 """
@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=50_000)
     parser.add_argument("--interval", type=float, default=0.1)
-    parser.add_argument("--pss-interval", type=float, default=0.5)
+    parser.add_argument("--pss-interval", type=float, default=2.0)
     args = parser.parse_args()
     args.epymarl = args.epymarl.resolve()
     args.epymarl_python = args.epymarl / ".venv" / "bin" / "python"
@@ -38,12 +38,15 @@ def main() -> None:
     ways = {"PSS every tick": args.interval, f"PSS every {args.pss_interval} s": args.pss_interval}
     walls: dict[str, list[float]] = {way: [] for way in ways}
     with tempfile.TemporaryDirectory() as folder:
-        tmp = Path(folder)
-        vs_epymarl.prepare(tmp)
+        folders = {way: Path(folder) / str(k) for k, way in enumerate(ways)}  # run folders apart
+        for way_folder in folders.values():
+            way_folder.mkdir()
+            vs_epymarl.prepare(way_folder)
         for pair in range(args.pairs):
             order = list(ways) if pair % 2 == 0 else list(reversed(ways))
             for way in order:
-                row = measure(side, pair, args, tmp, ways[way])
+                args.pss_interval = ways[way]
+                row = vs_epymarl.measure(side, "b", 100 + pair, args, folders[way])  # one seed per pair
                 walls[way].append(row["wall_s"])
                 print(
                     f"pair {pair + 1} {way:18s} wall {row['wall_s']:6.1f} s, sampling "
@@ -52,12 +55,6 @@ def main() -> None:
                 )
     for way, values in walls.items():
         print(f"median {way:18s} {statistics.median(values):6.1f} s ({min(values):.1f}-{max(values):.1f})")
-
-
-def measure(side: str, pair: int, args: argparse.Namespace, tmp: Path, pss_interval: float) -> dict:
-    """One run through vs_epymarl.measure, with this PSS sampling period."""
-    args.pss_interval = pss_interval
-    return vs_epymarl.measure(side, "b", 100 + pair * 10 + int(pss_interval * 10), args, tmp)
 
 
 if __name__ == "__main__":
