@@ -10,7 +10,11 @@ llama.cpp's grammar makes every reply well-formed. So in *spec mode* the coder a
                                     "strength": "strong"}, ...]}
 
 and :func:`compile_spec` turns it into an ordinary ``agent_weight(s, i)``, which the code template
-(:mod:`qllm.agents.template`) assembles into a TFCAF that is validated like any other.
+(:mod:`qllm.agents.template`) assembles into a TFCAF that is validated like any other. The file keeps
+the spec in its header too (:func:`spec_file`), so that training computes its weights from the spec
+(:class:`SpecWeights`, numpy over whole batches, the compiled file's numbers bit for bit) instead of
+running the file in the sandbox; :func:`compiled_spec` recognises a file only if it is byte for byte
+what qllm makes of that spec.
 
 The quantities come from the state schema, never from a hand-written list per task
 (:func:`per_agent_quantities`): every per-agent scalar field (``agent_level``), every column of a
