@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_training_safety import SHORT  # the short run the training-safety tests train
 
 from qllm.agents.modes import writing_mode
 from qllm.agents.spec import (
@@ -184,12 +185,6 @@ def test_states_holding_nan_where_the_spec_reads_stop_its_credit() -> None:
     states[5, credit.weights.columns[0]] = float("inf")
     with pytest.raises(CreditFunctionError, match=r"1 of \d+ new states hold NaN or infinite values where"):
         credit.begin(states).result()
-
-
-SHORT = {
-    "steps": 600, "checkpoint_interval": 200, "eval_interval": 300, "eval_episodes": 2, "log_interval": 100,
-    "batch_size": 4, "buffer_size": 64, "envs": 2, "target_update_interval": 4,
-}  # fmt: skip
 
 
 def test_training_on_a_compiled_spec_starts_no_sandbox_and_learns_what_the_sandbox_would(

@@ -136,13 +136,12 @@ class EntityDistance:
         agents = states[:, self.agents.slice].reshape(-1, self.agents.count, dims)[:, :n_agents]
         entities = states[:, self.entities.slice].reshape(-1, self.entities.count, dims)
         differences = agents[:, :, None, :] - entities[:, None, :, :]
-        # The template's manhattan() and distance(): sum(...) starts from 0, and `x ** 2` is C's pow(),
-        # which is not always x * x (it differs in the last bit for about 1 in 1,000 numbers).
-        total = np.zeros(differences.shape[:-1])
-        for k in range(dims):
-            d = differences[..., k]
-            total = total + (np.abs(d) if self.grid else _python_squares(d))
-        distances = total if self.grid else np.sqrt(total)
+        # The template's manhattan() and distance(); `x ** 2` is C's pow(), which is not always x * x (it
+        # differs in the last bit for about 1 in 1,000 numbers).
+        if self.grid:
+            distances = _python_sum(np.abs(differences))
+        else:
+            distances = np.sqrt(_python_sum(_python_squares(differences)))
         if self.entities.count == 1:
             return distances[..., 0]
         if not self.grid:
@@ -153,6 +152,14 @@ class EntityDistance:
 
 
 Measure = FieldColumn | OwnAction | EntityDistance
+
+
+def _python_sum(values: np.ndarray) -> np.ndarray:
+    """``sum()`` over the last axis as Python 3.11 adds floats: in order, starting from 0."""
+    total = np.zeros(values.shape[:-1])
+    for k in range(values.shape[-1]):
+        total = total + values[..., k]
+    return total
 
 
 def _python_squares(values: np.ndarray) -> np.ndarray:
@@ -423,9 +430,7 @@ class SpecWeights:
             bad = int((~np.isfinite(score)).any(axis=1).sum())
             raise ValueError(f"the spec's weights are NaN or infinite in {bad} of {len(rows)} states")
         weights = np.array([math.exp(v) for v in score.ravel().tolist()]).reshape(score.shape)
-        total = np.zeros(rows.shape[0])
-        for agent in range(self.n_agents):
-            total = total + weights[:, agent]
+        total = _python_sum(weights)
         floor, positive = self.credit_floor, (total > 0)[:, None]
         normalised = floor + (1.0 - floor) * weights * self.n_agents / np.where(positive, total[:, None], 1.0)
         return np.where(positive, normalised, 1.0).astype(np.float32)
@@ -433,10 +438,7 @@ class SpecWeights:
 
 def _standings(values: np.ndarray) -> np.ndarray:
     """``relative()`` of every agent at once: ``(v - mean) / max |v - mean|``, 0 where all are equal."""
-    total = np.zeros(values.shape[0])
-    for agent in range(values.shape[1]):
-        total = total + values[:, agent]
-    deviations = values - (total / values.shape[1])[:, None]
+    deviations = values - (_python_sum(values) / values.shape[1])[:, None]
     spread = np.abs(deviations).max(axis=1, keepdims=True)
     return np.where(spread == 0, 0.0, deviations / np.where(spread == 0, 1.0, spread))
 
