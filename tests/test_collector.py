@@ -1,12 +1,14 @@
 """Collecting ahead in a second process: the same episodes as in line for the same weights, the weights as
 they were when the batch was asked for, an environment's error raised as collecting in line raises it, a
 collector that dies stopping training with one clear line, and either leaving no process behind and the
-checkpoints to resume from."""
+checkpoints to resume from; asking for each batch before the update or after its unroll, the same run,
+and the faster of the two chosen by timing."""
 
 from __future__ import annotations
 
 import copy
 import gc
+import itertools
 import json
 import multiprocessing
 import os
@@ -17,11 +19,14 @@ from typing import Any
 import pytest
 import torch
 
+import qllm.rl.learner
 import qllm.rl.runner
 from qllm.envs import MultiAgentEnv, TimeStep, task_info
 from qllm.rl import preset, train
 from qllm.rl.agent import RNNAgent, build_agent
 from qllm.rl.collector import (
+    Ask,
+    AskSchedule,
     Collected,
     InlineCollector,
     ProcessCollector,
@@ -35,6 +40,7 @@ from qllm.rl.collector import (
 )
 from qllm.rl.config import TrainConfig
 from qllm.rl.evaluation import Evaluator
+from qllm.rl.learner import QLearner, gradient_step
 from qllm.rl.logger import METRICS_FILE, read_metrics, series
 from qllm.rl.runner import EpsilonGreedy, ParallelRunner
 from qllm.rl.train import FINAL_MODEL, RunError, TrainingError, checkpoints
@@ -191,6 +197,163 @@ def test_each_evaluation_is_logged_once_at_the_step_it_was_begun(collect_ahead: 
     # The first batch, the first past 300 steps, the run's end (600 is due in the loop too: once).
     assert len(steps) == 3 and steps == sorted(steps)
     assert steps[0] <= 100 and 300 <= steps[1] <= 400 and steps[2] == result.t_env  # batches: 2 x 50 steps
+
+
+# --- when to ask: before the update or after its unroll -------------------------------------------------
+
+
+def test_asking_before_the_update_or_after_its_unroll_gives_the_same_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    requests: list[tuple[dict[str, torch.Tensor], list[int], float, torch.Tensor]] = []
+    submit, update, unroll, step = ProcessCollector.submit, QLearner.update, RNNAgent.unroll, gradient_step
+
+    def recorded(name: str, function: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            events.append(name)
+            return function(*args, **kwargs)
+
+        return call
+
+    def recorded_submit(
+        collector: ProcessCollector, agent: RNNAgent, seeds: list[int], behaviour: Any
+    ) -> None:
+        weights = {name: tensor.clone() for name, tensor in agent.state_dict().items()}
+        requests.append((weights, seeds, behaviour.epsilon, collector.generator.get_state()))
+        events.append("ask")
+        submit(collector, agent, seeds, behaviour)
+
+    monkeypatch.setattr(ProcessCollector, "submit", recorded_submit)
+    monkeypatch.setattr(QLearner, "update", recorded("update", update))
+    monkeypatch.setattr(RNNAgent, "unroll", recorded("unroll", unroll))
+    monkeypatch.setattr(qllm.rl.learner, "gradient_step", recorded("step", step))
+    # Mostly greedy: the batches then depend on the weights the collector was given.
+    config = preset("qmix", task=TASK, **SHORT, epsilon_start=0.1, epsilon_finish=0.1)
+    runs, asked = {}, {}
+    for ask in Ask:
+        monkeypatch.setattr(AskSchedule, "ask", lambda schedule, ask=ask: ask)
+        events.clear()
+        runs[ask] = train(config, runs_dir=tmp_path / ask.name)
+        asked[ask], requests[:] = list(requests), []
+        updates = [i for i, event in enumerate(events) if event == "update"]
+        if ask is Ask.BEFORE_UPDATE:
+            expected, first = ["ask", "update", "unroll", "unroll", "step"], 1
+        else:
+            expected, first = ["update", "unroll", "unroll", "ask", "step"], 0
+        # Every update but the run's last, which has no batch after it to ask for.
+        assert len(updates) >= 5
+        assert all(events[i - first : i - first + 5] == expected for i in updates[:-1]), events
+    # The collector was asked with the same weights, seeds, exploration and generator state either way.
+    assert len(asked[Ask.BEFORE_UPDATE]) == len(asked[Ask.AFTER_UNROLL]) > 5
+    for (weights_b, *request_b), (weights_a, *request_a) in zip(*asked.values(), strict=True):
+        assert all(torch.equal(weights_b[name], weights_a[name]) for name in weights_b)
+        assert request_b[:2] == request_a[:2] and torch.equal(request_b[2], request_a[2])
+    before, after = (runs[ask].run_dir for ask in (Ask.BEFORE_UPDATE, Ask.AFTER_UNROLL))
+    assert (before / METRICS_FILE).read_text() == (after / METRICS_FILE).read_text()
+    model_before, model_after = torch.load(before / FINAL_MODEL), torch.load(after / FINAL_MODEL)
+    for network in ("agent", "mixer"):
+        for name, tensor in model_before[network].items():
+            assert torch.equal(tensor, model_after[network][name]), (network, name)
+
+
+def test_the_loop_consults_the_ask_schedule_at_each_update_with_a_batch_to_follow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    ask, batch_taken, update = AskSchedule.ask, AskSchedule.batch_taken, QLearner.update
+
+    def recorded(name: str, function: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            calls.append(name)
+            return function(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(AskSchedule, "ask", recorded("ask", ask))
+    monkeypatch.setattr(AskSchedule, "batch_taken", recorded("take", batch_taken))
+    monkeypatch.setattr(QLearner, "update", recorded("update", update))
+    train(preset("qmix", task=TASK, **SHORT), runs_dir=tmp_path)
+    updates = calls.count("update")
+    assert updates >= 5
+    # Asked once per update but the last (no batch after it), each ask's batch taken before the next ask.
+    assert calls.count("ask") == updates - 1
+    asks = [i for i, call in enumerate(calls) if call == "ask"]
+    assert all("take" in calls[i:j] for i, j in itertools.pairwise(asks))
+
+
+class TickingClock:
+    """A clock that the test moves on by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def periods(schedule: AskSchedule, clock: TickingClock, seconds: dict[Ask, float], count: int) -> str:
+    """Run ``count`` periods, each asked as the schedule says and taking ``seconds[ask]``; the asks made,
+    as letters (B: before the update, A: after its unroll)."""
+    made = ""
+    for _ in range(count):
+        ask = schedule.ask()
+        clock.now += seconds[ask]
+        schedule.batch_taken()
+        made += ask.name[0]
+    return made
+
+
+def test_the_ask_schedule_tries_both_in_turn_then_keeps_the_faster_and_tries_the_other_again() -> None:
+    clock = TickingClock()
+    schedule = AskSchedule(clock)
+    schedule.batch_taken()  # the run's first batch: no period before it
+    trial, keep = AskSchedule.TRIAL, AskSchedule.EXPLOIT
+    qllm_preset = {Ask.BEFORE_UPDATE: 0.097, Ask.AFTER_UNROLL: 0.070}
+    assert periods(schedule, clock, qllm_preset, 2 * trial + keep) == "BA" * trial + "A" * keep
+    # Each trial the way in use wins doubles how long it is kept (the other way goes first in a trial).
+    assert periods(schedule, clock, qllm_preset, 2 * trial + 2 * keep) == "BA" * trial + "A" * 2 * keep
+    # The collection grows longer beside the update: asking before it becomes the faster, and takes over.
+    later = {Ask.BEFORE_UPDATE: 0.040, Ask.AFTER_UNROLL: 0.050}
+    made = periods(schedule, clock, later, 2 * trial + keep + 2 * trial)
+    assert made == "BA" * trial + "B" * keep + "AB" * trial
+
+
+def test_the_ask_schedule_does_not_switch_on_a_difference_within_the_margin() -> None:
+    clock = TickingClock()
+    schedule = AskSchedule(clock)
+    schedule.batch_taken()
+    trial, keep = AskSchedule.TRIAL, AskSchedule.EXPLOIT
+    periods(schedule, clock, {Ask.BEFORE_UPDATE: 0.090, Ask.AFTER_UNROLL: 0.080}, 2 * trial + keep)
+    almost = {Ask.BEFORE_UPDATE: 0.080 * (1 - AskSchedule.MARGIN / 2), Ask.AFTER_UNROLL: 0.080}
+    made = periods(schedule, clock, almost, 2 * trial + 2 * keep)
+    assert made == "BA" * trial + "A" * 2 * keep
+
+
+def test_the_ask_schedule_judges_a_trial_by_its_medians_not_by_one_slow_period() -> None:
+    clock = TickingClock()
+    schedule = AskSchedule(clock)
+    schedule.batch_taken()
+    made = ""
+    for index in range(2 * AskSchedule.TRIAL + 1):
+        ask = schedule.ask()
+        # An evaluation the collector plays in its idle time slows one period of the faster way.
+        clock.now += (0.5 if index == 1 else 0.070) if ask is Ask.AFTER_UNROLL else 0.097
+        schedule.batch_taken()
+        made += ask.name[0]
+    assert made == "BA" * AskSchedule.TRIAL + "A"
+
+
+def test_a_period_counts_only_when_its_batch_was_asked_for_by_the_schedule_and_not_the_first() -> None:
+    clock = TickingClock()
+    schedule = AskSchedule(clock)
+    for _ in range(5):  # batches with no update (the replay buffer filling): asked before, not timed
+        clock.now += 10.0
+        schedule.batch_taken()
+    assert all(len(seconds) == 0 for seconds in schedule.trial.values())
+    periods(schedule, clock, {Ask.BEFORE_UPDATE: 0.5, Ask.AFTER_UNROLL: 0.25}, 4)
+    # The first update's period is left out: it allocates what the later ones reuse.
+    assert schedule.trial == {Ask.BEFORE_UPDATE: [0.5], Ask.AFTER_UNROLL: [0.25, 0.25]}
 
 
 class FailingEnv:

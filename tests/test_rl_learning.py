@@ -4,6 +4,7 @@ the TFCAF slot, and exact resume."""
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -193,6 +194,40 @@ def test_hard_target_update_waits_for_the_interval() -> None:
     learner.update(batch, new_episodes=2)
     assert torch.equal(learner.target_agent.state_dict()[fc], agent.state_dict()[fc])
     assert all(not p.requires_grad for p in learner.target_agent.parameters())
+
+
+@pytest.mark.parametrize("collect_ahead", [True, False])
+def test_after_unroll_comes_once_both_networks_are_unrolled_and_before_the_weights_change(
+    collect_ahead: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner, batch, agent = _collect("lbf-5x5-2p-1f")
+    learner = _learner(agent, runner, collect_ahead=collect_ahead)
+    unrolled_on: list[str] = []  # the thread each network was unrolled on
+    unroll = RNNAgent.unroll
+
+    def recorded_unroll(network: RNNAgent, inputs: torch.Tensor) -> torch.Tensor:
+        unrolled_on.append(threading.current_thread().name)
+        return unroll(network, inputs)
+
+    monkeypatch.setattr(RNNAgent, "unroll", recorded_unroll)
+    weights = {name: p.clone() for name, p in agent.state_dict().items()}
+    seen: list[tuple[int, bool]] = []  # at each call: networks unrolled, weights unchanged
+
+    def after_unroll() -> None:
+        unchanged = all(torch.equal(p, weights[name]) for name, p in agent.state_dict().items())
+        seen.append((len(unrolled_on), unchanged))
+
+    learner.update(batch, new_episodes=2, after_unroll=after_unroll)
+    assert seen == [(2, True)]
+    assert not all(torch.equal(p, weights[name]) for name, p in agent.state_dict().items())
+    # Given after_unroll, the second core is the learner's until it is called: the target network
+    # unrolls on a thread of its own, collecting ahead or not.
+    main = threading.current_thread().name
+    assert sorted(name != main for name in unrolled_on) == [False, True]
+    # Without it, collecting ahead, the collection has that core: both unroll in line.
+    unrolled_on.clear()
+    learner.update(batch, new_episodes=2)
+    assert sorted(name != main for name in unrolled_on) == [False, not collect_ahead]
 
 
 def test_soft_target_update_moves_by_tau() -> None:

@@ -23,7 +23,7 @@ import qllm.sandbox.restricted
 from qllm.envs.episodes import Episodes
 from qllm.rl import preset, train
 from qllm.rl.agent import RNNAgent
-from qllm.rl.collector import Collected, ProcessCollector
+from qllm.rl.collector import Ask, AskSchedule, Collected, ProcessCollector
 from qllm.rl.credit import SandboxCredit
 from qllm.rl.learner import QLearner
 from qllm.rl.mixers import MIXERS, QMIX
@@ -155,6 +155,9 @@ def test_a_batchs_credit_is_computed_while_the_next_batch_is_collected(
     monkeypatch.setattr(ProcessCollector, "submit", recorded_submit)
     monkeypatch.setattr(ProcessCollector, "result", recorded_result)
     monkeypatch.setattr(SandboxCredit, "__call__", recorded_credit)
+    # Asked for after the update's unroll instead, the next batch is collected beside the backward pass,
+    # and the credit beside the unroll (the test below).
+    monkeypatch.setattr(AskSchedule, "ask", lambda schedule: Ask.BEFORE_UPDATE)
     train_with_vdn_credit(tmp_path)
     # Each batch is taken, the next one asked for, and only then its credit computed (a sandbox call), so
     # the collector collects meanwhile; the last batch has none after it.

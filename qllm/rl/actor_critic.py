@@ -122,6 +122,9 @@ class ActorCriticLearner:
     def networks(self) -> dict[str, nn.Module]:
         return {"agent": self.agent, "critic": self.critic}
 
+    def close(self) -> None:
+        """Nothing to release besides the networks."""
+
     def rewards(self, batch: Episodes) -> torch.Tensor:
         """The batch's rewards, standardised by running statistics (updated with them) if configured."""
         if not self.config.standardise_rewards:

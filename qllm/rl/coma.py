@@ -75,9 +75,17 @@ class COMALearner(ActorCriticLearner):
         (self.target_critic,) = self.targets.networks
 
     def update(
-        self, batch: Episodes, new_episodes: int, pending_credit: Callable[[], torch.Tensor] | None = None
+        self,
+        batch: Episodes,
+        new_episodes: int,
+        pending_credit: Callable[[], torch.Tensor] | None = None,
+        after_unroll: Callable[[], None] | None = None,
     ) -> ActorCriticStats:
-        """One update of the critic and the actors; ``pending_credit`` is never given (no credit function)."""
+        """One update of the critic and the actors; ``pending_credit`` is never given (no credit function);
+        ``after_unroll`` is called at once, if given (an on-policy learner's batches are collected in line,
+        so the training loop gives none)."""
+        if after_unroll is not None:
+            after_unroll()
         cfg = self.config
         rewards = self.rewards(batch)
         mask = batch.filled.unsqueeze(-1)  # [B, T, 1]: every agent acts at every real step

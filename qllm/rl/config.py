@@ -50,15 +50,17 @@ class TrainConfig:
     threads: int = 1
     """CPU threads for each torch operation. One is fastest for these small networks (measured on 2
     cores), and several runs sharing a machine (sweeps) do not oversubscribe its cores: OpenMP threads
-    spinning against another process's threads slowed training by more than 10x here. (Collecting in
-    line, the q learner also unrolls its target network on a second Python thread, beside the online
-    one, each unroll with these threads: no spinning, and the same results.)"""
+    spinning against another process's threads slowed training by more than 10x here. (Where the second
+    core is free, the q learner also unrolls its target network on a second Python thread, beside the
+    online one, each unroll with these threads: no spinning, and the same results.)"""
     collect_ahead: bool = True
     """Off-policy learners (q, maddpg): a second process collects the next batch of episodes while the
     learner updates on the last, acting with the weights from before that update (one update behind)
     instead of after it, so collection and update use two cores at once. False collects in line, one
     thing after the other, as EPyMARL does (and as qllm did before this setting existed: the same numbers
-    bit for bit). On-policy learners (coma) always collect in line. Where every core already runs a
+    bit for bit). Each batch is asked for before the update or once the update has unrolled its networks,
+    whichever the run has timed to be faster (:class:`qllm.rl.collector.AskSchedule`; the same numbers
+    either way). On-policy learners (coma) always collect in line. Where every core already runs a
     training (a sweep), it adds processes, not cores."""
 
     # exploration (epsilon-greedy, q learner only: the actor-critic learners sample from their policy)

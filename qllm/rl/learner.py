@@ -8,10 +8,11 @@ targets, reward standardisation, target networks and the clipped gradient step b
 
 ``QLearner.update`` is one gradient step on a batch of episodes:
 
-1. unroll the online and target agent networks over the whole episodes (``T + 1`` states), the target
-   network's on a second thread while this one unrolls the online network (the GRU kernels release the
-   GIL, so the two use both cores; each is the same single-threaded computation as in line, so the
-   numbers are bit for bit the same);
+1. unroll the online and target agent networks over the whole episodes (``T + 1`` states); where the
+   second core is free meanwhile, the target network's on a second thread while this one unrolls the
+   online network (the GRU kernels release the GIL, so the two use both cores; each is the same
+   single-threaded computation as in line, so the numbers are bit for bit the same). Then the training
+   loop may start collecting its next batch (``after_unroll``), beside the rest of the update;
 2. pick next actions with the online network among available actions (double Q), evaluate them with
    the target network, and mix them with the target mixer into state values ``V[t]``;
 3. build TD(lambda) targets from rewards, terminal flags and ``V`` (:func:`td_lambda_targets`);
@@ -67,12 +68,19 @@ class Learner(Protocol):
         ...
 
     def update(
-        self, batch: Episodes, new_episodes: int, pending_credit: Callable[[], torch.Tensor] | None = None
+        self,
+        batch: Episodes,
+        new_episodes: int,
+        pending_credit: Callable[[], torch.Tensor] | None = None,
+        after_unroll: Callable[[], None] | None = None,
     ) -> DataclassInstance:
         """Learn from ``batch``; ``new_episodes`` were collected since the last call. ``pending_credit``,
         given only to a learner with a :attr:`credit`: the batch's credit, which is not in ``batch.credit``
-        (the newest states' is still being computed), called when it is needed. Returns scalar diagnostics
-        (a dataclass), logged under ``losses/``."""
+        (the newest states' is still being computed), called when it is needed. ``after_unroll``, if given,
+        is called once, before any parameter changes, when the learner has unrolled its networks: the
+        training loop starts collecting its next batch there, to run beside the rest of the update (the
+        backward pass, on one core); until then the machine's second core is the learner's. Returns scalar
+        diagnostics (a dataclass), logged under ``losses/``."""
         ...
 
     def networks(self) -> dict[str, nn.Module]:
@@ -82,6 +90,11 @@ class Learner(Protocol):
     def state_dict(self) -> dict[str, object]: ...
 
     def load_state_dict(self, state: dict[str, object]) -> None: ...
+
+    def close(self) -> None:
+        """Release what the learner holds besides its networks (a thread, say); the training loop calls
+        it when the run ends, however it ends."""
+        ...
 
 
 def td_lambda_targets(
@@ -274,14 +287,9 @@ class QLearner:
         self.parameters = [*agent.parameters(), *mixer.parameters()]
         self.optimiser = FusedAdam(self.parameters, config.lr)
         self.reward_stats = RunningMeanStd()
-        self._target_thread = (
-            None
-            if config.collect_ahead
-            else ThreadPoolExecutor(max_workers=1, thread_name_prefix="qllm-target-unroll")
-        )
+        self._target_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qllm-target-unroll")
         """Unrolls the target agent network while the caller unrolls the online one, where the second core
-        is free: collecting in line. Collecting ahead, the collector process has it, and a third busy
-        thread made the updates 10% slower (20k steps of ``qmix`` on lbf-8x8-2p-2f, 2 cores)."""
+        is free (:meth:`second_core_free`)."""
 
     def behaviour(self, t_env: int) -> EpsilonGreedy:
         return EpsilonGreedy(epsilon_at(self.config, t_env))
@@ -290,26 +298,39 @@ class QLearner:
         return {"agent": self.agent, "mixer": self.mixer}
 
     def update(
-        self, batch: Episodes, new_episodes: int, pending_credit: Callable[[], torch.Tensor] | None = None
+        self,
+        batch: Episodes,
+        new_episodes: int,
+        pending_credit: Callable[[], torch.Tensor] | None = None,
+        after_unroll: Callable[[], None] | None = None,
     ) -> UpdateStats:
-        """One gradient step; ``new_episodes`` collected since the last call drive hard target updates."""
+        """One gradient step; ``new_episodes`` collected since the last call drive hard target updates;
+        ``after_unroll`` is called once both agent networks are unrolled."""
         if self.config.standardise_rewards:
             self.reward_stats.update(batch.reward[batch.filled.bool()])
-        loss, stats = self.loss(batch, pending_credit)
+        loss, stats = self.loss(batch, pending_credit, after_unroll)
         grad_norm = gradient_step(self.optimiser, loss, self.parameters, self.config.grad_clip)
         self.targets.update(new_episodes)
         return UpdateStats(loss=float(loss.detach()), grad_norm=grad_norm, **stats)
 
     def loss(
-        self, batch: Episodes, pending_credit: Callable[[], torch.Tensor] | None = None
+        self,
+        batch: Episodes,
+        pending_credit: Callable[[], torch.Tensor] | None = None,
+        after_unroll: Callable[[], None] | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """The masked mean squared TD error of ``Q_tot`` against TD(lambda) targets (and diagnostics)."""
+        """The masked mean squared TD error of ``Q_tot`` against TD(lambda) targets (and diagnostics);
+        calls ``after_unroll`` (the training loop's request for its next batch) once both agent networks
+        are unrolled."""
         cfg = self.config
         rewards = self.reward_stats.standardise(batch.reward) if cfg.standardise_rewards else batch.reward
         inputs = episode_inputs(batch, self.n_actions)  # [B, T+1, n, D]
-        target_q = self._target_thread.submit(self._target_unroll, inputs) if self._target_thread else None
+        beside = self.second_core_free(after_unroll)
+        target_q = self._target_thread.submit(self._target_unroll, inputs) if beside else None
         q = self.agent.unroll(inputs)  # [B, T+1, n, A]
         target = target_q.result() if target_q else self._target_unroll(inputs)
+        if after_unroll is not None:
+            after_unroll()
         q_taken = q[:, :-1].gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)  # [B, T, n]
         # The credit last: both unrolls above are time the sandbox has to compute the newest states'.
         mixing = self._mixing(batch, pending_credit)  # [B, T+1, S or n+1]
@@ -329,6 +350,18 @@ class QLearner:
                 "target_mean": float(torch.where(mask.bool(), targets, 0.0).sum() / mask.sum()),
             }
         return loss, stats
+
+    def close(self) -> None:
+        """End the target network's unroll thread (idle between updates): a trainer that goes on in this
+        process (a sweep's, a test's) forks its next collector with no thread of this one left."""
+        self._target_thread.shutdown()
+
+    def second_core_free(self, after_unroll: Callable[[], None] | None) -> bool:
+        """Whether the machine's second core is free while the networks unroll: collecting in line (the
+        collection waits for the update), or with the collection ahead asked for only after the unroll.
+        A collection running beside the unrolls has that core; a third busy thread made the updates 10%
+        slower (20k steps of ``qmix`` on lbf-8x8-2p-2f, 2 cores)."""
+        return not self.config.collect_ahead or after_unroll is not None
 
     def _mixing(self, batch: Episodes, pending_credit: Callable[[], torch.Tensor] | None) -> torch.Tensor:
         """What the mixer reads of each state: its credit (waited for if still being computed), or itself."""

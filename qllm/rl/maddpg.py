@@ -62,9 +62,16 @@ class MADDPGLearner(ActorCriticLearner):
         return critic(state, per_agent_actions(onehot, hide_own=False)).squeeze(-1)
 
     def update(
-        self, batch: Episodes, new_episodes: int, pending_credit: Callable[[], torch.Tensor] | None = None
+        self,
+        batch: Episodes,
+        new_episodes: int,
+        pending_credit: Callable[[], torch.Tensor] | None = None,
+        after_unroll: Callable[[], None] | None = None,
     ) -> ActorCriticStats:
-        """One update of the critic and the actors; ``pending_credit`` is never given (no credit function)."""
+        """One update of the critic and the actors; ``pending_credit`` is never given (no credit function);
+        ``after_unroll`` is called at once (no part of this update leaves a core free)."""
+        if after_unroll is not None:
+            after_unroll()
         cfg = self.config
         rewards = self.rewards(batch)
         mask = batch.filled.unsqueeze(-1)  # [B, T, 1]

@@ -12,8 +12,9 @@ uninterrupted run would have: every source of randomness is either saved (the to
 drives exploration and sampling) or derived from counters (environment reset seeds), and a batch of
 episodes collected but not yet learned from is saved with the checkpoint.
 
-The next batch of episodes is asked for before each update and taken after it: an off-policy learner's
-is collected meanwhile in a second process (``collect_ahead``), see :mod:`qllm.rl.collector`.
+The next batch of episodes is asked for before each update, or during it once its networks are unrolled,
+and taken after it: an off-policy learner's is collected meanwhile in a second process (``collect_ahead``),
+see :mod:`qllm.rl.collector`.
 """
 
 from __future__ import annotations
@@ -37,7 +38,15 @@ from qllm.envs.episodes import Episodes
 from qllm.envs.tasks import folder_name
 from qllm.rl.agent import RNNAgent, build_agent
 from qllm.rl.buffer import ReplayBuffer
-from qllm.rl.collector import Collected, CollectorError, EpisodeCollector, InlineCollector, ProcessCollector
+from qllm.rl.collector import (
+    Ask,
+    AskSchedule,
+    Collected,
+    CollectorError,
+    EpisodeCollector,
+    InlineCollector,
+    ProcessCollector,
+)
 from qllm.rl.coma import COMALearner
 from qllm.rl.config import TrainConfig
 from qllm.rl.credit import Credit, CreditFunctionError, SandboxCredit, SpecCredit
@@ -263,6 +272,7 @@ def train(
             # its threads and the sandbox worker's pipes must not be inherited.
             collector = resources.enter_context(closing(episode_collector(config, generator, device)))
             learner = LEARNERS[config.algo].build(config, info, device)
+            resources.callback(learner.close)
             if learner.credit is not None:
                 resources.callback(close_meanwhile, learner.credit)
             run_dir = resume if resume is not None else new_run_dir(config, runs_dir, run_name)
@@ -276,7 +286,10 @@ def train(
             logger = resources.enter_context(
                 closing(MetricsLogger(run_dir, resume_step=at.t_env if resume is not None else None))
             )
-            run = TrainingRun(config, run_dir, device, learner, buffer, generator, collector, logger)
+            ask_schedule = AskSchedule() if isinstance(collector, ProcessCollector) else None
+            run = TrainingRun(
+                config, run_dir, device, learner, buffer, generator, collector, logger, ask_schedule
+            )
 
             # --- the loop, then the final evaluation ------------------------------------------------
             run.loop(at, pending, on_progress)
@@ -329,6 +342,8 @@ class TrainingRun:
     generator: torch.Generator
     collector: EpisodeCollector
     logger: MetricsLogger
+    ask_schedule: AskSchedule | None = None
+    """When to ask a process collector for each batch (None: the collection is in line, at the take)."""
     evaluating_at: int | None = None
     """The step of the evaluation begun and not yet logged, if one is."""
     test_return: float | None = None
@@ -338,8 +353,9 @@ class TrainingRun:
         self, at: Counters, pending: Collected | None, on_progress: Callable[[Progress], None] | None
     ) -> None:
         """Train until ``config.steps``, counting in ``at``, starting from the batch in hand (``pending``)
-        if there is one: learn from it (asking for the next batch before the update), begin an evaluation
-        and log when due, take the next batch, save a checkpoint (with that batch) when one is due.
+        if there is one: learn from it (asking for the next batch before or during the update), begin an
+        evaluation and log when due, take the next batch, save a checkpoint (with that batch) when one is
+        due.
 
         An evaluation is played by the collector (a process collector, in the time it waits between
         batches) and logged, at the step it was begun, when the next one begins or a checkpoint is saved,
@@ -373,26 +389,43 @@ class TrainingRun:
                 on_progress(Progress(at.t_env, config.steps, returns, epsilon, self.test_return))
 
     def learn(self, collected: Collected, at: Counters) -> DataclassInstance | None:
-        """Store the batch and count it, ask for the next batch, then update once there is enough to
-        learn from, labelling the new states with their credit meanwhile if the learner needs it;
-        returns the update's diagnostics."""
+        """Store the batch and count it, ask for the next batch (now, or from within the update once its
+        networks are unrolled: :meth:`when_to_ask`), update once there is enough to learn from, labelling
+        the new states with their credit meanwhile if the learner needs it; returns the update's
+        diagnostics."""
         before = replace(at, returns_since_log=[])
         episodes = len(collected.stats.returns)
         try:
             stored = store(collected.episodes, self.buffer, self.config.batch_size, self.generator)
             at.advance(collected.stats)
-            if at.t_env < self.config.steps:
-                self.ask_for_next_batch(at)  # a process collector collects it meanwhile
+            ask_next = partial(self.ask_for_next_batch, at) if at.t_env < self.config.steps else None
+            after_unroll = self.when_to_ask(stored, ask_next)
             new_credit = NewCredit.begin(self.learner, stored, self.buffer)
-            update = self.update(stored, episodes, new_credit)
+            update = self.update(stored, episodes, new_credit, after_unroll)
             if new_credit is not None:
                 new_credit.wait()  # in the replay buffer before the next draw, and a failure raised
             return update
         except (CreditFunctionError, NonFiniteError) as exc:
             raise TrainingError.at(exc, before, self.config, self.run_dir, episodes) from exc
 
+    def when_to_ask(self, stored: Stored, ask_next: Callable[[], None] | None) -> Callable[[], None] | None:
+        """Ask for the next batch (``ask_next``; None: the run needs none) now, or return it for the update
+        to call once its networks are unrolled, as the ask schedule says (a process collector's, when
+        there is an update)."""
+        if ask_next is None:
+            return None
+        schedule = self.ask_schedule
+        if schedule is not None and stored.drawn is not None and schedule.ask() is Ask.AFTER_UNROLL:
+            return ask_next
+        ask_next()  # a process collector collects it meanwhile
+        return None
+
     def update(
-        self, stored: Stored, new_episodes: int, new_credit: NewCredit | None
+        self,
+        stored: Stored,
+        new_episodes: int,
+        new_credit: NewCredit | None,
+        after_unroll: Callable[[], None] | None,
     ) -> DataclassInstance | None:
         """The learner's update on the drawn batch, if there is one yet; the credit of the new states, where
         it is being computed, is waited for only when the mixer needs it."""
@@ -401,7 +434,7 @@ class TrainingRun:
             return None
         steps = batch.filled.shape[1]
         pending_credit = None if new_credit is None else partial(new_credit.of_drawn, steps, self.device)
-        return self.learner.update(batch.to(self.device), new_episodes, pending_credit)
+        return self.learner.update(batch.to(self.device), new_episodes, pending_credit, after_unroll)
 
     def begin_evaluation(self, at: Counters) -> None:
         """Have the collector evaluate the acting network as it is now."""
@@ -435,7 +468,10 @@ class TrainingRun:
     def take_batch(self, at: Counters) -> Collected:
         """The batch asked for last."""
         with self.collector_failures(at):
-            return self.collector.result()
+            collected = self.collector.result()
+        if self.ask_schedule is not None:
+            self.ask_schedule.batch_taken()
+        return collected
 
     @contextmanager
     def collector_failures(self, at: Counters) -> Iterator[None]:
@@ -487,8 +523,8 @@ def store(
 ) -> Stored:
     """Put ``episodes`` in the replay buffer (an off-policy learner's) and draw the episodes to learn
     from once it holds ``batch_size`` of them. The draw does not depend on the credit of the new states, so
-    the sandbox computes it while the collector collects the next batch and the learner unrolls its
-    networks, and runs are the same as if the credit came first."""
+    the credit is computed while the learner unrolls its networks (and the collector collects the next
+    batch, if it was asked for before the update), and runs are the same as if the credit came first."""
     if buffer is None:
         return Stored(episodes)
     slots = buffer.insert(episodes)

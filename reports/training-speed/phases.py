@@ -8,6 +8,10 @@ function (its worker's start and close, the validation, the credit calls), and t
 wrap the functions by name, so a checkout of any qllm with the same functions can be timed with the same
 script: run it with that checkout's venv. Extra arguments go to `qllm train` (say, --collect-in-line).
 
+``--ask`` pins when each batch is asked for (``ask_pinned.py``); the line then also gives the updates'
+count and mean. The update's phase includes whatever it waits for, so with the batch asked for after the
+unroll it is the update's own time beside the collection.
+
 Run (before / after in turn):  BEFORE/.venv/bin/python reports/training-speed/phases.py --steps 20000
                                .venv/bin/python reports/training-speed/phases.py --steps 20000
       the qllm preset:         .venv/bin/python reports/training-speed/phases.py --mixer qllm --tfcaf FILE
@@ -33,6 +37,7 @@ from qllm.rl.runner import ParallelRunner  # noqa: E402
 from qllm.sandbox.client import Sandbox, SandboxWorker  # noqa: E402
 
 imported_s = time.perf_counter() - start
+
 spent: defaultdict[str, float] = defaultdict(float)
 
 
@@ -49,17 +54,37 @@ def timed(owner: Any, name: str, phase: str) -> None:
     setattr(owner, name, wrapper)
 
 
+def counted(owner: Any, name: str) -> list[None]:
+    """A list that grows by one at each call of ``owner.name``."""
+    calls: list[None] = []
+    function: Callable[..., Any] = getattr(owner, name)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        calls.append(None)
+        return function(*args, **kwargs)
+
+    setattr(owner, name, wrapper)
+    return calls
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--mixer", default="qmix")
     parser.add_argument("--task", default="lbf-8x8-2p-2f")
+    parser.add_argument("--ask", choices=["BEFORE_UPDATE", "AFTER_UNROLL"], help="ask for every batch so")
     args, extra = parser.parse_known_args()
+    if args.ask:  # imported only here: qllm before the ask schedule has none
+        from qllm.rl.collector import Ask, AskSchedule  # noqa: PLC0415
+
+        pinned = Ask[args.ask]
+        AskSchedule.ask = lambda schedule: pinned  # type: ignore[method-assign]
     timed(ParallelRunner, "run", "collect (in this process)")
     if hasattr(train_module, "TrainingRun"):
         timed(train_module.TrainingRun, "take_batch", "take the next batch (waiting included)")
     timed(QLearner, "__init__", "build the learner (networks, optimiser)")
     timed(QLearner, "update", "update")
+    updates = counted(QLearner, "update")
     for name, phase in [("save_checkpoint", "checkpoint"), ("log_training", "log"),
                         ("plot_learning_curve", "plot")]:  # fmt: skip
         timed(train_module, name, phase)
@@ -88,6 +113,9 @@ def main() -> None:
     phases = ", ".join(f"{phase} {seconds:.2f}" for phase, seconds in spent.items())
     total = time.perf_counter() - start
     print(f"import {imported_s:.2f}, {phases}, total {total:.2f} s", file=sys.stderr)
+    if args.ask and updates:
+        print(f"asked {args.ask}: {len(updates)} updates, {1e3 * spent['update'] / len(updates):.1f} ms each",
+              file=sys.stderr)  # fmt: skip
 
 
 if __name__ == "__main__":
