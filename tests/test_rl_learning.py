@@ -217,17 +217,20 @@ def test_after_unroll_comes_once_both_networks_are_unrolled_and_before_the_weigh
         unchanged = all(torch.equal(p, weights[name]) for name, p in agent.state_dict().items())
         seen.append((len(unrolled_on), unchanged))
 
-    learner.update(batch, new_episodes=2, after_unroll=after_unroll)
-    assert seen == [(2, True)]
-    assert not all(torch.equal(p, weights[name]) for name, p in agent.state_dict().items())
-    # Given after_unroll, the second core is the learner's until it is called: the target network
-    # unrolls on a thread of its own, collecting ahead or not.
-    main = threading.current_thread().name
-    assert sorted(name != main for name in unrolled_on) == [False, True]
-    # Without it, collecting ahead, the collection has that core: both unroll in line.
-    unrolled_on.clear()
-    learner.update(batch, new_episodes=2)
-    assert sorted(name != main for name in unrolled_on) == [False, not collect_ahead]
+    try:
+        learner.update(batch, new_episodes=2, after_unroll=after_unroll)
+        assert seen == [(2, True)]
+        assert not all(torch.equal(p, weights[name]) for name, p in agent.state_dict().items())
+        # Given after_unroll, the second core is the learner's until it is called: the target network
+        # unrolls on a thread of its own, collecting ahead or not.
+        main = threading.current_thread().name
+        assert sorted(name != main for name in unrolled_on) == [False, True]
+        # Without it, collecting ahead, the collection has that core: both unroll in line.
+        unrolled_on.clear()
+        learner.update(batch, new_episodes=2)
+        assert sorted(name != main for name in unrolled_on) == [False, not collect_ahead]
+    finally:
+        learner.close()  # later tests fork collectors: no thread of this learner left beside them
 
 
 def test_soft_target_update_moves_by_tau() -> None:
