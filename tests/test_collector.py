@@ -202,19 +202,22 @@ def test_each_evaluation_is_logged_once_at_the_step_it_was_begun(collect_ahead: 
 # --- when to ask: before the update or after its unroll -------------------------------------------------
 
 
+def recorded(events: list[str], name: str, function: Any) -> Any:
+    """``function``, appending ``name`` to ``events`` at each call."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        events.append(name)
+        return function(*args, **kwargs)
+
+    return call
+
+
 def test_asking_before_the_update_or_after_its_unroll_gives_the_same_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     events: list[str] = []
     requests: list[tuple[dict[str, torch.Tensor], list[int], float, torch.Tensor]] = []
     submit, update, unroll, step = ProcessCollector.submit, QLearner.update, RNNAgent.unroll, gradient_step
-
-    def recorded(name: str, function: Any) -> Any:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            events.append(name)
-            return function(*args, **kwargs)
-
-        return call
 
     def recorded_submit(
         collector: ProcessCollector, agent: RNNAgent, seeds: list[int], behaviour: Any
@@ -225,9 +228,9 @@ def test_asking_before_the_update_or_after_its_unroll_gives_the_same_run(
         submit(collector, agent, seeds, behaviour)
 
     monkeypatch.setattr(ProcessCollector, "submit", recorded_submit)
-    monkeypatch.setattr(QLearner, "update", recorded("update", update))
-    monkeypatch.setattr(RNNAgent, "unroll", recorded("unroll", unroll))
-    monkeypatch.setattr(qllm.rl.learner, "gradient_step", recorded("step", step))
+    monkeypatch.setattr(QLearner, "update", recorded(events, "update", update))
+    monkeypatch.setattr(RNNAgent, "unroll", recorded(events, "unroll", unroll))
+    monkeypatch.setattr(qllm.rl.learner, "gradient_step", recorded(events, "step", step))
     # Mostly greedy: the batches then depend on the weights the collector was given.
     config = preset("qmix", task=TASK, **SHORT, epsilon_start=0.1, epsilon_finish=0.1)
     runs, asked = {}, {}
@@ -263,16 +266,9 @@ def test_the_loop_consults_the_ask_schedule_at_each_update_with_a_batch_to_follo
     calls: list[str] = []
     ask, batch_taken, update = AskSchedule.ask, AskSchedule.batch_taken, QLearner.update
 
-    def recorded(name: str, function: Any) -> Any:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            calls.append(name)
-            return function(*args, **kwargs)
-
-        return call
-
-    monkeypatch.setattr(AskSchedule, "ask", recorded("ask", ask))
-    monkeypatch.setattr(AskSchedule, "batch_taken", recorded("take", batch_taken))
-    monkeypatch.setattr(QLearner, "update", recorded("update", update))
+    monkeypatch.setattr(AskSchedule, "ask", recorded(calls, "ask", ask))
+    monkeypatch.setattr(AskSchedule, "batch_taken", recorded(calls, "take", batch_taken))
+    monkeypatch.setattr(QLearner, "update", recorded(calls, "update", update))
     train(preset("qmix", task=TASK, **SHORT), runs_dir=tmp_path)
     updates = calls.count("update")
     assert updates >= 5
